@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Set up (idempotent) and run the test suite: the README's test command.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+.venv/bin/ruff check securefed attacks defenses evaluation tests examples benchmarks
+.venv/bin/python -m pytest -q "$@"

@@ -1,0 +1,238 @@
+"""The in-process simulation engine: rounds of configure -> local train -> upload ->
+aggregate -> update, with client sampling, simulated dropouts, per-round evaluation, real
+byte counts, per-phase wall times and a transcript of what the server received.
+
+Randomness: one root seed; per-client and per-round streams come from
+``numpy.random.SeedSequence`` so that the same seed gives the same run, bit for bit.
+Cryptographic channels draw their secrets from the OS CSPRNG, never from this seed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_auc_score
+from torch import nn
+
+from securefed.errors import ConfigurationError, PrivacyBudgetExceeded
+from securefed.federated.channel import AggregationChannel, PlainChannel
+from securefed.federated.strategy import Strategy
+from securefed.federated.types import (
+    DropoutPlan,
+    FederatedArrays,
+    RoundRecord,
+    RoundTranscript,
+    RunResult,
+    Upload,
+)
+from securefed.models import ModelSpec, get_flat_params, set_flat_params
+
+__all__ = ["run_federated", "evaluate", "ProgressCallback"]
+
+ProgressCallback = Callable[[RoundRecord], None]
+
+
+def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(log loss, accuracy at threshold 0.5, ROC AUC) of ``model`` on ``(X, y)``."""
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.as_tensor(X, dtype=torch.float32))
+        yt = torch.as_tensor(y, dtype=torch.float32)
+        loss = float(nn.functional.binary_cross_entropy_with_logits(logits, yt))
+        pred = (logits > 0).float()
+        acc = float((pred == yt).float().mean())
+    probs = torch.sigmoid(logits).numpy()
+    auc = float(roc_auc_score(y, probs)) if 0 < y.sum() < len(y) else float("nan")
+    return loss, acc, auc
+
+
+def _sample_clients(
+    n_clients: int, clients_per_round: int | None, rng: np.random.Generator
+) -> tuple[int, ...]:
+    if clients_per_round is None or clients_per_round >= n_clients:
+        return tuple(range(n_clients))
+    return tuple(sorted(int(i) for i in rng.choice(n_clients, size=clients_per_round, replace=False)))
+
+
+def _dropout_plan(
+    selected: tuple[int, ...],
+    *,
+    dropout_rate: float,
+    stage: str | None,
+    stages: tuple[str, ...],
+    rng: np.random.Generator,
+) -> DropoutPlan:
+    if dropout_rate <= 0:
+        return DropoutPlan()
+    drops: dict[int, str] = {}
+    for cid in selected:
+        if rng.random() < dropout_rate:
+            drops[cid] = stage if stage is not None else stages[int(rng.integers(len(stages)))]
+    return DropoutPlan(drops)
+
+
+def run_federated(
+    data: FederatedArrays,
+    *,
+    strategy: Strategy,
+    model: ModelSpec,
+    rounds: int,
+    seed: int = 0,
+    channel: AggregationChannel | None = None,
+    clients_per_round: int | None = None,
+    dropout_rate: float = 0.0,
+    dropout_stage: str | None = None,
+    record_transcript: bool = True,
+    initial_params: np.ndarray | None = None,
+    progress: bool | ProgressCallback = False,
+) -> RunResult:
+    """Simulate ``rounds`` rounds of federated training and return a :class:`RunResult`.
+
+    Parameters
+    ----------
+    clients_per_round:
+        How many hospitals are sampled each round (``None``: all of them).
+    dropout_rate:
+        Probability that a sampled client drops out during the round; ``dropout_stage``
+        names the channel stage before which it drops (``None``: a random stage).
+    progress:
+        ``True`` shows a progress bar; a callable is called with each round's record.
+
+    If the strategy raises :class:`PrivacyBudgetExceeded` before a round, the run stops and
+    the exception carries the result so far in ``partial``.
+    """
+    if rounds < 1:
+        raise ConfigurationError(f"rounds must be >= 1, got {rounds}")
+    if not 0.0 <= dropout_rate < 1.0:
+        raise ConfigurationError(f"dropout_rate must be in [0, 1), got {dropout_rate}")
+    if clients_per_round is not None and not 1 <= clients_per_round:
+        raise ConfigurationError(f"clients_per_round must be >= 1, got {clients_per_round}")
+    if model.n_features != data.num_features:
+        raise ConfigurationError(
+            f"model expects {model.n_features} features, data has {data.num_features}"
+        )
+    channel = channel or PlainChannel()
+    if dropout_stage is not None and dropout_stage not in channel.stages:
+        raise ConfigurationError(
+            f"dropout_stage {dropout_stage!r} is not a stage of channel {channel.name!r}; "
+            f"valid: {list(channel.stages)}"
+        )
+    root = np.random.SeedSequence(seed)
+    init_seq, server_seq, *client_seqs = root.spawn(2 + len(data.clients))
+    client_rngs = [np.random.default_rng(s) for s in client_seqs]
+    server_rng = np.random.default_rng(server_seq)
+    net = model.build(seed=int(init_seq.generate_state(1)[0]))
+    params = get_flat_params(net) if initial_params is None else np.asarray(initial_params, np.float64)
+    dim = params.shape[0]
+    client_states: list[dict] = [{} for _ in data.clients]
+    history: list[RoundRecord] = []
+    transcript: list[RoundTranscript] = []
+
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=rounds, desc=f"{strategy.name}/{channel.name}", unit="round")
+
+    def _result() -> RunResult:
+        return RunResult(
+            algorithm=strategy.name,
+            channel=channel.name,
+            model=model,
+            seed=seed,
+            history=tuple(history),
+            final_params=params.copy(),
+            transcript=tuple(transcript) if record_transcript else None,
+            settings={
+                "strategy": strategy.describe(),
+                "rounds": rounds,
+                "clients_per_round": clients_per_round,
+                "dropout_rate": dropout_rate,
+                "dropout_stage": dropout_stage,
+                "num_clients": len(data.clients),
+            },
+        )
+
+    try:
+        for r in range(rounds):
+            try:
+                strategy.before_round(r)
+            except PrivacyBudgetExceeded as exc:
+                raise PrivacyBudgetExceeded(str(exc), partial=_result()) from exc
+            config = strategy.configure(r)
+            selected = _sample_clients(len(data.clients), clients_per_round, server_rng)
+            plan = _dropout_plan(selected, dropout_rate=dropout_rate, stage=dropout_stage,
+                                 stages=channel.stages, rng=server_rng)
+            bytes_down_model = channel.broadcast_bytes(params, round_index=r)
+            uploads: list[Upload] = []
+            losses: list[float] = []
+            t_train = 0.0
+            t_process = 0.0
+            for cid in selected:
+                client = data.clients[cid]
+                t0 = time.perf_counter()
+                local = strategy.local_train(net, client, params, config, rng=client_rngs[cid],
+                                             client_state=client_states[cid])
+                t1 = time.perf_counter()
+                weight = strategy.client_weight(local, client_state=client_states[cid])
+                vector, payload = strategy.client_process(
+                    local.update, weight, client_state=client_states[cid], rng=client_rngs[cid]
+                )
+                t2 = time.perf_counter()
+                t_train += t1 - t0
+                t_process += t2 - t1
+                losses.append(local.train_loss)
+                uploads.append(Upload(client_id=cid, vector=vector, weight=weight, payload=payload))
+            t0 = time.perf_counter()
+            result = channel.aggregate(uploads, round_index=r, dim=dim, codec=strategy.codec,
+                                       dropouts=plan, rng=server_rng)
+            t1 = time.perf_counter()
+            mean_update = strategy.server_aggregate(result, rng=server_rng)
+            new_params = strategy.server_update(params, mean_update, round_index=r)
+            t2 = time.perf_counter()
+            if record_transcript:
+                transcript.append(RoundTranscript(
+                    round_index=r, global_params=params.copy(), config=config,
+                    selected=selected, contributors=result.contributors, channel=channel.name,
+                    received=result.received, revealed_update=mean_update.copy(),
+                ))
+            params = new_params
+            set_flat_params(net, params)
+            t3 = time.perf_counter()
+            test_loss, test_acc, test_auc = evaluate(net, data.X_test, data.y_test)
+            t4 = time.perf_counter()
+            channel_times = dict(result.timings)
+            times = {
+                "local_training": t_train,
+                "client_processing": t_process,
+                "channel": (t1 - t0),
+                "server_update": t2 - t1,
+                "evaluation": t4 - t3,
+                **{f"channel.{k}": v for k, v in channel_times.items()},
+            }
+            record = RoundRecord(
+                round_index=r,
+                train_loss=float(np.mean(losses)) if losses else float("nan"),
+                test_loss=test_loss,
+                test_accuracy=test_acc,
+                test_auc=test_auc,
+                bytes_up=int(sum(result.bytes_up.values())),
+                bytes_down=int(bytes_down_model * len(selected) + sum(result.bytes_down.values())),
+                times=times,
+                num_selected=len(selected),
+                num_contributors=len(result.contributors),
+                extra=dict(strategy.round_metrics(r)),
+            )
+            history.append(record)
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(acc=f"{test_acc:.3f}", loss=f"{test_loss:.3f}")
+            elif callable(progress):
+                progress(record)
+    finally:
+        if bar is not None:
+            bar.close()
+    return _result()
