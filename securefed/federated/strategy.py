@@ -17,7 +17,6 @@ rather than adding flags to it.
 
 from __future__ import annotations
 
-from abc import ABC
 from collections.abc import Mapping
 from typing import Any
 
@@ -119,7 +118,7 @@ def _check_positive(name: str, value: float) -> None:
         raise ConfigurationError(f"{name} must be > 0, got {value!r}")
 
 
-class Strategy(ABC):
+class Strategy:
     """Base strategy; the defaults implement FedAvg (McMahan et al., AISTATS 2017)."""
 
     name: str = "strategy"
