@@ -1,0 +1,12 @@
+"""Named defense settings composed from securefed's privacy mechanisms (see ``README.md``)."""
+
+from defenses.base import (
+    PARTIES,
+    Defense,
+    PartyView,
+    defense_names,
+    get_defense,
+    register_defense,
+)
+
+__all__ = ["PARTIES", "Defense", "PartyView", "defense_names", "get_defense", "register_defense"]

@@ -1,0 +1,175 @@
+"""Named defense settings: which privacy mechanisms a run uses, and who then sees what.
+
+A :class:`Defense` is a composition, not a new algorithm: an aggregation channel (plain,
+pairwise-masking secure aggregation, CKKS) plus an ordered tuple of strategy wrappers
+(clipping and noise, compression), plus the threat model written down as
+:class:`PartyView` values.  The mechanisms themselves live in :mod:`securefed`; this package
+only names and combines them, so that a user of ``securefed`` alone gets every mechanism
+and an audit can refer to a setting by a short name such as ``"secagg+dp"``.
+
+The parties follow the honest-but-curious model of Bonawitz et al. (CCS 2017, Sec. 2):
+the *server* follows the protocol but reads every message it receives; a *client* (one
+hospital) reads what the protocol sends it; an *outsider* holds only the released model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from securefed.errors import ConfigurationError
+from securefed.federated import AggregationChannel, PlainChannel, Strategy
+
+__all__ = [
+    "PARTIES",
+    "PartyView",
+    "Defense",
+    "register_defense",
+    "get_defense",
+    "defense_names",
+]
+
+#: The adversaries every defense describes, in the order reports list them.
+PARTIES = ("server", "client", "outsider")
+
+StrategyWrap = Callable[[Strategy], Strategy]
+
+
+@dataclass(frozen=True)
+class PartyView:
+    """What one party can observe under a defense, in words and as a machine-readable flag.
+
+    ``individual_updates`` is true when the party sees each hospital's update on its own
+    (the signal gradient-leakage attacks need); ``aggregate`` when it sees the combined
+    update of a round; ``final_model`` when it holds the released model.
+    """
+
+    party: str
+    observes: str
+    individual_updates: bool
+    aggregate: bool
+    final_model: bool = True
+
+    def __post_init__(self) -> None:
+        if self.party not in PARTIES:
+            raise ConfigurationError(f"party must be one of {list(PARTIES)}, got {self.party!r}")
+
+
+@dataclass(frozen=True)
+class Defense:
+    """One named defense setting.
+
+    Parameters
+    ----------
+    name:
+        The registry name (``"none"``, ``"secagg"``, ...).
+    summary:
+        One sentence for reports.
+    channel_factory:
+        Builds a fresh aggregation channel for one run (channels may hold per-run state
+        such as keys, so each run gets its own).
+    wrappers:
+        Strategy wrappers applied in order (innermost first), e.g. DP clipping and noise.
+    views:
+        The threat model: what each party observes.
+    params:
+        The settings this defense was built with (recorded in audit results).
+    centralized_channel:
+        For centralised algorithms: ``None`` when the defense does not apply to pooled
+        training; otherwise the name of the centralised variant it selects (``"plain"`` for
+        no protection, ``"ckks"`` for encrypted-centralised training).
+    """
+
+    name: str
+    summary: str
+    channel_factory: Callable[[], AggregationChannel]
+    views: tuple[PartyView, ...]
+    wrappers: tuple[StrategyWrap, ...] = ()
+    params: Mapping[str, Any] = field(default_factory=dict)
+    centralized_channel: str | None = None
+
+    def make_channel(self) -> AggregationChannel:
+        return self.channel_factory()
+
+    def wrap(self, strategy: Strategy) -> Strategy:
+        """The strategy with every wrapper of this defense applied (innermost first)."""
+        for wrap in self.wrappers:
+            strategy = wrap(strategy)
+        return strategy
+
+    def view(self, party: str) -> PartyView:
+        for v in self.views:
+            if v.party == party:
+                return v
+        raise ConfigurationError(
+            f"defense {self.name!r} does not describe party {party!r}; "
+            f"described: {[v.party for v in self.views]}"
+        )
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "summary": self.summary,
+            "params": dict(self.params),
+            "views": {
+                v.party: {
+                    "observes": v.observes,
+                    "individual_updates": v.individual_updates,
+                    "aggregate": v.aggregate,
+                    "final_model": v.final_model,
+                }
+                for v in self.views
+            },
+        }
+
+
+DefenseBuilder = Callable[..., Defense]
+_REGISTRY: dict[str, DefenseBuilder] = {}
+
+
+def register_defense(name: str, builder: DefenseBuilder, *, replace: bool = False) -> None:
+    """Make ``builder(**params) -> Defense`` available under ``name``."""
+    if name in _REGISTRY and not replace:
+        raise ConfigurationError(f"defense {name!r} is already registered")
+    _REGISTRY[name] = builder
+
+
+def defense_names() -> tuple[str, ...]:
+    """The registered defense names, in registration order."""
+    return tuple(_REGISTRY)
+
+
+def get_defense(name: str, **params: Any) -> Defense:
+    """Build the defense registered as ``name``; an unknown name lists the valid ones."""
+    try:
+        builder = _REGISTRY[name]
+    except KeyError:
+        raise ConfigurationError(
+            f"unknown defense {name!r}; valid: {list(_REGISTRY)}"
+        ) from None
+    try:
+        return builder(**params)
+    except TypeError as exc:
+        raise ConfigurationError(f"bad parameters for defense {name!r}: {exc}") from exc
+
+
+# --------------------------------------------------------------------------- built-ins
+def _none() -> Defense:
+    return Defense(
+        name="none",
+        summary="No protection: every hospital's update travels in the clear.",
+        channel_factory=PlainChannel,
+        views=(
+            PartyView("server", "each hospital's weighted update and weight, every round",
+                      individual_updates=True, aggregate=True),
+            PartyView("client", "the global model of each round",
+                      individual_updates=False, aggregate=True),
+            PartyView("outsider", "the released final model",
+                      individual_updates=False, aggregate=False),
+        ),
+        centralized_channel="plain",
+    )
+
+
+register_defense("none", _none)

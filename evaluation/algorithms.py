@@ -1,0 +1,171 @@
+"""The algorithms an audit can train, by name.
+
+Each entry says whether it trains on pooled rows (centralised) or across hospitals
+(federated), and how to build it from the audit's shared hyper-parameters plus its own
+parameters.  A defense decides the channel and the strategy wrappers; an algorithm only
+decides what is learned.  An unknown name lists the valid ones.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from defenses import Defense
+from securefed.errors import ConfigurationError
+from securefed.federated import FedAvg, FederatedArrays, FedProx, RunResult, Strategy, run_federated
+from securefed.federated.centralized import run_centralized
+from securefed.models import ModelSpec
+
+__all__ = [
+    "HyperParams",
+    "Algorithm",
+    "register_algorithm",
+    "get_algorithm",
+    "algorithm_names",
+]
+
+
+@dataclass(frozen=True)
+class HyperParams:
+    """The public training settings every algorithm of an audit shares."""
+
+    learning_rate: float = 0.1
+    local_epochs: int = 1
+    batch_size: int | None = 16
+    clients_per_round: int | None = None
+    dropout_rate: float = 0.0
+
+    def local(self) -> dict[str, Any]:
+        return {"learning_rate": self.learning_rate, "local_epochs": self.local_epochs,
+                "batch_size": self.batch_size}
+
+
+Trainer = Callable[..., RunResult]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One trainable algorithm.
+
+    ``kind`` is ``"federated"`` (a :class:`Strategy` run by the engine through the defense's
+    channel) or ``"centralized"`` (pooled rows; applies to a defense whose
+    ``centralized_channel`` equals ``centralized_channel`` here).
+    """
+
+    name: str
+    kind: str
+    summary: str
+    strategy_factory: Callable[..., Strategy] | None = None
+    centralized_trainer: Trainer | None = None
+    centralized_channel: str = "plain"
+    default_params: Mapping[str, Any] = field(default_factory=dict)
+    models: tuple[str, ...] = ("logreg", "mlp")
+
+    def supports(self, defense: Defense, model: ModelSpec | None = None) -> bool:
+        """Whether (this algorithm, ``defense``) is a meaningful audit cell."""
+        if model is not None and model.kind not in self.models:
+            return False
+        if self.kind == "centralized":
+            return defense.centralized_channel == self.centralized_channel
+        return True
+
+    def validate(self, params: Mapping[str, Any], hyper: HyperParams) -> None:
+        """Raise :class:`ConfigurationError` now if ``params`` cannot build this algorithm."""
+        kwargs = {**self.default_params, **params}
+        if self.kind == "federated":
+            assert self.strategy_factory is not None
+            try:
+                self.strategy_factory(**hyper.local(), **kwargs)
+            except TypeError as exc:
+                raise ConfigurationError(f"bad parameters for algorithm {self.name!r}: {exc}") from exc
+            return
+        import inspect
+
+        assert self.centralized_trainer is not None
+        accepted = set(inspect.signature(self.centralized_trainer).parameters)
+        for key in kwargs:
+            if key not in accepted:
+                raise ConfigurationError(
+                    f"algorithm {self.name!r} has no parameter {key!r}; "
+                    f"valid: {sorted(accepted - {'data', 'model', 'rounds', 'seed', 'progress'})}"
+                )
+
+    def train(
+        self,
+        data: FederatedArrays,
+        *,
+        model: ModelSpec,
+        rounds: int,
+        seed: int,
+        defense: Defense,
+        hyper: HyperParams,
+        params: Mapping[str, Any] | None = None,
+        record_transcript: bool = False,
+        progress: Any = False,
+    ) -> RunResult:
+        """Train on ``data`` under ``defense``; returns the engine's :class:`RunResult`."""
+        if not self.supports(defense, model):
+            raise ConfigurationError(
+                f"algorithm {self.name!r} does not run under defense {defense.name!r} "
+                f"with model {model.kind!r}"
+            )
+        kwargs = {**self.default_params, **(params or {})}
+        if self.kind == "centralized":
+            assert self.centralized_trainer is not None
+            return self.centralized_trainer(data, model=model, rounds=rounds, seed=seed,
+                                            progress=progress, **hyper.local(), **kwargs)
+        assert self.strategy_factory is not None
+        try:
+            strategy = self.strategy_factory(**hyper.local(), **kwargs)
+        except TypeError as exc:
+            raise ConfigurationError(f"bad parameters for algorithm {self.name!r}: {exc}") from exc
+        strategy = defense.wrap(strategy)
+        return run_federated(
+            data, strategy=strategy, model=model, rounds=rounds, seed=seed,
+            channel=defense.make_channel(), clients_per_round=hyper.clients_per_round,
+            dropout_rate=hyper.dropout_rate, record_transcript=record_transcript,
+            progress=progress,
+        )
+
+
+_REGISTRY: dict[str, Algorithm] = {}
+
+
+def register_algorithm(algorithm: Algorithm, *, replace: bool = False) -> None:
+    if algorithm.name in _REGISTRY and not replace:
+        raise ConfigurationError(f"algorithm {algorithm.name!r} is already registered")
+    if algorithm.kind not in ("federated", "centralized"):
+        raise ConfigurationError(
+            f"algorithm kind must be 'federated' or 'centralized', got {algorithm.kind!r}"
+        )
+    _REGISTRY[algorithm.name] = algorithm
+
+
+def algorithm_names() -> tuple[str, ...]:
+    return tuple(_REGISTRY)
+
+
+def get_algorithm(name: str) -> Algorithm:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise ConfigurationError(f"unknown algorithm {name!r}; valid: {list(_REGISTRY)}") from None
+
+
+register_algorithm(Algorithm(
+    name="centralized", kind="centralized",
+    summary="the same model trained on all hospitals' rows pooled at one server",
+    centralized_trainer=run_centralized,
+))
+register_algorithm(Algorithm(
+    name="fedavg", kind="federated",
+    summary="federated averaging (McMahan et al. 2017), weights proportional to sample counts",
+    strategy_factory=FedAvg,
+))
+register_algorithm(Algorithm(
+    name="fedprox", kind="federated",
+    summary="FedAvg plus the proximal term (mu/2)||w - w_global||^2 (Li et al. 2020)",
+    strategy_factory=FedProx, default_params={"proximal_mu": 0.01},
+))

@@ -1,0 +1,193 @@
+"""Audit configuration: built-in profiles and TOML files, validated at the edge.
+
+A configuration file is a flat TOML table whose keys are the fields of
+:class:`AuditConfig`, plus three optional sub-tables of per-name parameters::
+
+    algorithms = ["centralized", "fedavg", "fedprox"]
+    defenses = ["none"]
+    folds = 10
+    rounds = 30
+
+    [algorithm_params.fedprox]
+    proximal_mu = 0.01
+
+An unknown key is rejected with its name (a typo must not silently fall back to a
+default), and unknown algorithm, defense or attack names list the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from defenses import defense_names, get_defense
+from evaluation.algorithms import HyperParams, algorithm_names, get_algorithm
+from evaluation.privacy import attack_names, get_attack
+from securefed.errors import ConfigurationError
+from securefed.models import ModelSpec
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
+
+__all__ = ["AuditConfig", "PROFILES", "profile", "load_config"]
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """Everything that defines an audit.  Stored unchanged in the results' manifest."""
+
+    profile: str = "custom"
+    algorithms: tuple[str, ...] = ("centralized", "fedavg", "fedprox")
+    defenses: tuple[str, ...] = ("none",)
+    attacks: tuple[str, ...] = ()
+    folds: int = 10
+    rounds: int = 30
+    seed: int = 0
+    n_hospitals: int = 3
+    heterogeneity: str | None = None
+    model: str = "logreg"
+    hidden: tuple[int, ...] = ()
+    learning_rate: float = 0.1
+    local_epochs: int = 1
+    batch_size: int | None = 16
+    clients_per_round: int | None = None
+    dropout_rate: float = 0.0
+    target_fraction: float = 0.95
+    algorithm_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    defense_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    attack_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("algorithms", "defenses", "attacks", "hidden"):
+            value = getattr(self, name)
+            if isinstance(value, str) or not isinstance(value, (list, tuple)):
+                raise ConfigurationError(f"{name} must be a list, got {value!r}")
+            object.__setattr__(self, name, tuple(value))
+        if not self.algorithms:
+            raise ConfigurationError("algorithms must name at least one algorithm, got []")
+        if not self.defenses:
+            raise ConfigurationError("defenses must name at least one defense, got []")
+        for a in self.algorithms:
+            get_algorithm(a)
+        for d in self.defenses:
+            get_defense(d, **dict(self.defense_params.get(d, {})))
+        for k in self.attacks:
+            get_attack(k)
+        for table, valid in (("algorithm_params", self.algorithms), ("defense_params", self.defenses),
+                             ("attack_params", self.attacks)):
+            for key in getattr(self, table):
+                if key not in valid:
+                    raise ConfigurationError(
+                        f"{table} has an entry for {key!r}, which is not in this audit's list {list(valid)}"
+                    )
+        for name, low in (("folds", 2), ("rounds", 1), ("n_hospitals", 2), ("local_epochs", 1)):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= low):
+                raise ConfigurationError(f"{name} must be an integer >= {low}, got {value!r}")
+        if not 0 < self.target_fraction <= 1:
+            raise ConfigurationError(f"target_fraction must be in (0, 1], got {self.target_fraction!r}")
+        ModelSpec(self.model, n_features=1, hidden=self.hidden)
+        hyper = HyperParams(**self.hyper_kwargs())
+        for a in self.algorithms:
+            get_algorithm(a).validate(dict(self.algorithm_params.get(a, {})), hyper)
+
+    # ------------------------------------------------------------------ derived values
+    def hyper_kwargs(self) -> dict[str, Any]:
+        return {"learning_rate": self.learning_rate, "local_epochs": self.local_epochs,
+                "batch_size": self.batch_size, "clients_per_round": self.clients_per_round,
+                "dropout_rate": self.dropout_rate}
+
+    def hyper(self) -> HyperParams:
+        return HyperParams(**self.hyper_kwargs())
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        for k in ("algorithms", "defenses", "attacks", "hidden"):
+            d[k] = list(d[k])
+        for k in ("algorithm_params", "defense_params", "attack_params"):
+            d[k] = {n: dict(v) for n, v in d[k].items()}
+        return d
+
+    def base_fingerprint(self) -> str:
+        """Hash of the settings every cell shares (data, folds, rounds, model, training).
+
+        Two audits with the same base fingerprint can share an output directory: cells of
+        one are valid cells of the other.  The matrix (which algorithms, defenses and attacks)
+        is not part of it, so an audit can be extended in place.
+        """
+        d = self.to_dict()
+        for k in ("profile", "algorithms", "defenses", "attacks", "algorithm_params",
+                  "defense_params", "attack_params", "target_fraction"):
+            d.pop(k)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+_FIELDS = {f.name for f in dataclasses.fields(AuditConfig)}
+
+
+def _available(names: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(n for n in wanted if n in names)
+
+
+def profile(name: str) -> AuditConfig:
+    """A built-in profile: ``"quick"`` (about 30 s, for tests) or ``"default"`` (<= 3 min).
+
+    Both use every registered algorithm and defense; the quick one uses fewer folds and
+    rounds.  Attacks run in both (the quick profile asks for their cheapest settings).
+    """
+    algos = algorithm_names()
+    defs = defense_names()
+    atks = attack_names()
+    if name == "quick":
+        return AuditConfig(profile="quick", algorithms=algos, defenses=defs, attacks=atks,
+                           folds=3, rounds=10)
+    if name == "default":
+        return AuditConfig(profile="default", algorithms=algos, defenses=defs, attacks=atks,
+                           folds=10, rounds=30)
+    raise ConfigurationError(f"unknown profile {name!r}; valid: {list(PROFILES)}")
+
+
+PROFILES = ("quick", "default")
+
+
+def from_mapping(raw: Mapping[str, Any], *, source: str = "configuration") -> AuditConfig:
+    """Build a config from a mapping, rejecting unknown keys by name."""
+    unknown = [k for k in raw if k not in _FIELDS]
+    if unknown:
+        raise ConfigurationError(
+            f"{source}: unknown key {unknown[0]!r}; valid keys: {sorted(_FIELDS)}"
+        )
+    for table in ("algorithm_params", "defense_params", "attack_params"):
+        value = raw.get(table, {})
+        if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
+            raise ConfigurationError(
+                f"{source}: {table} must be a table of tables ([{table}.NAME]), got {value!r}"
+            )
+    kwargs = dict(raw)
+    kwargs.setdefault("profile", "custom")
+    try:
+        return AuditConfig(**kwargs)
+    except TypeError as exc:  # pragma: no cover - guarded by the key check above
+        raise ConfigurationError(f"{source}: {exc}") from exc
+
+
+def load_config(path: str | Path) -> AuditConfig:
+    """Read a TOML configuration file (see the module docstring for its keys)."""
+    path = Path(path)
+    if path.suffix.lower() not in (".toml",):
+        raise ConfigurationError(f"configuration file must be .toml, got {path.name!r}")
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigurationError(f"configuration file {str(path)!r} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"{path}: not valid TOML: {exc}") from exc
+    return from_mapping(raw, source=str(path))

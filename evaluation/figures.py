@@ -1,0 +1,281 @@
+"""The audit's figures (matplotlib, Agg backend), each saved as PNG and SVG.
+
+* convergence: training loss, test loss and test accuracy per round, one line per
+  algorithm, shaded mean ± one standard deviation over folds (the seed's Figure 1);
+* accuracy bars with error bars over folds (the seed's Figure 2);
+* privacy-utility frontier: attack success against accuracy, one point per defense setting;
+* communication per round and cumulative;
+* training time per defense, split by phase;
+* reconstruction examples: a reconstructed patient row beside the true one, or an image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from evaluation.summary import AuditSummary  # noqa: E402
+
+__all__ = ["FigureFile", "make_figures"]
+
+_PALETTE = ("#1b6ca8", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f", "#2e4057", "#c97b84")
+_PHASES = ("local_training", "client_processing", "channel", "server_update", "evaluation")
+
+
+@dataclass(frozen=True)
+class FigureFile:
+    """One saved figure: ``png`` and ``svg`` paths, a title and a caption for the report."""
+
+    name: str
+    title: str
+    caption: str
+    png: Path
+    svg: Path
+
+
+def _colours(names: Sequence[str]) -> dict[str, str]:
+    return {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
+
+
+def _save(fig: Any, out: Path, name: str, title: str, caption: str) -> FigureFile:
+    out.mkdir(parents=True, exist_ok=True)
+    png, svg = out / f"{name}.png", out / f"{name}.svg"
+    fig.savefig(png, dpi=110, bbox_inches="tight")
+    fig.savefig(svg, bbox_inches="tight")
+    plt.close(fig)
+    return FigureFile(name, title, caption, png, svg)
+
+
+def _curves(cells: Sequence[dict[str, Any]], algo: str, defense: str, key: str) -> np.ndarray:
+    series = [c["history"][key] for c in cells
+              if not c.get("error") and c["algorithm"] == algo and c["defense"] == defense
+              and key in c.get("history", {})]
+    if not series:
+        return np.empty((0, 0))
+    n = min(len(s) for s in series)
+    return np.array([s[:n] for s in series], dtype=np.float64)
+
+
+def convergence(cells: Sequence[dict[str, Any]], summary: AuditSummary, out: Path,
+                defense: str = "none") -> FigureFile | None:
+    algos = [g["algorithm"] for g in summary.groups if g["defense"] == defense]
+    if not algos:
+        return None
+    colours = _colours(algos)
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
+    panels = (("train_loss", "training loss"), ("test_loss", "test loss (held-out fold)"),
+              ("test_accuracy", "test accuracy (held-out fold)"))
+    for ax, (key, label) in zip(axes, panels, strict=True):
+        for algo in algos:
+            arr = _curves(cells, algo, defense, key)
+            if arr.size == 0:
+                continue
+            x = np.arange(1, arr.shape[1] + 1)
+            m = np.nanmean(arr, 0)
+            s = np.nanstd(arr, 0, ddof=1) if arr.shape[0] > 1 else np.zeros_like(m)
+            ax.plot(x, m, color=colours[algo], label=algo, lw=1.8)
+            ax.fill_between(x, m - s, m + s, color=colours[algo], alpha=0.18, lw=0)
+        ax.set_xlabel("round")
+        ax.set_title(label, fontsize=10)
+        ax.grid(alpha=0.3)
+    if summary.target_accuracy is not None:
+        axes[2].axhline(summary.target_accuracy, color="grey", ls="--", lw=1,
+                        label="target accuracy")
+    axes[2].legend(fontsize=8, loc="lower right")
+    fig.suptitle(f"Convergence (defense: {defense}); lines: mean over folds, bands: ± 1 std",
+                 fontsize=11)
+    return _save(fig, out, "convergence", "Convergence per round",
+                 "Mean over cross-validation folds; the band is one standard deviation. "
+                 "A centralised 'round' is the same number of local epochs over the pooled rows.")
+
+
+def accuracy_bars(summary: AuditSummary, out: Path) -> FigureFile | None:
+    if not summary.groups:
+        return None
+    defenses = list(dict.fromkeys(g["defense"] for g in summary.groups))
+    algos = list(dict.fromkeys(g["algorithm"] for g in summary.groups))
+    colours = _colours(algos)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(defenses) * len(algos) / 2 + 3), 4))
+    width = 0.8 / len(algos)
+    for j, algo in enumerate(algos):
+        xs, ms, ss = [], [], []
+        for i, d in enumerate(defenses):
+            g = summary.group(algo, d)
+            if g is None:
+                continue
+            xs.append(i + (j - (len(algos) - 1) / 2) * width)
+            ms.append(g["accuracy"]["mean"])
+            ss.append(g["accuracy"]["std"])
+        if not xs:
+            continue
+        bars = ax.bar(xs, ms, width * 0.92, yerr=ss, capsize=3, color=colours[algo], label=algo)
+        for b, m in zip(bars, ms, strict=True):
+            ax.text(b.get_x() + b.get_width() / 2, 0.02, f"{m:.2f}", ha="center", va="bottom",
+                    fontsize=7, color="white", rotation=90)
+    ax.set_xticks(range(len(defenses)), defenses)
+    ax.set_xlabel("defense")
+    ax.set_ylabel("test accuracy (mean ± std over folds)")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncols=min(len(algos), 4), loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    return _save(fig, out, "accuracy", "Accuracy by algorithm and defense",
+                 "Bars: mean held-out-fold accuracy; whiskers: one standard deviation over folds.")
+
+
+def privacy_utility(summary: AuditSummary, out: Path) -> list[FigureFile]:
+    """One frontier per attack metric: attack success (y) against accuracy (x)."""
+    figs: list[FigureFile] = []
+    metrics = [c for c in summary.attack_columns
+               if not c.endswith((".baseline", ".gain"))]
+    for col in metrics:
+        pts = [(g, g[col]) for g in summary.groups if col in g and not np.isnan(g[col]["mean"])]
+        if not pts:
+            continue
+        algos = list(dict.fromkeys(g["algorithm"] for g, _ in pts))
+        colours = _colours(algos)
+        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        for g, v in pts:
+            ax.errorbar(g["accuracy"]["mean"], v["mean"], xerr=g["accuracy"]["std"],
+                        yerr=v["std"], fmt="o", color=colours[g["algorithm"]], capsize=2)
+            ax.annotate(f"{g['algorithm']}/{g['defense']}", (g["accuracy"]["mean"], v["mean"]),
+                        fontsize=7, xytext=(4, 4), textcoords="offset points")
+        base = [g[col + ".baseline"]["mean"] for g, _ in pts if col + ".baseline" in g]
+        if base:
+            ax.axhline(float(np.nanmean(base)), color="grey", ls="--", lw=1,
+                       label="baseline (no observation)")
+            ax.legend(fontsize=8)
+        _, attack, party, metric = col.split(".", 3)
+        ax.set_xlabel("test accuracy (utility)")
+        ax.set_ylabel(f"{attack}: {metric} (higher = more leakage)")
+        ax.set_title(f"Privacy-utility frontier: {attack} by the {party}", fontsize=10)
+        ax.grid(alpha=0.3)
+        figs.append(_save(fig, out, f"frontier-{attack}-{party}-{metric}",
+                          f"Privacy-utility: {attack} ({party}, {metric})",
+                          "One point per algorithm and defense; up-and-right is useful but leaky, "
+                          "down-and-right is the goal. Whiskers: one std over folds."))
+    return figs
+
+
+def communication(cells: Sequence[dict[str, Any]], summary: AuditSummary, out: Path) -> FigureFile | None:
+    groups = [g for g in summary.groups if g["kind"] == "federated"]
+    if not groups:
+        return None
+    labels = [f"{g['algorithm']}/{g['defense']}" for g in groups]
+    colours = _colours(labels)
+    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
+    for g, label in zip(groups, labels, strict=True):
+        up = _curves(cells, g["algorithm"], g["defense"], "bytes_up")
+        down = _curves(cells, g["algorithm"], g["defense"], "bytes_down")
+        if up.size == 0:
+            continue
+        per_round = np.nanmean(up + down, 0)
+        x = np.arange(1, per_round.size + 1)
+        axes[0].plot(x, per_round / 1024, color=colours[label], label=label)
+        axes[1].plot(x, np.cumsum(per_round) / 1024, color=colours[label], label=label)
+    axes[0].set_title("bytes per round (up + down, all hospitals)", fontsize=10)
+    axes[1].set_title("cumulative bytes", fontsize=10)
+    for ax in axes:
+        ax.set_xlabel("round")
+        ax.set_ylabel("KiB")
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=8)
+    return _save(fig, out, "communication", "Communication",
+                 "Bytes measured from the serialised messages the engine really sends "
+                 "(model down, updates or protocol messages up), mean over folds.")
+
+
+def time_overhead(summary: AuditSummary, out: Path) -> FigureFile | None:
+    if not summary.groups:
+        return None
+    labels = [f"{g['algorithm']}/{g['defense']}" for g in summary.groups]
+    fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(labels) + 2), 4))
+    bottom = np.zeros(len(labels))
+    phase_colours = _colours(_PHASES + ("other",))
+    for phase in (*_PHASES, "other"):
+        vals = []
+        for g in summary.groups:
+            if phase == "other":
+                known = sum(g.get(f"time.{p}", {"mean": 0.0})["mean"] for p in _PHASES)
+                vals.append(max(g["train_time"]["mean"] - known, 0.0))
+            else:
+                vals.append(g.get(f"time.{phase}", {"mean": 0.0})["mean"])
+        vals_arr = np.nan_to_num(np.array(vals))
+        if not vals_arr.any():
+            continue
+        ax.bar(labels, vals_arr, bottom=bottom, color=phase_colours[phase], label=phase)
+        bottom += vals_arr
+    ax.set_ylabel("seconds per training run (mean over folds)")
+    ax.tick_params(axis="x", rotation=45, labelsize=8)
+    for t in ax.get_xticklabels():
+        t.set_ha("right")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, out, "time", "Training time by phase",
+                 "Wall time of each phase summed over rounds, as the engine measured it; "
+                 "'other' is the rest of the run (set-up, bookkeeping).")
+
+
+def reconstructions(cells: Sequence[dict[str, Any]], out: Path) -> list[FigureFile]:
+    """Plot attack examples: ``{"truth": rows, "reconstruction": rows, "features": names}`` or
+    ``{"truth_image": 2-D, "reconstruction_image": 2-D}``; the first cell per attack/defense."""
+    seen: set[tuple[str, str]] = set()
+    figs: list[FigureFile] = []
+    for c in cells:
+        for s in c.get("attacks", []):
+            ex = s.get("examples") or {}
+            key = (s.get("attack", "?"), c["defense"])
+            if not ex or key in seen:
+                continue
+            if "truth" in ex and "reconstruction" in ex:
+                truth = np.atleast_2d(np.asarray(ex["truth"], dtype=np.float64))[:4]
+                rec = np.atleast_2d(np.asarray(ex["reconstruction"], dtype=np.float64))[:4]
+                names = list(ex.get("features", [f"x{i}" for i in range(truth.shape[1])]))
+                fig, axes = plt.subplots(len(truth), 1, figsize=(7, 1.6 * len(truth) + 0.6),
+                                         squeeze=False)
+                x = np.arange(truth.shape[1])
+                for i, ax in enumerate(axes[:, 0]):
+                    ax.bar(x - 0.2, truth[i], 0.4, label="true row", color="#1b6ca8")
+                    if i < len(rec):
+                        ax.bar(x + 0.2, rec[i], 0.4, label="reconstruction", color="#d1495b")
+                    ax.set_xticks(x, names, fontsize=7)
+                    ax.axhline(0, color="black", lw=0.5)
+                    ax.set_ylabel("std. units", fontsize=7)
+                axes[0, 0].legend(fontsize=7)
+                axes[0, 0].set_title(f"{key[0]} under '{key[1]}' ({c['algorithm']})", fontsize=9)
+            elif "truth_image" in ex and "reconstruction_image" in ex:
+                fig, axes = plt.subplots(1, 2, figsize=(4, 2.2))
+                axes[0].imshow(np.asarray(ex["truth_image"]), cmap="gray_r")
+                axes[1].imshow(np.asarray(ex["reconstruction_image"]), cmap="gray_r")
+                axes[0].set_title("true", fontsize=8)
+                axes[1].set_title("reconstructed", fontsize=8)
+                for ax in axes:
+                    ax.axis("off")
+            else:
+                continue
+            seen.add(key)
+            figs.append(_save(fig, out, f"reconstruction-{key[0]}-{key[1]}",
+                              f"Reconstruction: {key[0]} under {key[1]}",
+                              "The attacker's reconstruction beside the true record "
+                              "(standardised units)."))
+    return figs
+
+
+def make_figures(cells: Sequence[dict[str, Any]], summary: AuditSummary, out: Path) -> list[FigureFile]:
+    """Draw every figure the cells support; returns them in report order."""
+    figs: list[FigureFile | None] = [
+        convergence(cells, summary, out),
+        accuracy_bars(summary, out),
+        *privacy_utility(summary, out),
+        communication(cells, summary, out),
+        time_overhead(summary, out),
+        *reconstructions(cells, out),
+    ]
+    return [f for f in figs if f is not None]

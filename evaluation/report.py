@@ -1,0 +1,477 @@
+"""The audit report: one self-contained HTML page, plus Markdown, JSON and CSV.
+
+The HTML embeds its figures (PNG as base64), so the single file can be mailed to a privacy
+officer.  The Markdown links the figure files; the JSON holds every number of the report;
+the CSVs hold the per-group summary and the per-cell rows.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+import securefed
+from defenses import get_defense
+from evaluation.algorithms import get_algorithm
+from evaluation.claims import ClaimResult, evaluate_claims
+from evaluation.figures import FigureFile, make_figures
+from evaluation.privacy import get_attack
+from evaluation.runner import AuditResults, audit_dataset
+from evaluation.summary import REFERENCE, AuditSummary, summarize
+
+__all__ = ["ReportFiles", "write_report", "summary_rows"]
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    html: Path
+    markdown: Path
+    json: Path
+    csv: Path
+    cells_csv: Path
+    figures: tuple[FigureFile, ...]
+    summary: AuditSummary
+    claims: tuple[ClaimResult, ...]
+
+
+# ------------------------------------------------------------------------------ helpers
+def _f(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _ms(g: dict[str, Any], key: str, digits: int = 3) -> str:
+    if key not in g or math.isnan(g[key]["mean"]):
+        return "n/a"
+    return f"{g[key]['mean']:.{digits}f} ± {g[key]['std']:.{digits}f}"
+
+
+def _bytes(x: float) -> str:
+    if math.isnan(x):
+        return "n/a"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(x) < 1024 or unit == "GiB":
+            return f"{x:.0f} {unit}" if unit == "B" else f"{x:.1f} {unit}"
+        x /= 1024
+    return f"{x:.1f} GiB"  # pragma: no cover
+
+
+def _p(p: float) -> str:
+    if math.isnan(p):
+        return "n/a"
+    return "< 0.001" if p < 0.001 else f"{p:.3f}"
+
+
+Table = tuple[list[str], list[list[str]]]
+
+
+def summary_rows(summary: AuditSummary) -> Table:
+    """The headline table (also printed by the CLI)."""
+    head = ["algorithm", "defense", "folds", "accuracy", "AUC", "F1", "bytes/run",
+            "train s", "epsilon"]
+    rows = []
+    for g in summary.groups:
+        eps = g.get("epsilon", {"mean": float("nan")})["mean"]
+        rows.append([g["algorithm"], g["defense"], str(g["n"]), _ms(g, "accuracy"),
+                     _ms(g, "auc"), _ms(g, "f1"), _bytes(g["bytes_total"]["mean"]),
+                     _f(g["train_time"]["mean"], 2), _f(eps, 2)])
+    return head, rows
+
+
+def _utility_table(summary: AuditSummary) -> Table:
+    hosp = sorted({k for g in summary.groups for k in g if k.startswith("hospital.")})
+    head = ["algorithm", "defense", "accuracy", "AUC", "F1", "log loss", "external accuracy",
+            "external AUC", *[h.split(".", 1)[1] + " accuracy" for h in hosp]]
+    rows = [[g["algorithm"], g["defense"], _ms(g, "accuracy"), _ms(g, "auc"), _ms(g, "f1"),
+             _ms(g, "loss"), _ms(g, "external_accuracy"), _ms(g, "external_auc"),
+             *[_ms(g, h) for h in hosp]] for g in summary.groups]
+    return head, rows
+
+
+def _cost_table(summary: AuditSummary) -> Table:
+    head = ["algorithm", "defense", "bytes up", "bytes down", "train time (s)",
+            "rounds to target", "reached", "bytes to target", "epsilon"]
+    rows = []
+    for g in summary.groups:
+        rows.append([
+            g["algorithm"], g["defense"], _bytes(g["bytes_up"]["mean"]),
+            _bytes(g["bytes_down"]["mean"]), _ms(g, "train_time", 3),
+            _ms(g, "rounds_to_target", 1), f"{g.get('reached_target', 0)}/{g['n']}",
+            _bytes(g.get("bytes_to_target", {"mean": float("nan")})["mean"]),
+            _ms(g, "epsilon", 2),
+        ])
+    return head, rows
+
+
+def _stats_table(summary: AuditSummary) -> Table:
+    head = ["comparison", "metric", "difference", "95% CI (independent)", "Student p",
+            "Welch p", "paired p", "95% CI (paired)", "Wilcoxon p", "Cohen's d"]
+    rows = []
+    for c in summary.comparisons:
+        rows.append([f"{c.a} vs {c.b}", c.metric, f"{c.diff:+.3f}",
+                     f"[{c.student_ci[0]:+.3f}, {c.student_ci[1]:+.3f}]", _p(c.student_p),
+                     _p(c.welch_p), _p(c.paired_p),
+                     f"[{c.paired_ci[0]:+.3f}, {c.paired_ci[1]:+.3f}]", _p(c.wilcoxon_p),
+                     _f(c.cohens_d, 2)])
+    return head, rows
+
+
+def _privacy_table(summary: AuditSummary) -> Table:
+    head = ["algorithm", "defense", "attack", "attacker", "metric", "attack", "baseline", "gain"]
+    rows = []
+    cols = [c for c in summary.attack_columns if not c.endswith((".baseline", ".gain"))]
+    for g in summary.groups:
+        for col in cols:
+            if col not in g:
+                continue
+            _, attack, party, metric = col.split(".", 3)
+            rows.append([g["algorithm"], g["defense"], attack, party, metric, _ms(g, col),
+                         _ms(g, col + ".baseline"), _ms(g, col + ".gain")])
+    return head, rows
+
+
+def _claims_table(claims: list[ClaimResult]) -> Table:
+    head = ["seed §", "claim", "measured here", "verdict", "how measured"]
+    return head, [[c.section, c.claim, c.measured, c.verdict, c.method] for c in claims]
+
+
+def _setup(results: AuditResults) -> dict[str, Any]:
+    cfg = results.config
+    data = audit_dataset(cfg)
+    hospitals = [{"name": c.name, "patients": c.num_examples,
+                  "positive_rate": float(np.mean(c.y))} for c in data.clients]
+    defenses = {d: get_defense(d, **dict(cfg.defense_params.get(d, {}))).describe()
+                for d in cfg.defenses}
+    attacks = {a: {"summary": get_attack(a).summary, "threat_model": get_attack(a).threat_model}
+               for a in cfg.attacks}
+    algorithms = {a: {"kind": get_algorithm(a).kind, "summary": get_algorithm(a).summary,
+                      "params": {**get_algorithm(a).default_params,
+                                 **dict(cfg.algorithm_params.get(a, {}))}}
+                  for a in cfg.algorithms}
+    return {
+        "data": {
+            "source": "Pima Indian diabetes records (bundled; Pima.tr as the hospitals' "
+                      "patients, Pima.te as an external test set)",
+            "description": data.description,
+            "features": list(data.feature_names),
+            "hospitals": hospitals,
+            "external_test_patients": int(len(data.y_test)),
+            "heterogeneity": cfg.heterogeneity or "none (random split)",
+        },
+        "protocol": {
+            "folds": cfg.folds, "rounds": cfg.rounds, "seed": cfg.seed, "model": cfg.model,
+            "hidden": list(cfg.hidden), **cfg.hyper_kwargs(),
+        },
+        "algorithms": algorithms,
+        "defenses": defenses,
+        "attacks": attacks,
+    }
+
+
+def _findings(summary: AuditSummary, claims: list[ClaimResult], setup: dict[str, Any]) -> list[str]:
+    """Plain-language sentences, each computed from the tables above."""
+    out: list[str] = []
+    none = [g for g in summary.groups if g["defense"] == "none"]
+    if none:
+        best = max(none, key=lambda g: g["accuracy"]["mean"])
+        worst = min(none, key=lambda g: g["accuracy"]["mean"])
+        out.append(
+            f"Without protection, {best['algorithm']} was the most accurate "
+            f"({_ms(best, 'accuracy')} over {best['n']} folds) and {worst['algorithm']} the "
+            f"least ({_ms(worst, 'accuracy')})."
+        )
+    for c in summary.comparisons:
+        if c.metric != "accuracy" or not c.b.endswith("/none") or not c.a.endswith("/none"):
+            continue
+        name = c.a.split("/")[0]
+        sig = c.paired_p < 0.05 if not math.isnan(c.paired_p) else False
+        out.append(
+            f"{name} vs {REFERENCE}: accuracy difference {c.diff:+.3f} (paired 95% CI "
+            f"[{c.paired_ci[0]:+.3f}, {c.paired_ci[1]:+.3f}], paired p {_p(c.paired_p)}): "
+            + ("a statistically significant difference." if sig else
+               "no statistically significant difference at the 5% level.")
+        )
+    for g in summary.groups:
+        if g["defense"] == "none":
+            continue
+        base = summary.group(g["algorithm"], "none")
+        if base is None:
+            continue
+        dacc = g["accuracy"]["mean"] - base["accuracy"]["mean"]
+        tr = g["train_time"]["mean"] / base["train_time"]["mean"] if base["train_time"]["mean"] else float("nan")
+        br = (g["bytes_total"]["mean"] / base["bytes_total"]["mean"]
+              if base["bytes_total"]["mean"] else float("nan"))
+        out.append(
+            f"Defense '{g['defense']}' with {g['algorithm']}: accuracy {dacc:+.3f}, training "
+            f"time x{tr:.2f}, bytes x{br:.2f} compared with no defense."
+        )
+    cols = [c for c in summary.attack_columns if c.endswith(".gain")]
+    for col in cols:
+        for g in summary.groups:
+            if col not in g:
+                continue
+            gain = g[col]["mean"]
+            label = col[len("attack."):-len(".gain")]
+            verdict = ("beats its no-observation baseline" if gain > 0.02 else
+                       "does no better than its no-observation baseline")
+            out.append(f"Attack {label} against {g['algorithm']}/{g['defense']}: gain "
+                       f"{gain:+.3f}; it {verdict}.")
+    if not summary.attack_columns:
+        out.append("No privacy attack was run in this audit, so privacy risk is described by "
+                   "the threat models only, not measured.")
+    held = sum(c.verdict == "holds" for c in claims)
+    failed = sum(c.verdict == "does not hold" for c in claims)
+    unmeasured = sum(c.verdict == "not measured" for c in claims)
+    out.append(f"Of the seed document's {len(claims)} testable claims, {held} hold, {failed} do "
+               f"not hold and {unmeasured} could not be measured in this audit.")
+    if summary.failed:
+        out.append(f"{len(summary.failed)} cell(s) failed; see 'Failed cells'.")
+    n_test = sum(h["patients"] for h in setup["data"]["hospitals"]) / max(1, setup["protocol"]["folds"])
+    out.append(
+        f"Each held-out fold has about {n_test:.0f} patients, so one patient moves a fold's "
+        f"accuracy by about {1 / max(n_test, 1):.3f}; fold-to-fold spread is large, and p-values "
+        "from cross-validation folds are optimistic because training sets overlap "
+        "(Nadeau and Bengio 2003)."
+    )
+    return out
+
+
+# ------------------------------------------------------------------------------ renderers
+def _html_table(t: Table) -> str:
+    head, rows = t
+    if not rows:
+        return "<p><em>(nothing to show)</em></p>"
+    th = "".join(f"<th>{html.escape(h)}</th>" for h in head)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in r) + "</tr>"
+                   for r in rows)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _md_table(t: Table) -> str:
+    head, rows = t
+    if not rows:
+        return "_(nothing to show)_\n"
+    esc = [[str(v).replace("|", "\\|") for v in r] for r in rows]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(r) + " |" for r in esc]
+    return "\n".join(lines) + "\n"
+
+
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem auto;
+max-width:1150px;color:#1d2433;line-height:1.45;padding:0 1rem;background:#fff}
+h1{color:#0b3d66;border-bottom:3px solid #1b6ca8;padding-bottom:.3rem}
+h2{color:#0b3d66;margin-top:2.2rem;border-bottom:1px solid #ccd;padding-bottom:.2rem}
+table{border-collapse:collapse;margin:.6rem 0 1.2rem;font-size:.86rem;width:100%}
+th,td{border:1px solid #d5d9e0;padding:.3rem .5rem;text-align:left;vertical-align:top}
+th{background:#eef3f8}
+tr:nth-child(even) td{background:#fafbfd}
+.findings li{margin:.35rem 0}
+.verdict-holds{color:#1a7f37;font-weight:600}.verdict-not{color:#b42318;font-weight:600}
+.verdict-unmeasured{color:#6b7280}
+figure{margin:1rem 0 2rem}figure img{max-width:100%;border:1px solid #e3e6ea}
+figcaption{font-size:.85rem;color:#4b5563}
+.meta{color:#4b5563;font-size:.9rem}
+code,pre{background:#f3f4f6;padding:.1rem .3rem;border-radius:3px}
+pre{padding:.6rem;overflow-x:auto;font-size:.8rem}
+"""
+
+
+def _claims_html(claims: list[ClaimResult]) -> str:
+    head = ["seed §", "claim", "measured here", "verdict", "how measured"]
+    th = "".join(f"<th>{h}</th>" for h in head)
+    rows = []
+    for c in claims:
+        cls = {"holds": "verdict-holds", "does not hold": "verdict-not"}.get(c.verdict,
+                                                                               "verdict-unmeasured")
+        rows.append(f"<tr><td>{html.escape(c.section)}</td><td>{html.escape(c.claim)}</td>"
+                    f"<td>{html.escape(c.measured)}</td><td class='{cls}'>{html.escape(c.verdict)}"
+                    f"</td><td>{html.escape(c.method)}</td></tr>")
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{''.join(rows)}</tbody></table>"
+
+
+def _threat_table(setup: dict[str, Any]) -> Table:
+    head = ["defense", "summary", "server observes", "a client observes", "an outsider observes"]
+    rows = []
+    for name, d in setup["defenses"].items():
+        v = d["views"]
+        rows.append([name, d["summary"], v.get("server", {}).get("observes", "-"),
+                     v.get("client", {}).get("observes", "-"),
+                     v.get("outsider", {}).get("observes", "-")])
+    return head, rows
+
+
+def _hospital_table(setup: dict[str, Any]) -> Table:
+    return (["hospital", "patients", "positive rate"],
+            [[h["name"], str(h["patients"]), f"{h['positive_rate']:.2f}"]
+             for h in setup["data"]["hospitals"]])
+
+
+def _algorithms_table(setup: dict[str, Any]) -> Table:
+    return (["algorithm", "kind", "what it is", "parameters"],
+            [[n, a["kind"], a["summary"], json.dumps(a["params"]) if a["params"] else "-"]
+             for n, a in setup["algorithms"].items()])
+
+
+def _attacks_table(setup: dict[str, Any]) -> Table:
+    return (["attack", "what it does", "threat model"],
+            [[n, a["summary"], a["threat_model"]] for n, a in setup["attacks"].items()])
+
+
+def _sections(results: AuditResults, summary: AuditSummary, claims: list[ClaimResult],
+              setup: dict[str, Any]) -> list[tuple[str, str, Any]]:
+    """(title, kind, content) in report order; kind is 'table', 'list', 'text' or 'claims'."""
+    p = setup["protocol"]
+    text = (
+        f"{p['folds']}-fold stratified cross-validation over patients, stratified within each "
+        f"hospital; {p['rounds']} rounds per training run; model: {p['model']}; local SGD with "
+        f"learning rate {p['learning_rate']}, {p['local_epochs']} local epoch(s), batch size "
+        f"{p['batch_size']}. Standardisation is refitted on each training fold from pooled "
+        f"counts and sums. Heterogeneity: {setup['data']['heterogeneity']}. External test set: "
+        f"{setup['data']['external_test_patients']} patients. Target accuracy for 'rounds to "
+        f"target': {_f(summary.target_accuracy)} ({summary.target_source})."
+    )
+    secs: list[tuple[str, str, Any]] = [
+        ("Findings", "list", _findings(summary, claims, setup)),
+        ("Set-up", "text", text),
+        ("Hospitals", "table", _hospital_table(setup)),
+        ("Algorithms", "table", _algorithms_table(setup)),
+        ("Defenses and threat models", "table", _threat_table(setup)),
+    ]
+    if setup["attacks"]:
+        secs.append(("Attacks", "table", _attacks_table(setup)))
+    secs += [
+        ("Utility (mean ± std over folds)", "table", _utility_table(summary)),
+        ("Significance (each algorithm against FedAvg, same defense)", "table",
+         _stats_table(summary)),
+        ("Costs", "table", _cost_table(summary)),
+        ("Privacy risk", "table", _privacy_table(summary) if summary.attack_columns else
+         (["note"], [["No attack ran in this audit."]])),
+        ("The seed document's claims beside the measured values", "claims", claims),
+    ]
+    if summary.failed:
+        secs.append(("Failed cells", "table", (["algorithm", "defense", "fold", "error"], [
+            [c["algorithm"], c["defense"], str(c["fold"] + 1), c["error"]] for c in summary.failed])))
+    return secs
+
+
+def write_report(results: AuditResults, *, command: str | None = None) -> ReportFiles:
+    """Summarise ``results``, draw the figures and write every report file into its folder."""
+    out = results.out_dir
+    summary = summarize(results.cells, target_fraction=results.config.target_fraction)
+    claims = evaluate_claims(summary)
+    figs = make_figures(results.cells, summary, out / "figures")
+    setup = _setup(results)
+    secs = _sections(results, summary, claims, setup)
+    generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    meta = (f"securefed {securefed.__version__} · profile '{results.config.profile}' · "
+            f"{len(results.cells)} cells · generated {generated}")
+    reproduce = command or f"securefed audit --config {out / 'audit.toml'}"
+
+    # config file that reproduces the run
+    try:
+        import tomli_w
+
+        (out / "audit.toml").write_text(tomli_w.dumps(
+            {k: v for k, v in results.config.to_dict().items() if v is not None}))
+    except ImportError:  # pragma: no cover - tomli-w is a dependency
+        pass
+
+    # ---- HTML
+    parts = [f"<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
+             f"<title>securefed audit report</title><style>{_CSS}</style></head><body>",
+             "<h1>securefed privacy and utility audit</h1>",
+             f"<p class='meta'>{html.escape(meta)}<br>Reproduce: <code>{html.escape(reproduce)}"
+             "</code></p>"]
+    for title, kind, content in secs:
+        parts.append(f"<h2>{html.escape(title)}</h2>")
+        if kind == "table":
+            parts.append(_html_table(content))
+        elif kind == "list":
+            parts.append("<ul class='findings'>" + "".join(
+                f"<li>{html.escape(s)}</li>" for s in content) + "</ul>")
+        elif kind == "claims":
+            parts.append(_claims_html(content))
+        else:
+            parts.append(f"<p>{html.escape(content)}</p>")
+    parts.append("<h2>Figures</h2>")
+    for f in figs:
+        b64 = base64.b64encode(f.png.read_bytes()).decode()
+        parts.append(f"<figure><img alt='{html.escape(f.title)}' src='data:image/png;base64,{b64}'>"
+                     f"<figcaption><strong>{html.escape(f.title)}.</strong> "
+                     f"{html.escape(f.caption)}</figcaption></figure>")
+    parts.append("</body></html>")
+    html_path = out / "report.html"
+    html_path.write_text("\n".join(parts), encoding="utf-8")
+
+    # ---- Markdown
+    md = ["# securefed privacy and utility audit", "", f"_{meta}_", "",
+          f"Reproduce: `{reproduce}`", ""]
+    for title, kind, content in secs:
+        md += [f"## {title}", ""]
+        if kind == "table":
+            md.append(_md_table(content))
+        elif kind == "list":
+            md += [f"- {s}" for s in content] + [""]
+        elif kind == "claims":
+            md.append(_md_table(_claims_table(content)))
+        else:
+            md += [content, ""]
+    md += ["## Figures", ""]
+    for f in figs:
+        md += [f"![{f.title}](figures/{f.png.name})", "", f"*{f.title}.* {f.caption}", ""]
+    md_path = out / "report.md"
+    md_path.write_text("\n".join(md), encoding="utf-8")
+
+    # ---- JSON and CSV
+    payload = {
+        "meta": {"securefed_version": securefed.__version__, "generated": generated,
+                 "profile": results.config.profile, "cells": len(results.cells)},
+        "config": results.config.to_dict(),
+        "setup": setup,
+        "target_accuracy": summary.target_accuracy,
+        "target_source": summary.target_source,
+        "groups": summary.groups,
+        "comparisons": [c.to_dict() for c in summary.comparisons],
+        "claims": [c.to_dict() for c in claims],
+        "findings": _findings(summary, claims, setup),
+        "failed": [{k: c.get(k) for k in ("algorithm", "defense", "fold", "error")}
+                   for c in summary.failed],
+        "figures": [{"name": f.name, "png": str(f.png.relative_to(out)),
+                     "svg": str(f.svg.relative_to(out))} for f in figs],
+    }
+    json_path = out / "summary.json"
+    json_path.write_text(json.dumps(payload, indent=2, default=_json_safe, allow_nan=True))
+    flat = []
+    for g in summary.groups:
+        row: dict[str, Any] = {"algorithm": g["algorithm"], "defense": g["defense"], "n": g["n"]}
+        for k, v in g.items():
+            if isinstance(v, dict) and "mean" in v:
+                row[f"{k}_mean"], row[f"{k}_std"] = v["mean"], v["std"]
+        flat.append(row)
+    import pandas as pd
+
+    csv_path = out / "summary.csv"
+    pd.DataFrame(flat).to_csv(csv_path, index=False)
+    cells_csv = out / "cells.csv"
+    summary.frame.to_csv(cells_csv, index=False)
+    return ReportFiles(html=html_path, markdown=md_path, json=json_path, csv=csv_path,
+                       cells_csv=cells_csv, figures=tuple(figs), summary=summary,
+                       claims=tuple(claims))
+
+
+def _json_safe(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    return str(obj)
