@@ -27,6 +27,7 @@ from evaluation.summary import AuditSummary  # noqa: E402
 __all__ = ["FigureFile", "make_figures"]
 
 _PALETTE = ("#1b6ca8", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f", "#2e4057", "#c97b84")
+_DASHES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
 _PHASES = ("local_training", "client_processing", "channel", "server_update", "evaluation")
 
 
@@ -70,6 +71,7 @@ def convergence(cells: Sequence[dict[str, Any]], summary: AuditSummary, out: Pat
     if not algos:
         return None
     colours = _colours(algos)
+    dashes = {a: _DASHES[i % len(_DASHES)] for i, a in enumerate(algos)}
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     panels = (("train_loss", "training loss"), ("test_loss", "test loss (held-out fold)"),
               ("test_accuracy", "test accuracy (held-out fold)"))
@@ -81,7 +83,7 @@ def convergence(cells: Sequence[dict[str, Any]], summary: AuditSummary, out: Pat
             x = np.arange(1, arr.shape[1] + 1)
             m = np.nanmean(arr, 0)
             s = np.nanstd(arr, 0, ddof=1) if arr.shape[0] > 1 else np.zeros_like(m)
-            ax.plot(x, m, color=colours[algo], label=algo, lw=1.8)
+            ax.plot(x, m, color=colours[algo], label=algo, lw=1.8, ls=dashes[algo])
             ax.fill_between(x, m - s, m + s, color=colours[algo], alpha=0.18, lw=0)
         ax.set_xlabel("round")
         ax.set_title(label, fontsize=10)
@@ -212,6 +214,12 @@ def time_overhead(summary: AuditSummary, out: Path) -> FigureFile | None:
             continue
         ax.bar(labels, vals_arr, bottom=bottom, color=phase_colours[phase], label=phase)
         bottom += vals_arr
+    for i, g in enumerate(summary.groups):
+        base = summary.group(g["algorithm"], "none")
+        if g["defense"] != "none" and base is not None and base["train_time"]["mean"] > 0:
+            ratio = g["train_time"]["mean"] / base["train_time"]["mean"]
+            ax.annotate(f"x{ratio:.1f}", (i, g["train_time"]["mean"]), ha="center",
+                        va="bottom", fontsize=7, xytext=(0, 2), textcoords="offset points")
     ax.set_ylabel("seconds per training run (mean over folds)")
     ax.tick_params(axis="x", rotation=45, labelsize=8)
     for t in ax.get_xticklabels():
@@ -220,7 +228,8 @@ def time_overhead(summary: AuditSummary, out: Path) -> FigureFile | None:
     ax.grid(axis="y", alpha=0.3)
     return _save(fig, out, "time", "Training time by phase",
                  "Wall time of each phase summed over rounds, as the engine measured it; "
-                 "'other' is the rest of the run (set-up, bookkeeping).")
+                 "'other' is the rest of the run (set-up, bookkeeping). 'xN' above a bar: "
+                 "time relative to the same algorithm without defense.")
 
 
 def reconstructions(cells: Sequence[dict[str, Any]], out: Path) -> list[FigureFile]:
