@@ -4,9 +4,10 @@ from defenses.base import (
     PARTIES,
     Defense,
     PartyView,
+    RunContext,
     defense_names,
     get_defense,
     register_defense,
 )
 
-__all__ = ["PARTIES", "Defense", "PartyView", "defense_names", "get_defense", "register_defense"]
+__all__ = ["PARTIES", "Defense", "PartyView", "RunContext", "defense_names", "get_defense", "register_defense"]

@@ -23,6 +23,7 @@ from securefed.federated import AggregationChannel, PlainChannel, Strategy
 
 __all__ = [
     "PARTIES",
+    "RunContext",
     "PartyView",
     "Defense",
     "register_defense",
@@ -33,7 +34,18 @@ __all__ = [
 #: The adversaries every defense describes, in the order reports list them.
 PARTIES = ("server", "client", "outsider")
 
-StrategyWrap = Callable[[Strategy], Strategy]
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """The facts about a run that a wrapper may need (a DP accountant needs all three)."""
+
+    num_clients: int
+    rounds: int
+    clients_per_round: int | None = None
+
+
+StrategyWrap = Callable[[Strategy, RunContext], Strategy]
 
 
 @dataclass(frozen=True)
@@ -92,10 +104,10 @@ class Defense:
     def make_channel(self) -> AggregationChannel:
         return self.channel_factory()
 
-    def wrap(self, strategy: Strategy) -> Strategy:
+    def wrap(self, strategy: Strategy, context: RunContext) -> Strategy:
         """The strategy with every wrapper of this defense applied (innermost first)."""
         for wrap in self.wrappers:
-            strategy = wrap(strategy)
+            strategy = wrap(strategy, context)
         return strategy
 
     def view(self, party: str) -> PartyView:

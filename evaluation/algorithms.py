@@ -12,7 +12,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from defenses import Defense
+from defenses import Defense, RunContext
 from securefed.errors import ConfigurationError
 from securefed.federated import FedAvg, FederatedArrays, FedProx, RunResult, Strategy, run_federated
 from securefed.federated.centralized import run_centralized
@@ -121,7 +121,8 @@ class Algorithm:
             strategy = self.strategy_factory(**hyper.local(), **kwargs)
         except TypeError as exc:
             raise ConfigurationError(f"bad parameters for algorithm {self.name!r}: {exc}") from exc
-        strategy = defense.wrap(strategy)
+        strategy = defense.wrap(strategy, RunContext(
+            num_clients=len(data.clients), rounds=rounds, clients_per_round=hyper.clients_per_round))
         return run_federated(
             data, strategy=strategy, model=model, rounds=rounds, seed=seed,
             channel=defense.make_channel(), clients_per_round=hyper.clients_per_round,
