@@ -132,6 +132,31 @@ def accuracy_bars(summary: AuditSummary, out: Path) -> FigureFile | None:
                  "Bars: mean held-out-fold accuracy; whiskers: one standard deviation over folds.")
 
 
+def per_hospital(summary: AuditSummary, out: Path, defense: str = "none") -> FigureFile | None:
+    groups = [g for g in summary.groups if g["defense"] == defense]
+    hosp = sorted({k for g in groups for k in g if k.startswith("hospital.")})
+    if not groups or not hosp:
+        return None
+    algos = [g["algorithm"] for g in groups]
+    colours = _colours(algos)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(hosp) + 2), 3.8))
+    width = 0.8 / len(groups)
+    for j, g in enumerate(groups):
+        xs = np.arange(len(hosp)) + (j - (len(groups) - 1) / 2) * width
+        ms = [g[h]["mean"] for h in hosp]
+        ss = [g[h]["std"] for h in hosp]
+        ax.bar(xs, ms, width * 0.92, yerr=ss, capsize=2, color=colours[g["algorithm"]],
+               label=g["algorithm"])
+    ax.set_xticks(range(len(hosp)), [h.split(".", 1)[1] for h in hosp])
+    ax.set_ylabel("accuracy on the hospital's own held-out patients")
+    ax.set_ylim(0, 1)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8, ncols=min(len(groups), 4), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    return _save(fig, out, "per-hospital", "Accuracy per hospital",
+                 f"Defense '{defense}'. Each hospital's held-out patients scored separately: a "
+                 "model that serves one hospital's population or labelling rule poorly shows here.")
+
+
 def privacy_utility(summary: AuditSummary, out: Path) -> list[FigureFile]:
     """One frontier per attack metric: attack success (y) against accuracy (x)."""
     figs: list[FigureFile] = []
@@ -282,6 +307,7 @@ def make_figures(cells: Sequence[dict[str, Any]], summary: AuditSummary, out: Pa
     figs: list[FigureFile | None] = [
         convergence(cells, summary, out),
         accuracy_bars(summary, out),
+        per_hospital(summary, out),
         *privacy_utility(summary, out),
         communication(cells, summary, out),
         time_overhead(summary, out),
