@@ -61,12 +61,13 @@ class AuditConfig:
     clients_per_round: int | None = None
     dropout_rate: float = 0.0
     target_fraction: float = 0.95
+    exclude: tuple[str, ...] = ()
     algorithm_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     defense_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     attack_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("algorithms", "defenses", "attacks", "hidden"):
+        for name in ("algorithms", "defenses", "attacks", "hidden", "exclude"):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, (list, tuple)):
                 raise ConfigurationError(f"{name} must be a list, got {value!r}")
@@ -81,6 +82,12 @@ class AuditConfig:
             get_defense(d, **dict(self.defense_params.get(d, {})))
         for k in self.attacks:
             get_attack(k)
+        for pattern in self.exclude:
+            if not isinstance(pattern, str) or pattern.count("/") != 1:
+                raise ConfigurationError(
+                    f"exclude entries must look like 'ALGORITHM/DEFENSE' (wildcards allowed), "
+                    f"got {pattern!r}"
+                )
         for table, valid in (("algorithm_params", self.algorithms), ("defense_params", self.defenses),
                              ("attack_params", self.attacks)):
             for key in getattr(self, table):
@@ -105,12 +112,18 @@ class AuditConfig:
                 "batch_size": self.batch_size, "clients_per_round": self.clients_per_round,
                 "dropout_rate": self.dropout_rate}
 
+    def excluded(self, algorithm: str, defense: str) -> bool:
+        """True when ``algorithm/defense`` matches an ``exclude`` pattern (``*`` wildcards)."""
+        from fnmatch import fnmatchcase
+
+        return any(fnmatchcase(f"{algorithm}/{defense}", p) for p in self.exclude)
+
     def hyper(self) -> HyperParams:
         return HyperParams(**self.hyper_kwargs())
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("algorithms", "defenses", "attacks", "hidden"):
+        for k in ("algorithms", "defenses", "attacks", "hidden", "exclude"):
             d[k] = list(d[k])
         for k in ("algorithm_params", "defense_params", "attack_params"):
             d[k] = {n: dict(v) for n, v in d[k].items()}
@@ -125,7 +138,7 @@ class AuditConfig:
         """
         d = self.to_dict()
         for k in ("profile", "algorithms", "defenses", "attacks", "algorithm_params",
-                  "defense_params", "attack_params", "target_fraction"):
+                  "defense_params", "attack_params", "target_fraction", "exclude"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

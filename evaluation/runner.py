@@ -102,7 +102,7 @@ def plan_cells(config: AuditConfig) -> list[Cell]:
         algo = get_algorithm(a)
         for d in config.defenses:
             defense = get_defense(d, **dict(config.defense_params.get(d, {})))
-            if not algo.supports(defense, model):
+            if not algo.supports(defense, model) or config.excluded(a, d):
                 continue
             attacks = tuple(k for k in config.attacks if get_attack(k).applies(algo.kind, defense))
             for f in range(config.folds):
@@ -163,7 +163,7 @@ def _prepare_out_dir(out: Path, config: AuditConfig, *, overwrite: bool) -> None
                 differ = sorted(k for k in new if k in old and old[k] != new[k]
                                 and k not in ("profile", "algorithms", "defenses", "attacks",
                                               "algorithm_params", "defense_params",
-                                              "attack_params", "target_fraction"))
+                                              "attack_params", "target_fraction", "exclude"))
                 raise ConfigurationError(
                     f"{str(out)!r} holds the results of another audit (created "
                     f"{manifest.get('created', '?')}; settings that differ: "
@@ -292,6 +292,7 @@ def run_cell(cell: Cell, config: AuditConfig, fold: Fold, *, model: ModelSpec) -
     record["history"] = _history(run)
     record["times"] = _phase_times(run)
     record["train_time"] = train_time
+    record["time_per_round"] = train_time / max(1, len(run.history))
     record["bytes_up"] = int(sum(r.bytes_up for r in run.history))
     record["bytes_down"] = int(sum(r.bytes_down for r in run.history))
     record["rounds_run"] = len(run.history)

@@ -26,7 +26,7 @@ REFERENCE = "fedavg"
 METRICS = (
     "accuracy", "auc", "f1", "loss",
     "external_accuracy", "external_auc", "external_f1",
-    "bytes_up", "bytes_down", "bytes_total", "train_time", "attack_time",
+    "bytes_up", "bytes_down", "bytes_total", "train_time", "time_per_round", "attack_time",
     "rounds_to_target", "bytes_to_target", "epsilon",
 )
 
@@ -64,6 +64,7 @@ def cell_frame(cells: Sequence[dict[str, Any]], target: float | None = None) -> 
             "external_f1": _num(ext.get("f1")),
             "bytes_up": _num(c.get("bytes_up")), "bytes_down": _num(c.get("bytes_down")),
             "train_time": _num(c.get("train_time")), "attack_time": _num(c.get("attack_time")),
+            "time_per_round": _num(c.get("time_per_round")),
             "epsilon": _num(c.get("epsilon")),
         }
         row["bytes_total"] = row["bytes_up"] + row["bytes_down"]
