@@ -79,8 +79,9 @@ class Defense:
     summary:
         One sentence for reports.
     channel_factory:
-        Builds a fresh aggregation channel for one run (channels may hold per-run state
-        such as keys, so each run gets its own).
+        Builds a fresh aggregation channel for one run from the already wrapped strategy
+        (channels may hold per-run state such as keys, so each run gets its own; a
+        distributed-DP channel takes its noise source from the DP wrapper).
     wrappers:
         Strategy wrappers applied in order (innermost first), e.g. DP clipping and noise.
     views:
@@ -95,20 +96,26 @@ class Defense:
 
     name: str
     summary: str
-    channel_factory: Callable[[], AggregationChannel]
+    channel_factory: Callable[[Strategy], AggregationChannel]
     views: tuple[PartyView, ...]
     wrappers: tuple[StrategyWrap, ...] = ()
     params: Mapping[str, Any] = field(default_factory=dict)
     centralized_channel: str | None = None
-
-    def make_channel(self) -> AggregationChannel:
-        return self.channel_factory()
 
     def wrap(self, strategy: Strategy, context: RunContext) -> Strategy:
         """The strategy with every wrapper of this defense applied (innermost first)."""
         for wrap in self.wrappers:
             strategy = wrap(strategy, context)
         return strategy
+
+    def make_channel(self, strategy: Strategy) -> AggregationChannel:
+        """A fresh channel for a run of ``strategy`` (the wrapped one, see :meth:`build`)."""
+        return self.channel_factory(strategy)
+
+    def build(self, strategy: Strategy, context: RunContext) -> tuple[Strategy, AggregationChannel]:
+        """The wrapped strategy and its channel, ready for ``run_federated``."""
+        wrapped = self.wrap(strategy, context)
+        return wrapped, self.make_channel(wrapped)
 
     def view(self, party: str) -> PartyView:
         for v in self.views:
@@ -171,7 +178,7 @@ def _none() -> Defense:
     return Defense(
         name="none",
         summary="No protection: every hospital's update travels in the clear.",
-        channel_factory=PlainChannel,
+        channel_factory=lambda strategy: PlainChannel(),
         views=(
             PartyView("server", "each hospital's weighted update and weight, every round",
                       individual_updates=True, aggregate=True),

@@ -121,11 +121,11 @@ class Algorithm:
             strategy = self.strategy_factory(**hyper.local(), **kwargs)
         except TypeError as exc:
             raise ConfigurationError(f"bad parameters for algorithm {self.name!r}: {exc}") from exc
-        strategy = defense.wrap(strategy, RunContext(
+        strategy, channel = defense.build(strategy, RunContext(
             num_clients=len(data.clients), rounds=rounds, clients_per_round=hyper.clients_per_round))
         return run_federated(
             data, strategy=strategy, model=model, rounds=rounds, seed=seed,
-            channel=defense.make_channel(), clients_per_round=hyper.clients_per_round,
+            channel=channel, clients_per_round=hyper.clients_per_round,
             dropout_rate=hyper.dropout_rate, record_transcript=record_transcript,
             progress=progress,
         )
