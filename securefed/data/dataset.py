@@ -117,7 +117,7 @@ class FederatedDataset:
     def summary(self) -> pd.DataFrame:
         """One row per hospital: patients, positives, positive rate, missing cells, format."""
         rows = []
-        for h, df in zip(self.hospitals, self.harmonised_tables):
+        for h, df in zip(self.hospitals, self.harmonised_tables, strict=True):
             y = df[self.schema.target]
             rows.append({
                 "hospital": h.name,
@@ -160,7 +160,7 @@ class FederatedDataset:
                 raise ConfigurationError(f"test_fraction must be in (0, 1), got {test_fraction}")
             rng = np.random.default_rng(seed)
             held, kept = [], []
-            for name, df in zip(self.names, tables):
+            for name, df in zip(self.names, tables, strict=True):
                 y = df[self.schema.target].to_numpy()
                 mask = np.zeros(len(df), dtype=bool)
                 for cls in (0, 1):
@@ -185,7 +185,7 @@ class FederatedDataset:
         )
         clients = tuple(
             ClientArrays(client_id=i, name=name, X=std.transform(X), y=y.astype(np.float32))
-            for i, (name, (X, y)) in enumerate(zip(self.names, encoded))
+            for i, (name, (X, y)) in enumerate(zip(self.names, encoded, strict=True))
         )
         X_te, y_te = encode(test, self.schema)
         return FederatedArrays(

@@ -82,26 +82,38 @@ class ProblemLog:
         raise err
 
 
-def _is_missing(values: pd.Series) -> np.ndarray:
-    """Missing cells: NaN/None, or a string among :data:`NA_TOKENS` (after stripping)."""
-    miss = values.isna().to_numpy()
-    if values.dtype == object:
-        stripped = values.astype(str).str.strip()
-        miss = miss | stripped.isin(NA_TOKENS).to_numpy()
-    return miss
+def _code_text(v: object) -> str:
+    """A cell as text; integral floats lose their ``.0`` (a column of 1.0/0.0 reads as 1/0)."""
+    if isinstance(v, (float, np.floating)) and float(v).is_integer():
+        return str(int(v))
+    return str(v).strip()
+
+
+def _decode(values: pd.Series, table: dict[str, str]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Vectorised code lookup over the distinct values of a column.
+
+    Returns ``(idx, text, miss, decoded)``: ``idx`` maps each cell to its distinct value
+    (the last slot stands for NaN), and ``text``/``miss``/``decoded`` describe each distinct
+    value (as in the file, whether it reads as missing, its agreed code).  The per-value work
+    is done once, so a column of a million cells with a handful of codes costs one C pass.
+    """
+    idx, uniques = pd.factorize(values, use_na_sentinel=True)
+    u_text = np.array([_code_text(v) for v in uniques] + [""], dtype=object)
+    u_miss = np.array([t in NA_TOKENS for t in u_text[:-1]] + [True], dtype=bool)
+    u_dec = np.array([table.get(t, t) for t in u_text[:-1]] + [None], dtype=object)
+    idx = np.where(idx < 0, len(uniques), idx)
+    return idx, u_text, u_miss, u_dec
+
+
+def _numeric_missing(values: pd.Series) -> np.ndarray:
+    if values.dtype != object:
+        return values.isna().to_numpy()
+    idx, _, u_miss, _ = _decode(values, {})
+    return u_miss[idx]
 
 
 def _row_label(row_numbers: np.ndarray | None, i: int) -> int:
     return int(row_numbers[i]) if row_numbers is not None else i + 1
-
-
-def _code_str(values: pd.Series) -> pd.Series:
-    """Codes as strings; integral floats lose their ``.0`` (a column of 1.0/0.0 reads as 1/0)."""
-    def one(v):
-        if isinstance(v, float) and v.is_integer():
-            return str(int(v))
-        return str(v).strip()
-    return values.map(one)
 
 
 def harmonise_table(
@@ -116,8 +128,8 @@ def harmonise_table(
     """Map one hospital's export onto the agreed schema.
 
     Returns a table with exactly ``schema.columns``: numeric features as float64 in the agreed
-    unit (NaN where missing), categorical features as agreed category strings (None where
-    missing), and the target as int 0/1.  Columns not in the schema are dropped.
+    unit (NaN where missing), categorical features as ``pandas.Categorical`` over the agreed
+    categories (NaN where missing), and the target as int 0/1.  Columns not in the schema are dropped.
 
     Problems (missing column, non-numeric value in a numeric column, unknown category or
     target code, missing target) name ``source``, the 1-based data row (``row_numbers`` gives
@@ -148,19 +160,20 @@ def harmonise_table(
 
     for feat in schema.features:
         raw = renamed[feat.name]
-        miss = _is_missing(raw)
         if feat.kind == CATEGORICAL:
-            codes = _code_str(raw)
             decode = dict(fmt.codes.get(feat.name, {}))
-            mapped = codes.map(lambda v, d=decode: d.get(v, v))
-            bad = ~miss & ~mapped.isin(feat.categories).to_numpy()
-            for i in np.flatnonzero(bad)[: log.show]:
+            idx, u_text, u_miss, u_dec = _decode(raw, decode)
+            cats = list(feat.categories)
+            u_code = np.array([cats.index(d) if d in cats else -1 for d in u_dec], dtype=np.int64)
+            u_code[u_miss] = -1
+            u_bad = ~u_miss & (u_code < 0)
+            for i in np.flatnonzero(u_bad[idx])[: log.show]:
                 log.add(source, _row_label(rows, i), _local_name(fmt, feat.name),
-                        f"unknown category {codes.iloc[i]!r}; expected one of "
-                        f"{sorted(decode) if decode else list(feat.categories)}")
-            values = mapped.where(~pd.Series(miss, index=mapped.index), None).to_numpy(object)
-            out[feat.name] = values
+                        f"unknown category {u_text[idx[i]]!r}; expected one of "
+                        f"{sorted(decode) if decode else cats}")
+            out[feat.name] = pd.Categorical.from_codes(u_code[idx], categories=cats)
         else:
+            miss = _numeric_missing(raw)
             if raw.dtype == object:
                 nums = pd.to_numeric(raw.where(~pd.Series(miss, index=raw.index), None),
                                      errors="coerce")
@@ -176,21 +189,17 @@ def harmonise_table(
                 arr = convert(arr, local_unit, feat.unit, quantity=feat.quantity or feat.name)
             out[feat.name] = arr
 
-    raw_t = renamed[schema.target]
-    miss_t = _is_missing(raw_t)
-    codes_t = _code_str(raw_t)
     decode_t = dict(fmt.codes.get(schema.target, {}))
-    mapped_t = codes_t.map(lambda v: decode_t.get(v, v))
-    for i in np.flatnonzero(miss_t)[: log.show]:
+    idx, u_text, u_miss, u_dec = _decode(renamed[schema.target], decode_t)
+    for i in np.flatnonzero(u_miss[idx])[: log.show]:
         log.add(source, _row_label(rows, i), _local_name(fmt, schema.target), "target value missing")
-    known = set(schema.target_codes)
     if schema.negative is not None:
-        bad_t = ~miss_t & ~mapped_t.isin(known).to_numpy()
-        for i in np.flatnonzero(bad_t)[: log.show]:
+        u_bad = ~u_miss & ~np.isin(u_dec, np.array(schema.target_codes, dtype=object))
+        for i in np.flatnonzero(u_bad[idx])[: log.show]:
             expect = sorted(decode_t) if decode_t else list(schema.target_codes)
             log.add(source, _row_label(rows, i), _local_name(fmt, schema.target),
-                    f"unknown target code {codes_t.iloc[i]!r}; expected one of {expect}")
-    out[schema.target] = (mapped_t == schema.positive).to_numpy().astype(np.int64)
+                    f"unknown target code {u_text[idx[i]]!r}; expected one of {expect}")
+    out[schema.target] = (u_dec == schema.positive).astype(np.int64)[idx]
 
     if len(log.problems) > n_before:
         if own_log:
@@ -214,7 +223,7 @@ def export_table(table: pd.DataFrame, fmt: ExportFormat, schema: Schema) -> pd.D
         col = table[feat.name]
         if feat.kind == CATEGORICAL:
             encode = {a: loc for loc, a in fmt.codes.get(feat.name, {}).items()}
-            out[feat.name] = col.map(lambda v, e=encode: v if v is None or v != v else e.get(v, v))
+            out[feat.name] = col.map(encode) if encode else col
         else:
             unit = fmt.units.get(feat.name)
             arr = col.to_numpy(np.float64)
@@ -222,10 +231,10 @@ def export_table(table: pd.DataFrame, fmt: ExportFormat, schema: Schema) -> pd.D
                 arr = convert(arr, feat.unit, unit, quantity=feat.quantity or feat.name)
             out[feat.name] = arr
     encode_t = {a: loc for loc, a in fmt.codes.get(schema.target, {}).items()}
-    labels = np.where(table[schema.target].to_numpy() == 1, schema.positive,
-                      schema.negative if schema.negative is not None else "other")
-    out[schema.target] = [encode_t.get(v, v) for v in labels]
-    frame = pd.DataFrame(out, columns=list(schema.columns))
+    neg = schema.negative if schema.negative is not None else "other"
+    pair = np.array([encode_t.get(neg, neg), encode_t.get(schema.positive, schema.positive)], dtype=object)
+    out[schema.target] = pair[(table[schema.target].to_numpy() == 1).astype(np.int64)]
+    frame = pd.DataFrame(out, columns=list(schema.columns)).reset_index(drop=True)
     encode_names = {a: loc for loc, a in fmt.rename.items()}
     return frame.rename(columns=encode_names)
 
@@ -295,7 +304,7 @@ def simulated_format(schema: Schema, style: str) -> ExportFormat:
                     local = [c.upper() for c in cats]
             else:
                 local = [str(i + 1) for i in range(len(cats))]
-            codes[feat.name] = dict(zip(local, cats))
+            codes[feat.name] = dict(zip(local, cats, strict=True))
         else:
             if style == "si-lab":
                 u = _si_unit(feat)

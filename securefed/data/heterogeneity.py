@@ -140,7 +140,7 @@ def knob_streams(seed: int | np.random.SeedSequence) -> dict[str, np.random.Gene
     """Independent generators, one per knob (plus ``population`` and ``test``)."""
     ss = seed if isinstance(seed, np.random.SeedSequence) else np.random.SeedSequence(seed)
     names = ("sizes", "population", "labels", "formats", "test")
-    return {n: np.random.default_rng(c) for n, c in zip(names, ss.spawn(len(names)))}
+    return {n: np.random.default_rng(c) for n, c in zip(names, ss.spawn(len(names)), strict=True)}
 
 
 def draw_sizes(

@@ -13,7 +13,7 @@ a feature with two categories becomes one indicator column ``name=<second catego
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -279,7 +279,7 @@ class Schema:
                 },
             )
         neg = target.get("negative")
-        return cls(
+        schema = cls(
             target=str(target["name"]),
             positive=str(target["positive"]),
             negative=None if neg is None else str(neg),
@@ -287,11 +287,35 @@ class Schema:
             sites=sites,
             name=name,
         )
+        for site, fmt in sites.items():
+            _check_site(schema, site, fmt)
+        return schema
 
 
-def check_columns_known(schema: Schema, columns: Iterable[str]) -> None:
-    """Raise when a mapping names a column that is not in the schema."""
-    known = set(schema.columns)
-    bad = [c for c in columns if c not in known]
+def _check_site(schema: Schema, site: str, fmt: ExportFormat) -> None:
+    """A site table may only name schema columns, units of numeric features, codes of
+    categorical features or the target."""
+    bad = [a for a in fmt.rename.values() if a not in schema.columns]
     if bad:
-        raise ConfigurationError(f"unknown columns {bad}; schema columns are {list(schema.columns)}")
+        raise InvalidDataError(
+            f"[sites.{site}] rename maps to unknown columns {bad}; schema columns: {list(schema.columns)}"
+        )
+    numeric = {f.name for f in schema.features if f.kind == NUMERIC}
+    bad = [c for c in fmt.units if c not in numeric]
+    if bad:
+        raise InvalidDataError(f"[sites.{site}] units given for {bad}, expected numeric features {sorted(numeric)}")
+    coded = {f.name for f in schema.features if f.kind == CATEGORICAL} | {schema.target}
+    bad = [c for c in fmt.codes if c not in coded]
+    if bad:
+        raise InvalidDataError(
+            f"[sites.{site}] codes given for {bad}, expected categorical features or the target {sorted(coded)}"
+        )
+    for col, table in fmt.codes.items():
+        agreed = schema.target_codes if col == schema.target else schema.feature(col).categories
+        if col == schema.target and schema.negative is None:
+            continue
+        wrong = sorted({v for v in table.values() if v not in agreed})
+        if wrong:
+            raise InvalidDataError(
+                f"[sites.{site}] codes.{col} maps to {wrong}, which are not agreed codes {list(agreed)}"
+            )

@@ -39,11 +39,15 @@ def encode(table: pd.DataFrame, schema: Schema) -> tuple[np.ndarray, np.ndarray]
     for feat in schema.features:
         values = table[feat.name]
         if feat.kind == CATEGORICAL:
-            v = values.to_numpy(object)
-            miss = pd.isna(values).to_numpy()
-            cats = feat.categories[1:] if len(feat.categories) == 2 else feat.categories
-            for c in cats:
-                ind = (v == c).astype(np.float64)
+            if isinstance(values.dtype, pd.CategoricalDtype) and \
+                    tuple(values.cat.categories) == feat.categories:
+                codes = values.cat.codes.to_numpy()
+            else:
+                codes = pd.Categorical(values, categories=list(feat.categories)).codes
+            miss = codes < 0
+            first = 1 if len(feat.categories) == 2 else 0
+            for j in range(first, len(feat.categories)):
+                ind = (codes == j).astype(np.float64)
                 ind[miss] = np.nan
                 cols.append(ind)
         else:
@@ -107,7 +111,7 @@ class FederatedStandardiser:
         num = np.asarray(numeric, dtype=bool)
         shared = tuple(
             SharedStatistics(hospital=h, counts=c, sums=su, sq_dev=qq)
-            for h, c, su, qq in zip(hospitals, counts, sums, sq)
+            for h, c, su, qq in zip(hospitals, counts, sums, sq, strict=True)
         )
         return cls(tuple(feature_names), num, mean, scale, shared)
 
