@@ -100,13 +100,20 @@ def _decode(values: pd.Series, table: dict[str, str]) -> tuple[np.ndarray, np.nd
     idx, uniques = pd.factorize(values, use_na_sentinel=True)
     u_text = np.array([_code_text(v) for v in uniques] + [""], dtype=object)
     u_miss = np.array([t in NA_TOKENS for t in u_text[:-1]] + [True], dtype=bool)
-    u_dec = np.array([table.get(t, t) for t in u_text[:-1]] + [None], dtype=object)
+    if table:  # a declared code table is complete: anything else is unknown
+        u_dec = np.array([table.get(t) for t in u_text[:-1]] + [None], dtype=object)
+    else:
+        u_dec = np.array(list(u_text[:-1]) + [None], dtype=object)
     idx = np.where(idx < 0, len(uniques), idx)
     return idx, u_text, u_miss, u_dec
 
 
+def _is_text(values: pd.Series) -> bool:
+    return not (pd.api.types.is_numeric_dtype(values.dtype) or pd.api.types.is_bool_dtype(values.dtype))
+
+
 def _numeric_missing(values: pd.Series) -> np.ndarray:
-    if values.dtype != object:
+    if not _is_text(values):
         return values.isna().to_numpy()
     idx, _, u_miss, _ = _decode(values, {})
     return u_miss[idx]
@@ -174,7 +181,7 @@ def harmonise_table(
             out[feat.name] = pd.Categorical.from_codes(u_code[idx], categories=cats)
         else:
             miss = _numeric_missing(raw)
-            if raw.dtype == object:
+            if _is_text(raw):
                 nums = pd.to_numeric(raw.where(~pd.Series(miss, index=raw.index), None),
                                      errors="coerce")
             else:
