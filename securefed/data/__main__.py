@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--patients", type=int, default=200, help="synthetic: patients per hospital")
     ap.add_argument("--strength", type=float, default=None,
                     help="every knob at this strength (default: Heterogeneity.default())")
+    ap.add_argument("--plot", metavar="PNG", default=None,
+                    help="also draw sizes, positive rates and feature distributions per hospital")
     args = ap.parse_args(argv)
     het = None if args.strength is None else Heterogeneity(
         quantity_skew=args.strength, covariate_shift=args.strength,
@@ -46,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
     print(data.description)
     print(f"generate/split {t1 - t0:.2f} s, harmonise + standardise {t2 - t1:.2f} s, "
           f"{sum(ds.sizes)} patients, {data.num_features} features")
+    if args.plot:
+        from securefed.data.plots import plot_hospitals
+
+        plot_hospitals(ds).savefig(args.plot, dpi=120)
+        print(args.plot)
     return 0
 
 
