@@ -200,13 +200,21 @@ class FederatedDataset:
         """A short human-readable account: source, heterogeneity, sizes, positive rates, formats."""
         tables = self.harmonised_tables if train_tables is None else train_tables
         t = self.schema.target
-        sizes = "/".join(str(len(df)) for df in tables)
-        rates = "/".join(f"{df[t].mean():.2f}" if len(df) else "nan" for df in tables)
-        fmts = ", ".join(self.formats)
+        n = np.array([len(df) for df in tables])
+        r = np.array([df[t].mean() if len(df) else np.nan for df in tables])
         parts = [self.description or f"{len(self.hospitals)} hospitals"]
         if self.heterogeneity is not None:
             parts.append(f"heterogeneity: {self.heterogeneity.describe()}")
-        parts.append(f"sizes {sizes}; positive rates {rates}; formats: {fmts}")
+        if len(tables) <= 6:
+            parts.append(f"sizes {'/'.join(str(int(v)) for v in n)}; positive rates "
+                         f"{'/'.join(f'{v:.2f}' for v in r)}; formats: {', '.join(self.formats)}")
+        else:
+            counts = pd.Series(self.formats).value_counts()
+            parts.append(
+                f"sizes {n.min()}..{int(np.median(n))}..{n.max()} (min..median..max); positive rates "
+                f"{np.nanmin(r):.2f}..{np.nanmax(r):.2f}; formats: "
+                + ", ".join(f"{k} x{v}" for k, v in counts.items())
+            )
         if n_test is None and self.test is not None:
             n_test = len(self.test)
         if n_test is not None:

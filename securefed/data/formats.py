@@ -70,6 +70,8 @@ class ProblemLog:
     def raise_if_any(self) -> None:
         if not self.problems:
             return
+        order = {src: i for i, src in reversed(list(enumerate(p.source for p in self.problems)))}
+        self.problems.sort(key=lambda p: (order[p.source], -1 if p.row is None else p.row))
         shown = "\n".join(f"  {p}" for p in self.problems[: self.show])
         more = len(self.problems) - self.show
         tail = f"\n  ... and {more} more" if more > 0 else ""
