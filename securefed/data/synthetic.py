@@ -21,10 +21,9 @@ covariate shifts, see :class:`~securefed.data.heterogeneity.Heterogeneity`)::
     diabetes ~ Bernoulli(sigmoid(risk)), risk as in RISK_MODEL
 
 Every step is one numpy operation over all patients of all hospitals at once; the per-hospital
-work is only cutting the arrays into tables and exporting them.  Measured on one core of the
-development machine: 100 hospitals x 10,000 patients (1,000,000 rows) generate and prepare
-in about 3 s (``python -m securefed.data --synthetic --hospitals 100 --patients 10000``
-prints the time).
+work is only cutting the arrays into tables and exporting them.  Measured on a shared 2-core
+machine: 100 hospitals x 10,000 patients (1,000,000 rows) generate and prepare in 2.8-4.5 s
+(``python -m securefed.data --synthetic --hospitals 100 --patients 10000`` prints the time).
 """
 
 from __future__ import annotations
