@@ -37,3 +37,13 @@ def test_plot_has_a_panel_per_quantity(tmp_path):
     assert any(t.startswith("age") for t in titles)
     fig.savefig(tmp_path / "h.png")
     assert (tmp_path / "h.png").stat().st_size > 1000
+
+
+def test_docstring_examples():
+    import doctest
+
+    from securefed.data import pima, schema, synthetic, units
+
+    for module in (pima, schema, synthetic, units):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -39,7 +39,7 @@ class SingleClassWarning(DataWarning):
     """A hospital holds patients of one class only (its local gradients see one label)."""
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Hospital:
     """One hospital: its raw table as exported, the format it uses, and where it came from.
 
@@ -67,7 +67,7 @@ class Hospital:
         return out
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class FederatedDataset:
     """Several named hospitals, each with its own table, plus held-out test data.
 
