@@ -65,8 +65,8 @@ class Heterogeneity:
     ``quantity_skew`` (s): unequal hospital sizes.  Hospital k receives the share
     ``p_k = (1 - s) / K + s * q_k`` of the patients, with ``q ~ Dirichlet(1, ..., 1)`` drawn
     from the seed; every hospital then keeps at least ``min_hospital_size`` patients.  At 0 the
-    sizes differ by at most one patient; at 1 they follow a flat Dirichlet (for three hospitals
-    a typical largest/smallest ratio is 3 to 10).
+    sizes differ by at most one patient; at 1 they follow a flat Dirichlet (Pima, three
+    hospitals, seeds 0-19: largest/smallest size has median 3.9, mean 5.1; at 0.5, mean 1.9).
 
     ``covariate_shift`` (s): each hospital draws a population shifted along one feature of its
     own (Pima: hospital 0 older, 1 heavier (BMI), 2 more pregnancies, 3 younger, 4 lighter,
