@@ -52,7 +52,7 @@ class AuditConfig:
     rounds: int = 30
     seed: int = 0
     n_hospitals: int = 3
-    heterogeneity: str | None = None
+    heterogeneity: str | Mapping[str, Any] = "default"
     model: str = "logreg"
     hidden: tuple[int, ...] = ()
     learning_rate: float = 0.1
@@ -101,6 +101,7 @@ class AuditConfig:
                 raise ConfigurationError(f"{name} must be an integer >= {low}, got {value!r}")
         if not 0 < self.target_fraction <= 1:
             raise ConfigurationError(f"target_fraction must be in (0, 1], got {self.target_fraction!r}")
+        self.heterogeneity_setting()
         ModelSpec(self.model, n_features=1, hidden=self.hidden)
         hyper = HyperParams(**self.hyper_kwargs())
         for a in self.algorithms:
@@ -111,6 +112,28 @@ class AuditConfig:
         return {"learning_rate": self.learning_rate, "local_epochs": self.local_epochs,
                 "batch_size": self.batch_size, "clients_per_round": self.clients_per_round,
                 "dropout_rate": self.dropout_rate}
+
+    def heterogeneity_setting(self) -> Any:
+        """The :class:`securefed.data.Heterogeneity` this audit's ``heterogeneity`` names.
+
+        ``"default"`` and ``"none"`` are the data module's presets; a table gives the knobs
+        (``quantity_skew``, ``covariate_shift``, ``label_convention``, ``format_shift``, ...).
+        """
+        from securefed.data import Heterogeneity
+
+        h = self.heterogeneity
+        if h == "default":
+            return Heterogeneity.default()
+        if h == "none":
+            return Heterogeneity.none()
+        if isinstance(h, Mapping):
+            try:
+                return Heterogeneity(**dict(h))
+            except TypeError as exc:
+                raise ConfigurationError(f"heterogeneity: {exc}") from exc
+        raise ConfigurationError(
+            f"heterogeneity must be 'default', 'none' or a table of knobs, got {h!r}"
+        )
 
     def excluded(self, algorithm: str, defense: str) -> bool:
         """True when ``algorithm/defense`` matches an ``exclude`` pattern (``*`` wildcards)."""
@@ -127,6 +150,8 @@ class AuditConfig:
             d[k] = list(d[k])
         for k in ("algorithm_params", "defense_params", "attack_params"):
             d[k] = {n: dict(v) for n, v in d[k].items()}
+        if isinstance(d["heterogeneity"], Mapping):
+            d["heterogeneity"] = dict(d["heterogeneity"])
         return d
 
     def base_fingerprint(self) -> str:

@@ -24,7 +24,7 @@ from evaluation.algorithms import get_algorithm
 from evaluation.claims import ClaimResult, evaluate_claims
 from evaluation.figures import FigureFile, make_figures
 from evaluation.privacy import get_attack
-from evaluation.runner import AuditResults, audit_dataset
+from evaluation.runner import AuditResults, audit_hospitals
 from evaluation.summary import REFERENCE, AuditSummary, summarize
 
 __all__ = ["ReportFiles", "write_report", "summary_rows"]
@@ -146,9 +146,20 @@ def _claims_table(claims: list[ClaimResult]) -> Table:
 
 def _setup(results: AuditResults) -> dict[str, Any]:
     cfg = results.config
-    data = audit_dataset(cfg)
-    hospitals = [{"name": c.name, "patients": c.num_examples,
-                  "positive_rate": float(np.mean(c.y))} for c in data.clients]
+    ds = audit_hospitals(cfg)
+    data = ds.prepare()
+    hospitals = []
+    for c, h in zip(data.clients, ds.hospitals, strict=True):
+        notes = dict(getattr(h, "notes", {}) or {})
+        fmt = getattr(h, "export_format", None)
+        hospitals.append({
+            "name": c.name, "patients": c.num_examples, "positive_rate": float(np.mean(c.y)),
+            "export_format": getattr(fmt, "name", "agreed"),
+            "population": str(notes.get("tilt", "none")),
+            "label_rule": str(notes.get("label_rule", "reference")),
+            "labels_changed": int(notes.get("labels_changed", 0)),
+        })
+    het = ds.heterogeneity.describe() if getattr(ds, "heterogeneity", None) is not None else "none"
     defenses = {d: get_defense(d, **dict(cfg.defense_params.get(d, {}))).describe()
                 for d in cfg.defenses}
     attacks = {a: {"summary": get_attack(a).summary, "threat_model": get_attack(a).threat_model}
@@ -159,13 +170,13 @@ def _setup(results: AuditResults) -> dict[str, Any]:
                   for a in cfg.algorithms}
     return {
         "data": {
-            "source": "Pima Indian diabetes records (bundled; Pima.tr as the hospitals' "
-                      "patients, Pima.te as an external test set)",
+            "source": "Pima Indian diabetes records (bundled; Pima.tr split into hospitals, "
+                      "Pima.te as an external test set)",
             "description": data.description,
             "features": list(data.feature_names),
             "hospitals": hospitals,
             "external_test_patients": int(len(data.y_test)),
-            "heterogeneity": cfg.heterogeneity or "none (random split)",
+            "heterogeneity": het,
         },
         "protocol": {
             "folds": cfg.folds, "rounds": cfg.rounds, "seed": cfg.seed, "model": cfg.model,
@@ -311,8 +322,10 @@ def _threat_table(setup: dict[str, Any]) -> Table:
 
 
 def _hospital_table(setup: dict[str, Any]) -> Table:
-    return (["hospital", "patients", "positive rate"],
-            [[h["name"], str(h["patients"]), f"{h['positive_rate']:.2f}"]
+    return (["hospital", "patients", "positive rate", "export format (harmonised locally)",
+             "population", "diagnosis rule", "labels changed by the rule"],
+            [[h["name"], str(h["patients"]), f"{h['positive_rate']:.2f}", h["export_format"],
+              h["population"], h["label_rule"], str(h["labels_changed"])]
              for h in setup["data"]["hospitals"]])
 
 

@@ -38,6 +38,7 @@ __all__ = [
     "AuditResults",
     "plan_cells",
     "audit_dataset",
+    "audit_hospitals",
     "run_audit",
     "load_results",
     "MANIFEST",
@@ -115,17 +116,17 @@ def plan_cells(config: AuditConfig) -> list[Cell]:
     return cells
 
 
-def audit_dataset(config: AuditConfig) -> FederatedArrays:
-    """The bundled Pima hospitals as the audit's settings describe them."""
-    from securefed.data import pima_federation
+def audit_hospitals(config: AuditConfig) -> Any:
+    """The bundled Pima hospitals (a ``FederatedDataset`` with per-hospital notes)."""
+    from securefed.data import pima_hospitals
 
-    kwargs: dict[str, Any] = {"seed": config.seed, "n_hospitals": config.n_hospitals}
-    if config.heterogeneity is not None:
-        kwargs["heterogeneity"] = config.heterogeneity
-    try:
-        return pima_federation(**kwargs)
-    except TypeError as exc:
-        raise ConfigurationError(f"the bundled data does not accept these settings: {exc}") from exc
+    return pima_hospitals(n_hospitals=config.n_hospitals,
+                          heterogeneity=config.heterogeneity_setting(), seed=config.seed)
+
+
+def audit_dataset(config: AuditConfig) -> FederatedArrays:
+    """The audit's hospitals, harmonised and standardised, with Pima.te as external test set."""
+    return audit_hospitals(config).prepare()
 
 
 # ----------------------------------------------------------------------------- storage

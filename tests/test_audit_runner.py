@@ -102,3 +102,16 @@ def test_config_file_typos_are_rejected_with_the_key_named(tmp_path):
         from_mapping({"folds": 1})
     with pytest.raises(ConfigurationError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
+
+
+def test_heterogeneity_setting_is_validated_and_reaches_the_data(tmp_path):
+    from evaluation.runner import audit_dataset
+
+    iid = audit_dataset(_config(heterogeneity="none"))
+    skewed = audit_dataset(_config(heterogeneity={"quantity_skew": 0.9}))
+    assert len({c.num_examples for c in iid.clients}) <= 2  # equal split up to one patient
+    assert max(c.num_examples for c in skewed.clients) > max(c.num_examples for c in iid.clients)
+    with pytest.raises(ConfigurationError, match="heterogeneity must be 'default', 'none'"):
+        _config(heterogeneity="strong")
+    with pytest.raises(ConfigurationError, match="heterogeneity"):
+        _config(heterogeneity={"quantity_skw": 0.5})
