@@ -62,6 +62,7 @@ class AuditConfig:
     dropout_rate: float = 0.0
     target_fraction: float = 0.95
     exclude: tuple[str, ...] = ()
+    attack_folds: int | None = None
     algorithm_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     defense_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     attack_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -99,6 +100,11 @@ class AuditConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= low):
                 raise ConfigurationError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.attack_folds is not None and not (
+                isinstance(self.attack_folds, int) and 1 <= self.attack_folds):
+            raise ConfigurationError(
+                f"attack_folds must be None or an integer >= 1, got {self.attack_folds!r}"
+            )
         if not 0 < self.target_fraction <= 1:
             raise ConfigurationError(f"target_fraction must be in (0, 1], got {self.target_fraction!r}")
         self.heterogeneity_setting()
@@ -163,7 +169,8 @@ class AuditConfig:
         """
         d = self.to_dict()
         for k in ("profile", "algorithms", "defenses", "attacks", "algorithm_params",
-                  "defense_params", "attack_params", "target_fraction", "exclude"):
+                  "defense_params", "attack_params", "target_fraction", "exclude",
+                  "attack_folds"):
             d.pop(k)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 

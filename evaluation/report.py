@@ -371,6 +371,11 @@ def _sections(results: AuditResults, summary: AuditSummary, claims: list[ClaimRe
          (["note"], [["No attack ran in this audit."]])),
         ("The seed document's claims beside the measured values", "claims", claims),
     ]
+    if summary.skipped_attacks:
+        secs.insert(-1, ("Attacks that did not apply", "table", (
+            ["algorithm", "defense", "attack", "cells", "reason"],
+            [[r["algorithm"], r["defense"], r["attack"], str(r["cells"]), r["reason"]]
+             for r in summary.skipped_attacks])))
     if summary.failed:
         secs.append(("Failed cells", "table", (["algorithm", "defense", "fold", "error"], [
             [c["algorithm"], c["defense"], str(c["fold"] + 1), c["error"]] for c in summary.failed])))
@@ -459,6 +464,7 @@ def write_report(results: AuditResults, *, command: str | None = None) -> Report
         "findings": _findings(summary, claims, setup),
         "failed": [{k: c.get(k) for k in ("algorithm", "defense", "fold", "error")}
                    for c in summary.failed],
+        "skipped_attacks": summary.skipped_attacks,
         "figures": [{"name": f.name, "png": str(f.png.relative_to(out)),
                      "svg": str(f.svg.relative_to(out))} for f in figs],
     }

@@ -107,7 +107,9 @@ def plan_cells(config: AuditConfig) -> list[Cell]:
                 continue
             attacks = tuple(k for k in config.attacks if get_attack(k).applies(algo.kind, defense))
             for f in range(config.folds):
-                cells.append(Cell(a, d, f, attacks, _cell_id(config, a, d, f, attacks)))
+                fold_attacks = attacks if (config.attack_folds is None
+                                           or f < config.attack_folds) else ()
+                cells.append(Cell(a, d, f, fold_attacks, _cell_id(config, a, d, f, fold_attacks)))
     if not cells:
         raise ConfigurationError(
             f"no meaningful cell in algorithms {list(config.algorithms)} x defenses "
@@ -164,7 +166,8 @@ def _prepare_out_dir(out: Path, config: AuditConfig, *, overwrite: bool) -> None
                 differ = sorted(k for k in new if k in old and old[k] != new[k]
                                 and k not in ("profile", "algorithms", "defenses", "attacks",
                                               "algorithm_params", "defense_params",
-                                              "attack_params", "target_fraction", "exclude"))
+                                              "attack_params", "target_fraction", "exclude",
+                                              "attack_folds"))
                 raise ConfigurationError(
                     f"{str(out)!r} holds the results of another audit (created "
                     f"{manifest.get('created', '?')}; settings that differ: "
@@ -310,8 +313,8 @@ def run_cell(cell: Cell, config: AuditConfig, fold: Fold, *, model: ModelSpec) -
                             params=dict(config.attack_params.get(attack.name, {})))
         try:
             scores.extend(s.to_dict() for s in attack.run(ctx))
-        except SecurefedError as exc:
-            scores.append({"attack": attack.name, "error": f"{type(exc).__name__}: {exc}"})
+        except SecurefedError as exc:  # the attack does not apply to this run: say why
+            scores.append({"attack": attack.name, "skipped": f"{type(exc).__name__}: {exc}"})
     record["attack_time"] = time.perf_counter() - t1
     record["attacks"] = scores
     record["wall_time"] = time.perf_counter() - t0

@@ -81,7 +81,7 @@ def cell_frame(cells: Sequence[dict[str, Any]], target: float | None = None) -> 
             else:
                 row["bytes_to_target"] = float("nan")
         for s in c.get("attacks", []):
-            if "error" in s:
+            if "skipped" in s or "error" in s:
                 continue
             key = f"attack.{s['attack']}.{s['party']}.{s['metric']}"
             row[key] = _num(s.get("value"))
@@ -102,6 +102,7 @@ class AuditSummary:
     target_source: str
     failed: list[dict[str, Any]]
     attack_columns: list[str] = field(default_factory=list)
+    skipped_attacks: list[dict[str, Any]] = field(default_factory=list)
 
     def group(self, algorithm: str, defense: str) -> dict[str, Any] | None:
         for g in self.groups:
@@ -167,6 +168,14 @@ def summarize(cells: Sequence[dict[str, Any]], *, target_fraction: float = 0.95)
                         dict(zip(ref.fold, ref[metric], strict=True)),
                         metric=metric, names=(f"{algo}/{dfn}", f"{REFERENCE}/{dfn}"),
                     ))
+    skipped: dict[tuple[str, str, str, str], int] = {}
+    for c in cells:
+        for s in c.get("attacks", []):
+            if "skipped" in s:
+                key = (c["algorithm"], c["defense"], s["attack"], s["skipped"])
+                skipped[key] = skipped.get(key, 0) + 1
+    skipped_rows = [{"algorithm": a, "defense": d, "attack": k, "reason": r, "cells": n}
+                    for (a, d, k, r), n in skipped.items()]
     return AuditSummary(frame=frame, groups=groups, comparisons=comparisons,
                         target_accuracy=target, target_source=source, failed=failed,
-                        attack_columns=attack_cols)
+                        attack_columns=attack_cols, skipped_attacks=skipped_rows)
