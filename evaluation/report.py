@@ -126,7 +126,8 @@ def _stats_table(summary: AuditSummary) -> Table:
 
 
 def _privacy_table(summary: AuditSummary) -> Table:
-    head = ["algorithm", "defense", "attack", "attacker", "metric", "attack", "baseline", "gain"]
+    head = ["algorithm", "defense", "attack", "attacker", "metric", "attack", "baseline", "gain",
+            "details (means)"]
     rows = []
     cols = [c for c in summary.attack_columns if not c.endswith((".baseline", ".gain"))]
     for g in summary.groups:
@@ -134,8 +135,12 @@ def _privacy_table(summary: AuditSummary) -> Table:
             if col not in g:
                 continue
             _, attack, party, metric = col.split(".", 3)
+            prefix = f"detail.{attack}.{party}."
+            details = ", ".join(f"{k[len(prefix):]} {_f(v['mean'])}" for k, v in sorted(g.items())
+                                if k.startswith(prefix) and isinstance(v, dict)
+                                and not math.isnan(v["mean"]))
             rows.append([g["algorithm"], g["defense"], attack, party, metric, _ms(g, col),
-                         _ms(g, col + ".baseline"), _ms(g, col + ".gain")])
+                         _ms(g, col + ".baseline"), _ms(g, col + ".gain"), details or "-"])
     return head, rows
 
 

@@ -87,6 +87,9 @@ def cell_frame(cells: Sequence[dict[str, Any]], target: float | None = None) -> 
             row[key] = _num(s.get("value"))
             row[key + ".baseline"] = _num(s.get("baseline"))
             row[key + ".gain"] = _num(s.get("gain"))
+            for dk, dv in (s.get("details") or {}).items():
+                if isinstance(dv, (int, float)) and not isinstance(dv, bool):
+                    row[f"detail.{s['attack']}.{s['party']}.{dk}"] = float(dv)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -136,7 +139,7 @@ def summarize(cells: Sequence[dict[str, Any]], *, target_fraction: float = 0.95)
     frame = cell_frame(cells, target)
     groups: list[dict[str, Any]] = []
     attack_cols = sorted(c for c in frame.columns if c.startswith("attack."))
-    extra_cols = sorted(c for c in frame.columns if c.startswith(("time.", "hospital.")))
+    extra_cols = sorted(c for c in frame.columns if c.startswith(("time.", "hospital.", "detail.")))
     if not frame.empty:
         order = list(dict.fromkeys(zip(frame.algorithm, frame.defense, strict=True)))
         for algo, dfn in order:
