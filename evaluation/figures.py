@@ -158,37 +158,43 @@ def per_hospital(summary: AuditSummary, out: Path, defense: str = "none") -> Fig
 
 
 def privacy_utility(summary: AuditSummary, out: Path) -> list[FigureFile]:
-    """One frontier per attack metric: attack success (y) against accuracy (x)."""
-    figs: list[FigureFile] = []
-    metrics = [c for c in summary.attack_columns
-               if not c.endswith((".baseline", ".gain"))]
+    """One panel per attack metric: attack success (y) against accuracy (x), one point per
+    algorithm and defense."""
+    metrics = [c for c in summary.attack_columns if not c.endswith((".baseline", ".gain"))]
+    panels = []
     for col in metrics:
         pts = [(g, g[col]) for g in summary.groups if col in g and not np.isnan(g[col]["mean"])]
-        if not pts:
-            continue
-        algos = list(dict.fromkeys(g["algorithm"] for g, _ in pts))
-        colours = _colours(algos)
-        fig, ax = plt.subplots(figsize=(6.5, 4.5))
+        if pts:
+            panels.append((col, pts))
+    if not panels:
+        return []
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.2 * len(panels), 4.3), squeeze=False)
+    algos = list(dict.fromkeys(g["algorithm"] for g in summary.groups))
+    colours = _colours(algos)
+    markers = dict(zip(dict.fromkeys(g["defense"] for g in summary.groups),
+                       "osD^vP*Xh<>", strict=False))
+    for ax, (col, pts) in zip(axes[0], panels, strict=True):
         for g, v in pts:
             ax.errorbar(g["accuracy"]["mean"], v["mean"], xerr=g["accuracy"]["std"],
-                        yerr=v["std"], fmt="o", color=colours[g["algorithm"]], capsize=2)
-            ax.annotate(f"{g['algorithm']}/{g['defense']}", (g["accuracy"]["mean"], v["mean"]),
-                        fontsize=7, xytext=(4, 4), textcoords="offset points")
+                        yerr=v["std"], fmt=markers.get(g["defense"], "o"),
+                        color=colours[g["algorithm"]], capsize=2, ms=6)
+            ax.annotate(g["defense"], (g["accuracy"]["mean"], v["mean"]), fontsize=6,
+                        xytext=(4, 3), textcoords="offset points")
         base = [g[col + ".baseline"]["mean"] for g, _ in pts if col + ".baseline" in g]
         if base:
-            ax.axhline(float(np.nanmean(base)), color="grey", ls="--", lw=1,
-                       label="baseline (no observation)")
-            ax.legend(fontsize=8)
+            ax.axhline(float(np.nanmean(base)), color="grey", ls="--", lw=1)
         _, attack, party, metric = col.split(".", 3)
         ax.set_xlabel("test accuracy (utility)")
-        ax.set_ylabel(f"{attack}: {metric} (higher = more leakage)")
-        ax.set_title(f"Privacy-utility frontier: {attack} by the {party}", fontsize=10)
+        ax.set_ylabel(f"{metric} (higher = more leakage)")
+        ax.set_title(f"{attack} by the {party}", fontsize=10)
         ax.grid(alpha=0.3)
-        figs.append(_save(fig, out, f"frontier-{attack}-{party}-{metric}",
-                          f"Privacy-utility: {attack} ({party}, {metric})",
-                          "One point per algorithm and defense; up-and-right is useful but leaky, "
-                          "down-and-right is the goal. Whiskers: one std over folds."))
-    return figs
+    handles = [plt.Line2D([], [], color=colours[a], marker="o", ls="", label=a) for a in algos]
+    axes[0][0].legend(handles=handles, fontsize=7, loc="best")
+    fig.suptitle("Privacy-utility frontier (dashed: baseline that ignores the observation)",
+                 fontsize=11)
+    return [_save(fig, out, "frontier", "Privacy-utility frontier",
+                  "One point per algorithm (colour) and defense (label); right is more useful, "
+                  "down is more private. Whiskers: one standard deviation over folds.")]
 
 
 def communication(cells: Sequence[dict[str, Any]], summary: AuditSummary, out: Path) -> FigureFile | None:
@@ -257,48 +263,53 @@ def time_overhead(summary: AuditSummary, out: Path) -> FigureFile | None:
                  "time relative to the same algorithm without defense.")
 
 
-def reconstructions(cells: Sequence[dict[str, Any]], out: Path) -> list[FigureFile]:
-    """Plot attack examples: ``{"truth": rows, "reconstruction": rows, "features": names}`` or
-    ``{"truth_image": 2-D, "reconstruction_image": 2-D}``; the first cell per attack/defense."""
-    seen: set[tuple[str, str]] = set()
-    figs: list[FigureFile] = []
+def reconstructions(cells: Sequence[dict[str, Any]], out: Path, *, max_panels: int = 4) -> list[FigureFile]:
+    """One figure per attack that returned examples: for each defense (up to ``max_panels``),
+    the first true record beside its reconstruction (``{"truth", "reconstruction",
+    "features"}`` rows in standardised units) or image (``truth_image``/``reconstruction_image``)."""
+    by_attack: dict[str, list[tuple[dict[str, Any], dict[str, Any]]]] = {}
     for c in cells:
         for s in c.get("attacks", []):
             ex = s.get("examples") or {}
-            key = (s.get("attack", "?"), c["defense"])
-            if not ex or key in seen:
+            if not ex:
                 continue
-            if "truth" in ex and "reconstruction" in ex:
-                truth = np.atleast_2d(np.asarray(ex["truth"], dtype=np.float64))[:4]
-                rec = np.atleast_2d(np.asarray(ex["reconstruction"], dtype=np.float64))[:4]
-                names = list(ex.get("features", [f"x{i}" for i in range(truth.shape[1])]))
-                fig, axes = plt.subplots(len(truth), 1, figsize=(7, 1.6 * len(truth) + 0.6),
-                                         squeeze=False)
-                x = np.arange(truth.shape[1])
-                for i, ax in enumerate(axes[:, 0]):
-                    ax.bar(x - 0.2, truth[i], 0.4, label="true row", color="#1b6ca8")
-                    if i < len(rec):
-                        ax.bar(x + 0.2, rec[i], 0.4, label="reconstruction", color="#d1495b")
-                    ax.set_xticks(x, names, fontsize=7)
-                    ax.axhline(0, color="black", lw=0.5)
-                    ax.set_ylabel("std. units", fontsize=7)
-                axes[0, 0].legend(fontsize=7)
-                axes[0, 0].set_title(f"{key[0]} under '{key[1]}' ({c['algorithm']})", fontsize=9)
-            elif "truth_image" in ex and "reconstruction_image" in ex:
-                fig, axes = plt.subplots(1, 2, figsize=(4, 2.2))
-                axes[0].imshow(np.asarray(ex["truth_image"]), cmap="gray_r")
-                axes[1].imshow(np.asarray(ex["reconstruction_image"]), cmap="gray_r")
-                axes[0].set_title("true", fontsize=8)
-                axes[1].set_title("reconstructed", fontsize=8)
-                for ax in axes:
+            panels = by_attack.setdefault(s.get("attack", "?"), [])
+            if all(p[0]["defense"] != c["defense"] for p in panels) and len(panels) < max_panels:
+                panels.append((c, ex))
+    figs: list[FigureFile] = []
+    for attack, panels in by_attack.items():
+        images = all("truth_image" in ex for _, ex in panels)
+        if images:
+            fig, axes = plt.subplots(2, len(panels), figsize=(2.2 * len(panels), 4.4), squeeze=False)
+            for j, (c, ex) in enumerate(panels):
+                axes[0][j].imshow(np.asarray(ex["truth_image"]), cmap="gray_r")
+                axes[1][j].imshow(np.asarray(ex["reconstruction_image"]), cmap="gray_r")
+                axes[0][j].set_title(f"true ({c['defense']})", fontsize=8)
+                axes[1][j].set_title("reconstructed", fontsize=8)
+                for ax in (axes[0][j], axes[1][j]):
                     ax.axis("off")
-            else:
+        else:
+            panels = [(c, ex) for c, ex in panels if "truth" in ex and "reconstruction" in ex]
+            if not panels:
                 continue
-            seen.add(key)
-            figs.append(_save(fig, out, f"reconstruction-{key[0]}-{key[1]}",
-                              f"Reconstruction: {key[0]} under {key[1]}",
-                              "The attacker's reconstruction beside the true record "
-                              "(standardised units)."))
+            fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 1.9 * len(panels) + 0.5),
+                                     squeeze=False)
+            for ax, (c, ex) in zip(axes[:, 0], panels, strict=True):
+                truth = np.atleast_2d(np.asarray(ex["truth"], dtype=np.float64))[0]
+                rec = np.atleast_2d(np.asarray(ex["reconstruction"], dtype=np.float64))[0]
+                names = list(ex.get("features", [f"x{i}" for i in range(truth.size)]))
+                x = np.arange(truth.size)
+                ax.bar(x - 0.2, truth, 0.4, label="true record", color="#1b6ca8")
+                ax.bar(x + 0.2, rec[: truth.size], 0.4, label="reconstruction", color="#d1495b")
+                ax.set_xticks(x, names, fontsize=7)
+                ax.axhline(0, color="black", lw=0.5)
+                ax.set_ylabel("std. units", fontsize=7)
+                ax.set_title(f"defense '{c['defense']}' ({c['algorithm']}, fold {c['fold'] + 1})",
+                             fontsize=8)
+            axes[0, 0].legend(fontsize=7)
+        figs.append(_save(fig, out, f"reconstruction-{attack}", f"Reconstruction: {attack}",
+                          "A record the attacker reconstructed beside the true one, under each "
+                          "defense (standardised units)."))
     return figs
 
 

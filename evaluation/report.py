@@ -132,7 +132,7 @@ def _privacy_table(summary: AuditSummary) -> Table:
     cols = [c for c in summary.attack_columns if not c.endswith((".baseline", ".gain"))]
     for g in summary.groups:
         for col in cols:
-            if col not in g:
+            if col not in g or math.isnan(g[col]["mean"]):
                 continue
             _, attack, party, metric = col.split(".", 3)
             prefix = f"detail.{attack}.{party}."
