@@ -292,7 +292,7 @@ def reconstructions(cells: Sequence[dict[str, Any]], out: Path, *, max_panels: i
             panels = [(c, ex) for c, ex in panels if "truth" in ex and "reconstruction" in ex]
             if not panels:
                 continue
-            fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 1.9 * len(panels) + 0.5),
+            fig, axes = plt.subplots(len(panels), 1, figsize=(7.5, 1.9 * len(panels) + 0.5), layout="constrained",
                                      squeeze=False)
             for ax, (c, ex) in zip(axes[:, 0], panels, strict=True):
                 truth = np.atleast_2d(np.asarray(ex["truth"], dtype=np.float64))[0]
