@@ -338,6 +338,7 @@ class SecAggServer:
         self.u2: tuple[int, ...] = ()
         self.u3: tuple[int, ...] = ()
         self.u5: tuple[int, ...] = ()
+        self._pools: dict[str, frozenset[int]] = {"advertise_keys": frozenset(ids)}
 
     # ---------------------------------------------------------------- receiving
     _KINDS = {"advertise_keys": AdvertiseKeys, "share_keys": ShareKeys,
@@ -359,20 +360,20 @@ class SecAggServer:
         getattr(self, f"_receive_{self.stage}")(sender, msg)
         return msg
 
-    def _eligible(self, sender: int, pool: Sequence[int] | set[int], done: Mapping | set) -> None:
-        if sender not in pool:
+    def _eligible(self, sender: int, done: Mapping | set) -> None:
+        if sender not in self._pools[self.stage]:
             raise MessageRejected(f"client {sender} is not a participant of stage {self.stage!r}")
         if sender in done:
             raise MessageRejected(f"duplicate {self.stage!r} message from client {sender}")
 
     def _receive_advertise_keys(self, sender: int, msg: AdvertiseKeys) -> None:
-        self._eligible(sender, set(self.client_ids), self._adv)
+        self._eligible(sender, self._adv)
         self._s_pub[sender] = crypto.load_public(msg.mask_public)
         crypto.load_public(msg.enc_public)
         self._adv[sender] = msg
 
     def _receive_share_keys(self, sender: int, msg: ShareKeys) -> None:
-        self._eligible(sender, set(self.u1), self._shares)
+        self._eligible(sender, self._shares)
         expected = self._directory_ids[sender] - {sender}
         got = [int(v) for v in msg.recipients]
         if len(set(got)) != len(got) or set(got) != expected:
@@ -383,7 +384,7 @@ class SecAggServer:
         self._shares[sender] = msg
 
     def _receive_masked_input(self, sender: int, msg: MaskedInput) -> None:
-        self._eligible(sender, set(self.u2), self._masked)
+        self._eligible(sender, self._masked)
         y = msg.masked
         if y.shape != (self.length,):
             raise MessageRejected(
@@ -397,7 +398,7 @@ class SecAggServer:
         self._masked.add(sender)
 
     def _receive_unmask(self, sender: int, msg: UnmaskResponse) -> None:
-        self._eligible(sender, set(self.u3), self._responses)
+        self._eligible(sender, self._responses)
         req = self._requests[sender]
         if not (np.array_equal(msg.seed_ids, req.survivors) and np.array_equal(msg.key_ids, req.dropped)):
             raise MessageRejected(f"client {sender} answered for other clients than the server asked")
@@ -437,6 +438,7 @@ class SecAggServer:
                 b"".join(self._adv[v].mask_public for v in ids),
             ).to_bytes()
         self.stage = "share_keys"
+        self._pools[self.stage] = frozenset(self.u1)
         return out
 
     def close_share_keys(self) -> dict[int, bytes]:
@@ -465,6 +467,7 @@ class SecAggServer:
             for v, (src, cts) in inbox.items()
         }
         self.stage = "masked_input"
+        self._pools[self.stage] = frozenset(self.u2)
         return out
 
     def close_masked_input(self) -> dict[int, bytes]:
@@ -485,6 +488,7 @@ class SecAggServer:
             self._requests[u] = req
             out[u] = req.to_bytes()
         self.stage = "unmask"
+        self._pools[self.stage] = frozenset(self.u3)
         return out
 
     def _expect_stage(self, stage: str) -> None:
@@ -503,12 +507,12 @@ class SecAggServer:
         work = self._sum.dtype
         acc = self._sum.copy()
         expander = crypto.MaskExpander(self.length, work)
-        for u, b in zip(alive, seeds):
+        for u, b in zip(alive, seeds, strict=True):
             key = crypto.derive_key(b, purpose=_PURPOSE_SELF, session=self.session,
                                     round_index=self.round_index, party_a=u, party_b=u)
             expander.add_into(acc, key, sign=-1)
         alive_set = set(alive)
-        for v, raw in zip(dropped, keys):
+        for v, raw in zip(dropped, keys, strict=True):
             priv = crypto.private_from_bytes(raw)
             if crypto.public_bytes(priv) != self._adv[v].mask_public:
                 raise ProtocolAbort(
@@ -580,6 +584,8 @@ class RoundOutcome:
     client_seconds: dict[int, float]  # per client, all stages
     client_stage_seconds: dict[str, float]  # per stage, summed over clients
     server_stage_seconds: dict[str, float]
+    client_cpu_seconds: dict[int, float]  # the same, in CPU time of this process
+    server_cpu_stage_seconds: dict[str, float]
     received: tuple[ReceivedMessage, ...] = field(default=())
 
 
@@ -613,29 +619,34 @@ def run_round(
     ctime = dict.fromkeys(ids, 0.0)
     cstage = dict.fromkeys(STAGES, 0.0)
     sstage = dict.fromkeys(STAGES, 0.0)
+    ccpu = dict.fromkeys(ids, 0.0)
+    scpu = dict.fromkeys(STAGES, 0.0)
     received: list[ReceivedMessage] = []
 
     def deliver(stage: str, cid: int, blob: bytes) -> None:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         msg = server.receive(cid, blob)
         sstage[stage] += time.perf_counter() - t0
+        scpu[stage] += time.process_time() - c0
         up[cid] += len(blob)
         if record_received:
             received.append(ReceivedMessage(stage=stage, sender=cid, nbytes=len(blob),
                                             content=_observable(msg)))
 
     def client_call(stage: str, cid: int, fn: Callable[..., bytes], *args: object) -> bytes:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn(*args)
         dt = time.perf_counter() - t0
+        ccpu[cid] += time.process_time() - c0
         ctime[cid] += dt
         cstage[stage] += dt
         return out
 
     def close(stage: str, fn: Callable[[], dict[int, bytes]]) -> dict[int, bytes]:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         out = fn()
         sstage[stage] += time.perf_counter() - t0
+        scpu[stage] += time.process_time() - c0
         for cid, blob in out.items():
             down[cid] += len(blob)
         return out
@@ -657,13 +668,15 @@ def run_round(
     for cid, blob in requests.items():
         if alive(cid, "unmask"):
             deliver("unmask", cid, client_call("unmask", cid, clients[cid].unmask, blob))
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     total = server.finish()
     sstage["unmask"] += time.perf_counter() - t0
+    scpu["unmask"] += time.process_time() - c0
     return RoundOutcome(
         total=total, advertised=server.u1, shared=server.u2, survivors=server.u3,
         unmasked=server.u5, threshold=threshold, bytes_up=up, bytes_down=down,
         client_seconds=ctime, client_stage_seconds=cstage, server_stage_seconds=sstage,
+        client_cpu_seconds=ccpu, server_cpu_stage_seconds=scpu,
         received=tuple(received),
     )
 
