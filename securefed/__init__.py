@@ -19,6 +19,7 @@ from securefed.federated import (
     run_federated,
 )
 from securefed.models import ModelSpec
+from securefed.secagg import SecAggChannel
 
 __version__ = "0.1.0"
 
@@ -27,5 +28,5 @@ __all__ = [
     "SecurefedError", "InvalidDataError", "ConfigurationError", "ProtocolAbort",
     "MessageRejected", "KeyMaterialError", "PrivacyBudgetExceeded",
     "AggregationChannel", "PlainChannel", "FedAvg", "FedProx", "Strategy", "RunResult",
-    "run_federated", "ModelSpec",
+    "run_federated", "ModelSpec", "SecAggChannel",
 ]
