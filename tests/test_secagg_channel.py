@@ -162,3 +162,14 @@ def test_engine_multi_round_close_and_reproducible():
     assert sec.history[-1].bytes_up > 0 and sec.channel == "secagg"
     tr = sec.transcript[-1]
     assert {m.stage for m in tr.received} == set(SecAggChannel.stages)
+
+
+def test_small_rounds():
+    one = _uploads(n=1)
+    with pytest.warns(UserWarning, match="single client"):
+        res = _aggregate(SecAggChannel(clip_range=50.0, max_weight=200.0), one, 20)
+    assert np.max(np.abs(res.weighted_sum - one[0].vector)) < 1 / res.revealed["scale"]
+    ups = _uploads(n=6)
+    with pytest.warns(UserWarning, match="complete graph"):
+        res = _aggregate(SecAggChannel(clip_range=50.0, max_weight=200.0, secagg_plus=True), ups, 20)
+    assert res.revealed["degree"] == 5 and res.revealed["threshold"] == 4

@@ -192,3 +192,13 @@ def test_degree_grows_slowly_with_n():
     assert k // 2 < t <= k
     with pytest.raises(ConfigurationError, match="no degree"):
         choose_degree_and_threshold(20, corrupt_fraction=0.4, dropout_fraction=0.5)
+
+
+def test_lagrange_batch_equals_one_by_one():
+    rng = np.random.default_rng(0)
+    pts = np.stack([rng.choice(np.arange(1, 10_000), 6, replace=False) for _ in range(5)])
+    batch = shamir.lagrange_at_zero(pts)
+    for row, lam in zip(pts, batch, strict=True):
+        np.testing.assert_array_equal(lam, shamir.lagrange_at_zero(row))
+    with pytest.raises(InvalidDataError, match="distinct"):
+        shamir.lagrange_at_zero(np.array([[1, 2], [3, 3]]))

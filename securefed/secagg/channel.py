@@ -134,9 +134,14 @@ class SecAggChannel(AggregationChannel):
             graph, k = complete_graph(ids), n - 1
         else:
             if self.degree is None:
-                k, t_auto = choose_degree_and_threshold(
-                    n, corrupt_fraction=self.corrupt_fraction,
-                    dropout_fraction=self.dropout_fraction, sigma=self.sigma, eta=self.eta)
+                try:
+                    k, t_auto = choose_degree_and_threshold(
+                        n, corrupt_fraction=self.corrupt_fraction,
+                        dropout_fraction=self.dropout_fraction, sigma=self.sigma, eta=self.eta)
+                except ConfigurationError as exc:
+                    warnings.warn(f"secagg+: {exc}; using the complete graph with t = n // 2 + 1",
+                                  stacklevel=3)
+                    k, t_auto = n - 1, n // 2 + 1
             else:
                 k, t_auto = min(self.degree, n - 1), min(self.degree, n - 1) // 2 + 1
             t = self.threshold if self.threshold is not None else t_auto
@@ -163,6 +168,9 @@ class SecAggChannel(AggregationChannel):
             raise InvalidDataError("secure aggregation needs at least one upload, got none")
         ids = [int(up.client_id) for up in uploads]
         n = len(ids)
+        if n == 1:
+            warnings.warn("secagg with a single client: the sum it reveals is that client's "
+                          "update", stacklevel=2)
         encoder = self.encoder_for(n)
         graph, degree, t = self.graph_for(ids)
         by_id = {int(up.client_id): up for up in uploads}

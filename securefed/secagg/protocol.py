@@ -561,7 +561,7 @@ class SecAggServer:
         idx = np.asarray(rows, dtype=np.int64)[:, None] + np.arange(t)
         points = resp_ids[idx] + 1  # (targets, t)
         uniq_pts, inverse = np.unique(points, axis=0, return_inverse=True)
-        lam = np.stack([shamir.lagrange_at_zero(p) for p in uniq_pts])[np.ravel(inverse)]
+        lam = shamir.lagrange_at_zero(uniq_pts)[np.ravel(inverse)]
         secret = ((shares[idx] * lam[:, :, None]) % shamir.PRIME).sum(axis=1) % shamir.PRIME
         try:
             return [shamir.elements_to_secret(s, nbytes) for s in secret]

@@ -133,18 +133,31 @@ def _inverse(values: np.ndarray) -> np.ndarray:
 
 
 def lagrange_at_zero(points: np.ndarray) -> np.ndarray:
-    """Coefficients ``l_i = prod_{j != i} x_j / (x_j - x_i)`` that interpolate at 0."""
-    x = _check_points(points)
+    """Coefficients ``l_i = prod_{j != i} x_j / (x_j - x_i)`` that interpolate at 0.
+
+    ``points`` is ``(t,)`` or a batch ``(g, t)`` of point sets; the result has its shape.
+    """
+    pts = np.asarray(points, dtype=np.int64)
+    batch = pts.reshape(-1, pts.shape[-1]) if pts.ndim else pts
+    if pts.ndim not in (1, 2):
+        raise InvalidDataError(f"points must be (t,) or (g, t), got shape {pts.shape}")
+    x = batch if pts.ndim == 2 else pts[None, :]
+    if x.size == 0 or np.any((x <= 0) | (x >= PRIME)):
+        raise InvalidDataError(f"evaluation points must lie in [1, {PRIME - 1}] (and be non-empty)")
+    if np.any(np.diff(np.sort(x, axis=1), axis=1) == 0):
+        raise InvalidDataError("evaluation points must be distinct (duplicate share holder)")
+    t = x.shape[1]
     num = np.ones_like(x)
     den = np.ones_like(x)
-    for j in range(x.size):
-        fn = np.full_like(x, x[j])
-        fd = (x[j] - x) % _P
-        fn[j] = 1
-        fd[j] = 1
+    for j in range(t):
+        fn = np.repeat(x[:, j : j + 1], t, axis=1)
+        fd = (x[:, j : j + 1] - x) % _P
+        fn[:, j] = 1
+        fd[:, j] = 1
         num = (num * fn) % _P
         den = (den * fd) % _P
-    return (num * _inverse(den)) % _P
+    lam = (num * _inverse(den)) % _P
+    return lam if pts.ndim == 2 else lam[0]
 
 
 def combine(points: np.ndarray, shares: np.ndarray) -> np.ndarray:
