@@ -36,7 +36,7 @@ import numpy as np
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from securefed.secagg import crypto  # noqa: E402
-from securefed.secagg.encoding import FixedPointEncoder  # noqa: E402
+from securefed.secagg.encoding import FixedPointEncoder, choose_scale  # noqa: E402
 from securefed.secagg.graph import choose_degree_and_threshold, harary_graph  # noqa: E402
 from securefed.secagg.protocol import STAGES, SecAggClient, SecAggServer, run_round  # noqa: E402
 
@@ -89,7 +89,8 @@ def bench_expansion(d: int, reps: int) -> dict[str, float]:
 
 # ----------------------------------------------------------------------------- B / C
 def _encoder_inputs(n: int, d: int, seed: int) -> Callable[[int], np.ndarray]:
-    enc = FixedPointEncoder(clip_range=1.0, max_weight=1.0, scale=2.0**20, bits=BITS)
+    scale = choose_scale(clip_range=1.0, max_weight=1.0, bits=BITS, num_clients=n)
+    enc = FixedPointEncoder(clip_range=1.0, max_weight=1.0, scale=scale, bits=BITS)
     enc.check_overflow(num_clients=n)
     base = np.random.default_rng(seed).uniform(-1, 1, d)
     rng = np.random.default_rng(seed + 1)
@@ -319,6 +320,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--size", choices=sorted(SIZES), default="small")
     ap.add_argument("--sections", default="ABCD", help="which sections to run, e.g. AB")
     ap.add_argument("--json", help="write all figures to this JSON file")
+    ap.add_argument("--reuse-complete", metavar="JSON",
+                    help="section D: take our complete-graph figures from this earlier --json "
+                         "output instead of re-running them")
     args = ap.parse_args(argv)
     cfg = SIZES[args.size]
     results: dict[str, object] = {"size": args.size, "cpu_count": os.cpu_count()}
@@ -335,7 +339,11 @@ def main(argv: list[str] | None = None) -> int:
               f"with the addition into the sum = {r['ratio_expand_add']:.2f}", flush=True)
 
     rows = []
+    if args.reuse_complete:
+        with open(args.reuse_complete) as fh:
+            rows = json.load(fh)["complete"]
     if "B" in args.sections:
+        rows = []
         d = cfg["complete_d"]
         print(f"\n[B] complete graph, d={d}, t=n/2+1 (times in seconds; client = mean over "
               "clients present in all stages)")
