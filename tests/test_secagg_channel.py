@@ -126,8 +126,17 @@ def test_secagg_plus_mode_in_channel():
     assert np.max(np.abs(res.weighted_sum - exact)) < 30 / res.revealed["scale"]
 
 
-@pytest.mark.parametrize("strategy", [FedAvg(), FedProx(proximal_mu=0.1)], ids=["fedavg", "fedprox"])
-def test_engine_same_model_as_in_the_clear(strategy):
+def _strategies():
+    import securefed.federated as fed
+
+    out = [("fedavg", FedAvg()), ("fedprox", FedProx(proximal_mu=0.1))]
+    if hasattr(fed, "FedMedHeter"):  # present once the FedMedHeter strategy is merged
+        out.append(("fedmedheter", fed.FedMedHeter()))
+    return out
+
+
+@pytest.mark.parametrize("name,strategy", _strategies(), ids=[n for n, _ in _strategies()])
+def test_engine_same_model_as_in_the_clear(name, strategy):
     data = pima_federation(seed=0)
     spec = ModelSpec("logreg", n_features=data.num_features)
     ch = SecAggChannel(clip_range=20.0, max_weight=100.0)
@@ -135,13 +144,18 @@ def test_engine_same_model_as_in_the_clear(strategy):
     sec1 = run_federated(data, strategy=strategy, model=spec, rounds=1, seed=3, channel=ch)
     n = len(data.clients)
     scale = ch.encoder_for(n).scale
-    weights = np.array([c.num_examples for c in data.clients], dtype=float)
-    W = weights.sum()
+    # weighted mean S / W; each client's rounding moves S and W by < 1 / scale per coordinate:
+    # |S'/W' - S/W| <= (n / scale) (1 + max|S/W|) / (W - n / scale)
+    W = sum(m.content["weight"] for m in plain1.transcript[0].received)
     mean = plain1.transcript[0].revealed_update
-    # |S'/W' - S/W| <= (n / scale) (1 + max|S/W|) / (W - n / scale), times the server lr (1)
     bound = (n / scale) * (1 + np.max(np.abs(mean))) / (W - n / scale)
-    assert np.max(np.abs(sec1.final_params - plain1.final_params)) <= bound
+    assert np.max(np.abs(sec1.transcript[0].revealed_update - mean)) <= bound
+    if name != "fedmedheter":  # plain server step w + mean: the same bound on the model
+        assert np.max(np.abs(sec1.final_params - plain1.final_params)) <= bound
     assert sec1.transcript[0].contributors == tuple(range(n))
+    tr = sec1.transcript[0]
+    assert {m.stage for m in tr.received} == set(SecAggChannel.stages)
+    assert sec1.history[-1].bytes_up > 0 and sec1.channel == "secagg"
 
 
 def test_engine_multi_round_close_and_reproducible():
