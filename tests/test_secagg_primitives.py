@@ -202,3 +202,13 @@ def test_lagrange_batch_equals_one_by_one():
         np.testing.assert_array_equal(lam, shamir.lagrange_at_zero(row))
     with pytest.raises(InvalidDataError, match="distinct"):
         shamir.lagrange_at_zero(np.array([[1, 2], [3, 3]]))
+
+
+@pytest.mark.parametrize("module", ["encoding", "shamir", "graph"])
+def test_docstring_examples(module):
+    import doctest
+    import importlib
+
+    mod = importlib.import_module(f"securefed.secagg.{module}")
+    result = doctest.testmod(mod, optionflags=doctest.ELLIPSIS)
+    assert result.attempted > 0 and result.failed == 0

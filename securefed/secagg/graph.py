@@ -32,7 +32,7 @@ smallest secure ``t`` when the majority would break the correctness bound.  When
 ``k < n`` works, the complete graph ``k = n - 1`` is tried last.
 
 >>> choose_degree_and_threshold(1000, corrupt_fraction=0.05, dropout_fraction=0.1)
-(40, 21)
+(38, 20)
 """
 
 from __future__ import annotations
