@@ -87,6 +87,28 @@ def bench_expansion(d: int, reps: int) -> dict[str, float]:
     return out
 
 
+def bench_choices(reps: int) -> dict[str, float]:
+    """The measurements behind the primitive choices: key agreement and keystream speed."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+    out: dict[str, float] = {}
+    a, b = X25519PrivateKey.generate(), X25519PrivateKey.generate().public_key()
+    out["x25519_exchange_us"] = 1e6 * _best(lambda: a.exchange(b), reps * 5)
+    for name, curve in (("p256", ec.SECP256R1()), ("p384", ec.SECP384R1())):
+        pa, pb = ec.generate_private_key(curve), ec.generate_private_key(curve).public_key()
+        out[f"{name}_exchange_us"] = 1e6 * _best(lambda pa=pa, pb=pb: pa.exchange(ec.ECDH(), pb), reps * 5)
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    zeros = bytes(4 * 100_000)
+    for name, make in (
+        ("aes128_ctr", lambda: Cipher(algorithms.AES(os.urandom(16)), modes.CTR(bytes(16)))),
+        ("aes256_ctr", lambda: Cipher(algorithms.AES(os.urandom(32)), modes.CTR(bytes(16)))),
+        ("chacha20", lambda: Cipher(algorithms.ChaCha20(os.urandom(32), bytes(16)), None)),
+    ):
+        out[f"{name}_GBps"] = len(zeros) / 1e9 / _best(lambda m=make: m().encryptor().update(zeros), reps)
+    return out
+
+
 # ----------------------------------------------------------------------------- B / C
 def _encoder_inputs(n: int, d: int, seed: int) -> Callable[[int], np.ndarray]:
     scale = choose_scale(clip_range=1.0, max_weight=1.0, bits=BITS, num_clients=n)
@@ -329,6 +351,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"secagg benchmark, size={args.size}, b={BITS}, os.cpu_count()={os.cpu_count()}", flush=True)
 
     if "A" in args.sections:
+        ch = bench_choices(cfg["expand_reps"])
+        results["choices"] = ch
+        print("\n[A0] primitive choices (CPU, median)")
+        print(f"  key agreement: X25519 {ch['x25519_exchange_us']:.0f} us | P-256 "
+              f"{ch['p256_exchange_us']:.0f} us | P-384 {ch['p384_exchange_us']:.0f} us")
+        print(f"  keystream: AES-128-CTR {ch['aes128_ctr_GBps']:.2f} GB/s | AES-256-CTR "
+              f"{ch['aes256_ctr_GBps']:.2f} GB/s | ChaCha20 {ch['chacha20_GBps']:.2f} GB/s", flush=True)
         r = bench_expansion(cfg["expand_d"], cfg["expand_reps"])
         results["expansion"] = r
         print(f"\n[A] mask expansion, d={cfg['expand_d']} words (AES-128-CTR, median of "
