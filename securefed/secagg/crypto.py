@@ -10,7 +10,7 @@
 * **Share encryption**: AES-128-GCM with a fresh random 96-bit nonce per message.  The
   associated data binds session, round, stage, sender and recipient, so a ciphertext that
   is replayed into another round/stage, or re-addressed, fails authentication.
-* **Mask expansion** (the PRG of Bonawitz et al., Sec. 4): AES-128 in counter mode keyed by
+* **Mask expansion** (the PRG of Bonawitz et al.): AES-128 in counter mode keyed by
   the 128-bit derived key, starting from counter 0, read as little-endian unsigned integers.
   A derived key is used for exactly one expansion, so the fixed initial counter never
   repeats a keystream.  Because ``2^b`` divides ``2^32`` (or ``2^64``), reading whole words

@@ -1,7 +1,7 @@
 """Fixed-point encoding of float updates into the group Z_{2^b} used by secure aggregation.
 
 Masking works in a finite group, so every client turns its float vector into integers
-modulo ``R = 2^b`` before adding masks (Bonawitz et al., CCS 2017, Sec. 3: inputs are
+modulo ``R = 2^b`` before adding masks (Bonawitz et al., CCS 2017: inputs are
 vectors in ``Z_R^m``).  The encoding here is:
 
 1. clip every coordinate to the declared range ``[-clip_range, clip_range]`` (the weight

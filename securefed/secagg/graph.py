@@ -7,7 +7,7 @@ The graph is the Harary graph ``H_{k,n}`` (a ring where each node is joined to t
 nearest nodes on either side) with the node labels permuted uniformly at random by the
 server, using the OS CSPRNG (the graph is public; only its randomness matters).
 
-Choosing ``k`` and ``t`` (cf. Bell et al., Sec. 3.2 and Theorem 3.6).  Let ``gamma`` be the
+Choosing ``k`` and ``t`` (after the conditions of Bell et al.; the bounds below are ours).  Let ``gamma`` be the
 largest fraction of clients the adversary may corrupt (they collude with the server),
 ``delta`` the largest fraction that drops out during a round, ``sigma`` the statistical
 security parameter and ``eta`` the correctness parameter.  We require, for a random
