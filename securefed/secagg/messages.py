@@ -5,17 +5,18 @@ uploads) or goes to (server downloads).  Parsing checks the kind first, so a mes
 wrong stage is refused before anything else is read, and then every field's type, shape and
 size.  Sizes, with ``m`` peers and ``D`` coordinates (``b = 32``):
 
-=====================  ==============================  =============================
-message                direction                       size
-=====================  ==============================  =============================
-AdvertiseKeys          client -> server                ~130 bytes
-KeyDirectory           server -> client                ~68 m bytes
-ShareKeys              client -> server                ~108 m bytes
-ShareDelivery          server -> client                ~108 m bytes
-MaskedInput            client -> server                4 D bytes + ~70
-UnmaskRequest          server -> client                4 m bytes + ~90
-UnmaskResponse         client -> server                ~28 m bytes (6 or 11 words each)
-=====================  ==============================  =============================
+=====================  ==============================  =====================================
+message                direction                       size (measured, b = 32)
+=====================  ==============================  =====================================
+AdvertiseKeys          client -> server                173 bytes
+KeyDirectory           server -> client                68 m bytes + ~130
+ShareKeys              client -> server                108 m bytes + ~100
+ShareDelivery          server -> client                108 m bytes + ~100
+MaskedInput            client -> server                4 D bytes + 96
+UnmaskRequest          server -> client                4 m bytes + ~130
+UnmaskResponse         client -> server                24 bytes per survivor, 44 per dropped
+                                                       neighbour, + ~160
+=====================  ==============================  =====================================
 """
 
 from __future__ import annotations
