@@ -41,8 +41,6 @@ import math
 import secrets
 from collections.abc import Mapping, Sequence
 
-from scipy.stats import binom
-
 from securefed.errors import ConfigurationError
 
 __all__ = ["complete_graph", "harary_graph", "choose_degree_and_threshold"]
@@ -100,6 +98,8 @@ def choose_degree_and_threshold(
             f"corrupt_fraction and dropout_fraction must be in [0, 1), got "
             f"{corrupt_fraction} and {dropout_fraction}"
         )
+    from scipy.stats import binom  # imported here: scipy.stats is slow to import
+
     q = corrupt_fraction + dropout_fraction
     if q >= 1:
         raise ConfigurationError(f"corrupt_fraction + dropout_fraction must be < 1, got {q}")
@@ -126,6 +126,8 @@ def choose_degree_and_threshold(
 
 
 def _smallest_secure_t(n: int, k: int, gamma: float, sigma: float) -> int | None:
+    from scipy.stats import binom
+
     if gamma == 0:
         return 1
     for t in range(1, k + 1):
