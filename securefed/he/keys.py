@@ -278,6 +278,7 @@ class CKKSPublicContext:
         self._ctx = context
         self.parameters = parameters
         self.key_id = bytes(key_id)
+        self._size: int | None = None
 
     @property
     def context(self) -> ts.Context:
@@ -299,6 +300,12 @@ class CKKSPublicContext:
                                            save_galois_keys=True, save_relin_keys=True),
         })
 
+    def serialized_size(self) -> int:
+        """Bytes of :meth:`to_bytes` (what travels to the server once), computed once."""
+        if self._size is None:
+            self._size = len(self.to_bytes())
+        return self._size
+
     @classmethod
     def from_bytes(cls, blob: bytes) -> CKKSPublicContext:
         try:
@@ -312,7 +319,9 @@ class CKKSPublicContext:
             )
         if rec.get("kind") != _PUBLIC_KIND:
             raise KeyMaterialError(f"key record of kind {rec.get('kind')!r}, expected {_PUBLIC_KIND!r}")
-        return cls._from_record(rec, what="public context")
+        out = cls._from_record(rec, what="public context")
+        out._size = len(blob)
+        return out
 
     @classmethod
     def _from_record(cls, rec: dict[str, Any], *, what: str) -> CKKSPublicContext:
