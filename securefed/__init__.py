@@ -18,6 +18,7 @@ from securefed.federated import (
     Strategy,
     run_federated,
 )
+from securefed.he import CKKSChannel, CKKSKeyHolder, CKKSParameters, CKKSPublicContext
 from securefed.models import ModelSpec
 
 __version__ = "0.1.0"
@@ -28,4 +29,5 @@ __all__ = [
     "MessageRejected", "KeyMaterialError", "PrivacyBudgetExceeded",
     "AggregationChannel", "PlainChannel", "FedAvg", "FedProx", "Strategy", "RunResult",
     "run_federated", "ModelSpec",
+    "CKKSChannel", "CKKSKeyHolder", "CKKSParameters", "CKKSPublicContext",
 ]
