@@ -115,6 +115,22 @@ def test_bad_keys_are_refused(training_keys):
         train_encrypted_logreg(data, epochs=0, key_holder=training_keys)
 
 
+def test_bad_rows_are_refused(training_keys, server_keys):
+    from securefed.federated import ClientArrays, FederatedArrays
+
+    X = np.zeros((4, 2), dtype=np.float32)
+    bad_y = FederatedArrays(clients=(ClientArrays(0, "a", X, np.array([0, 1, 2, 0], np.float32)),),
+                            X_test=X, y_test=np.zeros(4, np.float32), feature_names=("u", "v"))
+    with pytest.raises(InvalidDataError, match="labels must be 0 or 1"):
+        train_encrypted_logreg(bad_y, epochs=1, key_holder=training_keys, server_context=server_keys)
+    X_nan = X.copy()
+    X_nan[1, 1] = np.nan
+    bad_x = FederatedArrays(clients=(ClientArrays(0, "a", X_nan, np.zeros(4, np.float32)),),
+                            X_test=X, y_test=np.zeros(4, np.float32), feature_names=("u", "v"))
+    with pytest.raises(InvalidDataError, match="NaN"):
+        train_encrypted_logreg(bad_x, epochs=1, key_holder=training_keys, server_context=server_keys)
+
+
 def test_truncated_ciphertext_blob_is_refused(training_keys):
     from securefed.he.encrypted_lr import _Party
 

@@ -426,8 +426,15 @@ def train_encrypted_logreg(
                 f"hospital {c.name!r}: X of shape {c.X.shape} and y of shape {c.y.shape}, "
                 f"expected (n, {d}) and (n,)"
             )
+        if not np.all(np.isfinite(c.X)):
+            raise InvalidDataError(f"hospital {c.name!r}: X holds NaN or infinite values")
+        if not np.all((c.y == 0) | (c.y == 1)):
+            raise InvalidDataError(f"hospital {c.name!r}: labels must be 0 or 1, got "
+                                   f"{sorted(set(np.unique(c.y).tolist()))[:5]}")
     counts = [c.num_examples for c in clients]
     n = int(sum(counts))
+    if n == 0:
+        raise InvalidDataError("no training rows in any hospital")
     slots = params.slots
     n_chunks = -(-n // slots)
     coef = fit_sigmoid_polynomial(interval=interval, degree=3)
