@@ -118,3 +118,13 @@ def test_cli_writes_public_and_secret_files(tmp_path, capsys):
     assert "never to the server" in capsys.readouterr().out
     # The two files work together as a channel.
     CKKSChannel(key_holder=sec, server_context=pub)
+
+
+def test_docstring_examples():
+    import doctest
+
+    from securefed.he import channel, encrypted_lr, keys
+
+    for module in (keys, channel, encrypted_lr):
+        result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
+        assert result.failed == 0 and result.attempted > 0, module.__name__
