@@ -142,3 +142,17 @@ def test_truncated_ciphertext_blob_is_refused(training_keys):
             blobs.load(party.ctx, raw[: len(raw) // 3], what="column upload")
     finally:
         blobs.close()
+
+
+def test_rotation_keys_travel_with_the_public_context(training_keys, server_keys):
+    from securefed.federated.wire import pack, unpack
+    from securefed.he import CKKSPublicContext
+
+    assert server_keys.has_rotation_keys and training_keys.has_rotation_keys
+    assert not server_keys.context.has_secret_key()
+    blob = server_keys.to_bytes()
+    assert CKKSPublicContext.from_bytes(blob).has_rotation_keys
+    rec = unpack(blob)
+    rec["rotation"] = rec["rotation"][: len(rec["rotation"]) // 2]
+    with pytest.raises(KeyMaterialError, match="rotation keys cannot be read"):
+        CKKSPublicContext.from_bytes(pack(rec))

@@ -231,14 +231,15 @@ class _Blobs:
 class _Party:
     """SEAL objects of one party, built from a TenSEAL context."""
 
-    def __init__(self, context: Any, parameters: CKKSParameters, *, secret: bool) -> None:
+    def __init__(self, context: Any, parameters: CKKSParameters, *, secret: bool,
+                 rotation_keys: Any = None) -> None:
         self.ctx = context.seal_context().data
         self.encoder = seal.CKKSEncoder(self.ctx)
         self.evaluator = seal.Evaluator(self.ctx)
         self.encryptor = seal.Encryptor(self.ctx, context.public_key().data)
         self.decryptor = seal.Decryptor(self.ctx, context.secret_key().data) if secret else None
         self.relin = context.relin_keys().data if context.has_relin_keys() else None
-        self.galois = context.galois_keys().data if context.has_galois_keys() else None
+        self.galois = rotation_keys
         self.scale = parameters.scale
         self.slots = parameters.slots
         self._parms_at: dict[int, Any] = {}
@@ -400,7 +401,7 @@ def train_encrypted_logreg(
             f"encrypted logistic regression needs multiplicative depth {REQUIRED_DEPTH}, the key "
             f"holder's parameters give {params.depth} (use CKKSParameters.training())"
         )
-    if not key_holder.context.has_galois_keys():
+    if not key_holder.has_rotation_keys:
         raise KeyMaterialError("encrypted training needs rotation (Galois) keys; generate them "
                                "with CKKSKeyHolder.generate(..., galois_keys=True)")
     if server_context is None:  # the key holder sends its public share; the server loads it
@@ -413,7 +414,7 @@ def train_encrypted_logreg(
             f"server context is for key {server_pub.key_id.hex()[:16]}, the key holder holds "
             f"{key_holder.key_id.hex()[:16]}"
         )
-    if not server_pub.has_galois_keys:
+    if not server_pub.has_rotation_keys:
         raise KeyMaterialError("the server's public context lacks rotation (Galois) keys")
 
     clients = data.clients
@@ -441,7 +442,8 @@ def train_encrypted_logreg(
     k = learning_rate / n
 
     holder = _Party(key_holder.context, params, secret=True)
-    server = _Party(server_pub.context, params, secret=False)
+    server = _Party(server_pub.context, params, secret=False,
+                    rotation_keys=server_pub.rotation_keys())
     blobs = _Blobs()
     bar = None
     try:

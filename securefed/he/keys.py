@@ -69,6 +69,7 @@ import hashlib
 import json
 import math
 import os
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ from typing import Any
 
 import numpy as np
 import tenseal as ts
-import tenseal.sealapi  # noqa: F401  (registers SEAL's types, e.g. Modulus, with Python)
+from tenseal import sealapi as seal  # also registers SEAL's types (e.g. Modulus) with Python
 
 from securefed.errors import ConfigurationError, InvalidDataError, KeyMaterialError
 from securefed.federated.wire import pack, unpack
@@ -98,6 +99,7 @@ _ERROR_SIGMA = 3.2
 _PUBLIC_KIND = "securefed-ckks-public"
 _SECRET_KIND = "securefed-ckks-secret"
 _FORMAT_VERSION = 1
+_TMP_BASE = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else None
 
 
 @dataclass(frozen=True)
@@ -220,6 +222,44 @@ def _public_key_id(ctx: ts.Context) -> bytes:
     return hashlib.sha256(blob).digest()[:16]
 
 
+def _seal_to_bytes(obj: Any) -> bytes:
+    """SEAL's own (compressed) serialisation of a key object, through a private temp file."""
+    with tempfile.TemporaryDirectory(prefix="securefed-ckks-", dir=_TMP_BASE) as tmp:
+        path = os.path.join(tmp, "obj")
+        obj.save(path)
+        return Path(path).read_bytes()
+
+
+def _rotation_keys_from_bytes(ctx: ts.Context, blob: bytes, *, what: str) -> Any:
+    keys = seal.GaloisKeys()
+    with tempfile.TemporaryDirectory(prefix="securefed-ckks-", dir=_TMP_BASE) as tmp:
+        path = os.path.join(tmp, "obj")
+        Path(path).write_bytes(blob)
+        try:
+            keys.load(ctx.seal_context().data, path)
+        except (RuntimeError, ValueError) as exc:
+            raise KeyMaterialError(f"{what}: rotation keys cannot be read ({exc})") from exc
+    return keys
+
+
+def _make_rotation_keys(ctx: ts.Context, slots: int) -> bytes:
+    """Rotation (Galois) keys for the steps 1, 2, 4, ..., slots/2 only.
+
+    A left rotation by ``k`` slots is the Galois automorphism ``X -> X^(3^k mod 2N)``;
+    rotate-and-add over all slots needs only these ``log2(slots)`` keys, half of what a
+    default key set (both directions) holds.
+    """
+    two_n = 4 * slots  # 2N, the order of the Galois group
+    elts = []
+    step = 1
+    while step < slots:
+        elts.append(pow(3, step, two_n))
+        step *= 2
+    keys = seal.GaloisKeys()
+    seal.KeyGenerator(ctx.seal_context().data, ctx.secret_key().data).create_galois_keys(elts, keys)
+    return _seal_to_bytes(keys)
+
+
 def _load_context(blob: bytes, *, what: str) -> ts.Context:
     try:
         return ts.context_from(blob, n_threads=1)
@@ -267,7 +307,8 @@ class CKKSPublicContext:
     secret key raises :class:`KeyMaterialError`.
     """
 
-    def __init__(self, context: ts.Context, *, parameters: CKKSParameters, key_id: bytes) -> None:
+    def __init__(self, context: ts.Context, *, parameters: CKKSParameters, key_id: bytes,
+                 rotation_keys: bytes = b"") -> None:
         if context.has_secret_key() or context.is_private():
             raise KeyMaterialError(
                 "refusing a CKKS context that holds a secret key on the public (server) side; "
@@ -278,6 +319,8 @@ class CKKSPublicContext:
         self._ctx = context
         self.parameters = parameters
         self.key_id = bytes(key_id)
+        self._rotation_blob = bytes(rotation_keys)
+        self._rotation: Any = None
         self._size: int | None = None
 
     @property
@@ -286,8 +329,18 @@ class CKKSPublicContext:
         return self._ctx
 
     @property
-    def has_galois_keys(self) -> bool:
-        return bool(self._ctx.has_galois_keys())
+    def has_rotation_keys(self) -> bool:
+        """Whether the power-of-two rotation keys (needed for encrypted training) are present."""
+        return bool(self._rotation_blob)
+
+    def rotation_keys(self) -> Any:
+        """SEAL Galois keys for rotations by 1, 2, 4, ... slots (loaded once)."""
+        if not self._rotation_blob:
+            raise KeyMaterialError("this public context carries no rotation keys")
+        if self._rotation is None:
+            self._rotation = _rotation_keys_from_bytes(self._ctx, self._rotation_blob,
+                                                       what="public context")
+        return self._rotation
 
     def to_bytes(self) -> bytes:
         """Serialise for the server (a securefed key record around TenSEAL's format)."""
@@ -297,7 +350,8 @@ class CKKSPublicContext:
             "params": json.dumps(self.parameters.to_dict()),
             "key_id": self.key_id,
             "context": self._ctx.serialize(save_public_key=True, save_secret_key=False,
-                                           save_galois_keys=True, save_relin_keys=True),
+                                           save_galois_keys=False, save_relin_keys=True),
+            "rotation": self._rotation_blob,
         })
 
     def serialized_size(self) -> int:
@@ -340,11 +394,15 @@ class CKKSPublicContext:
                 f"{what}: public key digest {key_id.hex()} does not match the recorded key id "
                 f"{bytes(rec['key_id']).hex()} (file altered or assembled from two key sets)"
             )
-        return cls(ctx, parameters=params, key_id=key_id)
+        rotation = bytes(rec.get("rotation", b""))
+        out = cls(ctx, parameters=params, key_id=key_id, rotation_keys=rotation)
+        if rotation:
+            out.rotation_keys()  # fail now, not in the middle of training
+        return out
 
     def __repr__(self) -> str:
         return (f"CKKSPublicContext(key_id={self.key_id.hex()[:12]}, "
-                f"parameters={self.parameters}, galois={self.has_galois_keys})")
+                f"parameters={self.parameters}, rotation_keys={self.has_rotation_keys})")
 
 
 def _check_params_match(params: CKKSParameters, ctx: ts.Context, *, what: str) -> None:
@@ -377,24 +435,30 @@ class CKKSKeyHolder:
     they are never derived from a simulation seed.
     """
 
-    def __init__(self, context: ts.Context, *, parameters: CKKSParameters) -> None:
+    def __init__(self, context: ts.Context, *, parameters: CKKSParameters,
+                 rotation_keys: bytes = b"") -> None:
         if not context.has_secret_key():
             raise KeyMaterialError("a CKKS key holder needs a context with the secret key")
         self._ctx = context
         self.parameters = parameters
         self.key_id = _public_key_id(context)
+        self._rotation_blob = bytes(rotation_keys)
+
+    @property
+    def has_rotation_keys(self) -> bool:
+        return bool(self._rotation_blob)
 
     @classmethod
     def generate(cls, parameters: CKKSParameters | None = None, *, galois_keys: bool = False,
                  n_threads: int = 1) -> CKKSKeyHolder:
-        """Generate a fresh key pair (plus relinearisation keys; rotation keys if asked)."""
+        """Generate a fresh key pair, relinearisation keys and, with ``galois_keys=True``, the
+        rotation keys for steps 1, 2, 4, ..., slots/2 that encrypted training uses."""
         params = parameters or CKKSParameters.aggregation()
         ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=params.poly_modulus_degree,
                          coeff_mod_bit_sizes=list(params.coeff_mod_bit_sizes), n_threads=n_threads)
         ctx.global_scale = params.scale
-        if galois_keys:
-            ctx.generate_galois_keys()
-        return cls(ctx, parameters=params)
+        rotation = _make_rotation_keys(ctx, params.slots) if galois_keys else b""
+        return cls(ctx, parameters=params, rotation_keys=rotation)
 
     @property
     def context(self) -> ts.Context:
@@ -406,7 +470,8 @@ class CKKSKeyHolder:
         pub = self._ctx.copy()
         pub.make_context_public()
         pub.global_scale = self.parameters.scale
-        return CKKSPublicContext(pub, parameters=self.parameters, key_id=self.key_id)
+        return CKKSPublicContext(pub, parameters=self.parameters, key_id=self.key_id,
+                                 rotation_keys=self._rotation_blob)
 
     # -------------------------------------------------------------- serialisation
     def to_bytes(self) -> bytes:
@@ -416,7 +481,8 @@ class CKKSKeyHolder:
             "params": json.dumps(self.parameters.to_dict()),
             "key_id": self.key_id,
             "context": self._ctx.serialize(save_public_key=True, save_secret_key=True,
-                                           save_galois_keys=True, save_relin_keys=True),
+                                           save_galois_keys=False, save_relin_keys=True),
+            "rotation": self._rotation_blob,
         })
 
     @classmethod
@@ -437,7 +503,10 @@ class CKKSKeyHolder:
             raise KeyMaterialError(f"{what}: the serialised context has no secret key")
         _check_params_match(params, ctx, what=what)
         ctx.global_scale = params.scale
-        holder = cls(ctx, parameters=params)
+        rotation = bytes(rec.get("rotation", b""))
+        if rotation:
+            _rotation_keys_from_bytes(ctx, rotation, what=what)
+        holder = cls(ctx, parameters=params, rotation_keys=rotation)
         if holder.key_id != rec["key_id"]:
             raise KeyMaterialError(
                 f"{what}: public key digest {holder.key_id.hex()} does not match the recorded "
@@ -479,6 +548,12 @@ class CKKSKeyHolder:
                 f"{self.parameters.max_abs_value:.4g} of these CKKS parameters"
             )
         return ts.ckks_vector(self._ctx, arr.tolist())
+
+    def rotation_keys(self) -> Any:
+        """SEAL Galois keys for rotations by 1, 2, 4, ... slots."""
+        if not self._rotation_blob:
+            raise KeyMaterialError("this key holder has no rotation keys")
+        return _rotation_keys_from_bytes(self._ctx, self._rotation_blob, what="key holder")
 
     def decrypt_vector(self, vector: ts.CKKSVector) -> np.ndarray:
         return np.asarray(vector.decrypt(self._ctx.secret_key()), dtype=np.float64)
