@@ -113,6 +113,9 @@ def test_bad_keys_are_refused(training_keys):
                                server_context=no_rot.public_context())
     with pytest.raises(ConfigurationError, match="epochs"):
         train_encrypted_logreg(data, epochs=0, key_holder=training_keys)
+    with pytest.raises(KeyMaterialError, match="public keys only"):
+        train_encrypted_logreg(data, epochs=1, key_holder=training_keys,
+                               server_context=training_keys)
 
 
 def test_bad_rows_are_refused(training_keys, server_keys):

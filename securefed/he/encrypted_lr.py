@@ -387,7 +387,12 @@ def train_encrypted_logreg(
     key_holder, server_context:
         Keys; generated (with rotation keys, :meth:`CKKSParameters.training`) when omitted.
         The key holder's parameters must support depth 4 and the server context must be the
-        matching public context with rotation keys.
+        matching public context with rotation keys (a secret context is refused); when
+        omitted, it is derived from the key holder through its serialised form.
+    record_history:
+        Keep the decrypted weights after each epoch (the key holder sees them anyway).
+    progress:
+        Show a progress bar over the epochs.
     """
     if not (isinstance(epochs, int) and epochs >= 1):
         raise ConfigurationError(f"epochs must be an integer >= 1, got {epochs!r}")
@@ -406,6 +411,11 @@ def train_encrypted_logreg(
                                "with CKKSKeyHolder.generate(..., galois_keys=True)")
     if server_context is None:  # the key holder sends its public share; the server loads it
         server_pub = CKKSPublicContext.from_bytes(key_holder.public_context().to_bytes())
+    elif not isinstance(server_context, CKKSPublicContext):
+        raise KeyMaterialError(
+            f"server_context must be a CKKSPublicContext (public keys only), got "
+            f"{type(server_context).__name__}"
+        )
     else:
         server_pub = server_context
     public_bytes = server_pub.serialized_size()
