@@ -202,7 +202,12 @@ def test_federated_model_under_ckks_equals_the_clear_one(channel, name, strategy
     W = min(recorder.weight_sums)
     max_mean = max(float(np.max(np.abs(t.revealed_update))) for t in plain.transcript)
     eps = e * (1 + max_mean) / (W - e)
-    tol = rounds * (eps + 1e-6)
+    # Server momentum with coefficient beta carries each round's error into later rounds,
+    # at most a factor 1 / (1 - beta) in all.  (For FedMedHeter's adaptive local steps the
+    # non-expansiveness argument is not a proof; the bound is then checked, not derived.)
+    beta = getattr(strategy, "server_momentum", 0.0) \
+        if getattr(strategy, "server_optimizer", None) == "momentum" else 0.0
+    tol = rounds * (eps + 1e-6) / (1 - beta)
     diff = float(np.max(np.abs(plain.final_params - enc.final_params)))
     assert diff <= tol, f"{name}: max parameter difference {diff:.3g} > tolerance {tol:.3g}"
     assert enc.channel == "ckks"
