@@ -18,6 +18,7 @@ from securefed.federated import (
     Strategy,
     run_federated,
 )
+from securefed.he import CKKSChannel, CKKSKeyHolder, CKKSParameters, CKKSPublicContext
 from securefed.models import ModelSpec
 from securefed.secagg import SecAggChannel
 
@@ -29,4 +30,5 @@ __all__ = [
     "MessageRejected", "KeyMaterialError", "PrivacyBudgetExceeded",
     "AggregationChannel", "PlainChannel", "FedAvg", "FedProx", "Strategy", "RunResult",
     "run_federated", "ModelSpec", "SecAggChannel",
+    "CKKSChannel", "CKKSKeyHolder", "CKKSParameters", "CKKSPublicContext",
 ]
