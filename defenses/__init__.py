@@ -11,3 +11,7 @@ from defenses.base import (
 )
 
 __all__ = ["PARTIES", "Defense", "PartyView", "RunContext", "defense_names", "get_defense", "register_defense"]
+
+# Built-in settings register themselves on import.
+from defenses import ckks as _ckks  # noqa: E402,F401
+from defenses import secagg as _secagg  # noqa: E402,F401

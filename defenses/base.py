@@ -154,9 +154,14 @@ def register_defense(name: str, builder: DefenseBuilder, *, replace: bool = Fals
     _REGISTRY[name] = builder
 
 
+#: The order reports list the built-in settings in; others follow in registration order.
+_ORDER = ("none", "secagg", "ckks", "dp-central", "dp-local", "secagg+dp", "compression")
+
+
 def defense_names() -> tuple[str, ...]:
-    """The registered defense names, in registration order."""
-    return tuple(_REGISTRY)
+    """The registered defense names: the built-ins in their usual order, then the others."""
+    known = [n for n in _ORDER if n in _REGISTRY]
+    return (*known, *(n for n in _REGISTRY if n not in _ORDER))
 
 
 def get_defense(name: str, **params: Any) -> Defense:
