@@ -1,0 +1,1 @@
+"""Differential privacy for securefed (see docs/dp.md)."""
