@@ -32,6 +32,7 @@ Worked number (Abadi et al. 2016, Section 5: q = 0.01, sigma = 4, 10,000 steps):
 from __future__ import annotations
 
 import copy
+import logging
 import math
 
 import dp_accounting
@@ -52,6 +53,18 @@ __all__ = [
 ]
 
 ACCOUNTANTS = ("rdp", "pld")
+
+
+class _QuietFractionalOrders(logging.Filter):
+    """The RDP accountant logs a warning each time it drops a fractional order whose series
+    does not converge (it then uses the remaining orders, as documented).  The message is
+    repeated for every query and says nothing a user can act on, so it is filtered."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "_compute_log_a_frac failed to converge" not in record.getMessage()
+
+
+logging.getLogger("absl").addFilter(_QuietFractionalOrders())
 SAMPLINGS = ("poisson", "without_replacement")
 
 
