@@ -150,3 +150,15 @@ def test_central_dp_trains_at_small_noise():
     majority = max(data.y_test.mean(), 1 - data.y_test.mean())
     assert res.final.test_accuracy > majority + 0.02
     assert res.final.test_loss < res.history[0].test_loss
+
+
+def test_cli_stops_at_budget_and_saves_partial_result(tmp_path, capsys):
+    from securefed.cli import main
+
+    rc = main(["train", "--dp", "central", "--clip-norm", "0.5", "--noise-multiplier", "2",
+               "--target-epsilon", "5", "--rounds", "8", "--quiet", "--out", str(tmp_path)])
+    assert rc == 3
+    saved = json.loads((tmp_path / "fedavg-dp-central-seed0-partial.json").read_text())
+    allowed = max_rounds_within(target_epsilon=5.0, delta=1e-5, noise_multiplier=2.0)
+    assert len(saved["history"]) == allowed
+    assert "target_epsilon=5.0" in capsys.readouterr().err

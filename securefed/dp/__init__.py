@@ -21,13 +21,18 @@ from securefed.dp.distributed import (
     DistributedDP,
     distributed_discrete_gaussian_rho,
     sample_discrete_gaussian,
+    secagg_channel_for,
     secure_discrete_gaussian,
 )
 from securefed.dp.dpsgd import DPSGD, per_example_gradients
 from securefed.dp.mechanisms import CentralDP, ClientLevelDP, LocalDP, save_partial_result
 from securefed.dp.noise import GaussianNoise
+from securefed.dp.registry import DP_MECHANISMS, make_dp_strategy
 
 __all__ = [
+    "DP_MECHANISMS",
+    "make_dp_strategy",
+    "secagg_channel_for",
     "CentralDP",
     "ClientLevelDP",
     "DPSGD",
