@@ -1,5 +1,6 @@
 """securefed: privacy-preserving federated learning for medical records."""
 
+from securefed.dp import DPSGD, CentralDP, DistributedDP, LocalDP
 from securefed.errors import (
     ConfigurationError,
     InvalidDataError,
@@ -28,4 +29,5 @@ __all__ = [
     "MessageRejected", "KeyMaterialError", "PrivacyBudgetExceeded",
     "AggregationChannel", "PlainChannel", "FedAvg", "FedProx", "Strategy", "RunResult",
     "run_federated", "ModelSpec",
+    "CentralDP", "LocalDP", "DistributedDP", "DPSGD",
 ]
