@@ -162,3 +162,11 @@ def test_cli_stops_at_budget_and_saves_partial_result(tmp_path, capsys):
     allowed = max_rounds_within(target_epsilon=5.0, delta=1e-5, noise_multiplier=2.0)
     assert len(saved["history"]) == allowed
     assert "target_epsilon=5.0" in capsys.readouterr().err
+
+
+def test_more_contributors_than_accounted_for_is_refused():
+    dp = CentralDP(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, num_clients=3,
+                   clients_per_round=2)
+    dp.before_round(0)
+    with pytest.raises(ConfigurationError, match="clients_per_round=2"):
+        dp.server_aggregate(_zero_result(4, contributors=(0, 1, 2)), rng=np.random.default_rng(0))

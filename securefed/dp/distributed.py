@@ -331,6 +331,7 @@ class DistributedDP(ClientLevelDP):
         self._calls_seen = len(self.integer_noise.calls)
 
     def server_aggregate(self, result: ChannelResult, *, rng: np.random.Generator) -> np.ndarray:
+        self.check_participation(result)
         calls = self.integer_noise.calls[self._calls_seen:]
         self._calls_seen = len(self.integer_noise.calls)
         if not calls:

@@ -208,6 +208,14 @@ class ClientLevelDP(StrategyWrapper):
                     f"after {self.ledger.rounds} rounds")
         self.inner.before_round(round_index)
 
+    def check_participation(self, result: ChannelResult) -> None:
+        """Refuse a round with more contributors than the sampling rate was accounted for."""
+        if len(result.contributors) > self.clients_per_round:
+            raise ConfigurationError(
+                f"{len(result.contributors)} clients contributed this round but the DP wrapper "
+                f"accounts for clients_per_round={self.clients_per_round} of num_clients="
+                f"{self.num_clients}; pass the engine's clients_per_round to the wrapper too")
+
     def record_round(self) -> None:
         self.ledger.compose(self.round_event())
 
@@ -246,6 +254,7 @@ class CentralDP(ClientLevelDP):
     mechanism = "central"
 
     def server_aggregate(self, result: ChannelResult, *, rng: np.random.Generator) -> np.ndarray:
+        self.check_participation(result)
         total = np.asarray(result.weighted_sum, dtype=np.float64)
         noisy = total + self.noise.sample(total.shape[0], std=self.noise_std, rng=rng)
         self.record_round()
