@@ -11,7 +11,7 @@ hospital ever uploaded.
 Why not Opacus's ``PrivacyEngine``.  Opacus 1.6 is installed and is the reference, but
 its front door wants a ``DataLoader`` and owns the training loop, draws its noise from
 torch's global generator (or, in secure mode, from ``torchcsprng``, a separate package
-with no release for current torch), and keeps its own accountant.  securefed's engine
+whose last release, 0.2.1 of 2021, was built for the torch of that time), and keeps its own accountant.  securefed's engine
 owns the loop, passes randomness in as ``numpy`` generators and accounts with
 dp-accounting.  Per-example gradients of the small tabular models used here are cheap with
 ``torch.func.vmap(grad(...))``, so this module computes them directly; a test checks them
