@@ -17,7 +17,7 @@ torch.set_num_threads(1)
 @pytest.mark.filterwarnings("ignore:Full backward hook:UserWarning")
 @pytest.mark.parametrize("kind", ["logreg", "mlp"])
 def test_per_example_gradients_match_opacus(kind):
-    opacus = pytest.importorskip("opacus")
+    import opacus  # the "dpsgd" extra, installed by scripts/setup.sh
     data = pima_federation(seed=0)
     spec = ModelSpec(kind, n_features=data.num_features)
     X = torch.as_tensor(data.clients[0].X[:12])
