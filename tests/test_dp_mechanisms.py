@@ -170,3 +170,12 @@ def test_more_contributors_than_accounted_for_is_refused():
     dp.before_round(0)
     with pytest.raises(ConfigurationError, match="clients_per_round=2"):
         dp.server_aggregate(_zero_result(4, contributors=(0, 1, 2)), rng=np.random.default_rng(0))
+
+
+def test_public_names():
+    import securefed
+    import securefed.dp as dp
+
+    assert set(dp.__all__) == {n for n in dp.__all__ if hasattr(dp, n)}
+    for name in ("CentralDP", "LocalDP", "DistributedDP", "DPSGD"):
+        assert name in securefed.__all__ and getattr(securefed, name) is getattr(dp, name)
