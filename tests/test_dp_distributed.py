@@ -151,3 +151,9 @@ def test_distributed_dp_on_a_channel_without_noise_aborts():
     dp = DistributedDP(FedAvg(), clip_norm=0.5, noise_multiplier=1.0, num_clients=3)
     with pytest.raises(ProtocolAbort, match="no integer noise"):
         run_federated(data, strategy=dp, channel=PlainChannel(), model=spec, rounds=1, seed=0)
+
+
+def test_distributed_dp_needs_the_rdp_accountant():
+    with pytest.raises(ConfigurationError, match="rdp"):
+        DistributedDP(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, num_clients=3,
+                      accountant="pld")

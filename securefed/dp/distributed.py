@@ -303,6 +303,10 @@ class DistributedDP(ClientLevelDP):
     mechanism = "distributed"
 
     def __init__(self, inner, *, dropout_tolerance: float = 0.0, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
+        if kwargs.get("accountant", "rdp") != "rdp":
+            raise ConfigurationError(
+                f"DistributedDP accounts with zCDP events, which only the 'rdp' accountant "
+                f"composes; got accountant={kwargs['accountant']!r}")
         super().__init__(inner, **kwargs)
         self.integer_noise = DiscreteGaussianNoise(
             noise_multiplier=self.noise_multiplier, clip_norm=self.clip_norm,
