@@ -23,6 +23,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     data = pima_federation(seed=args.seed, n_hospitals=args.hospitals, heterogeneity=het)
     spec = ModelSpec(args.model, n_features=data.num_features)
     common = dict(learning_rate=args.lr, local_epochs=args.local_epochs, batch_size=args.batch_size)
+    if args.algorithm == "centralized" and args.dp != "none":
+        from securefed.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"--dp {args.dp} applies to federated algorithms; got --algorithm centralized")
     if args.algorithm == "centralized":
         result = run_centralized(data, model=spec, rounds=args.rounds, seed=args.seed,
                                  progress=not args.quiet, **common)
