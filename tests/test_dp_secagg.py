@@ -71,3 +71,16 @@ def test_a_client_dropping_before_masked_input_is_accounted_for():
     acc = dp_accounting.rdp.RdpAccountant()
     acc.compose(dp_accounting.ZCDpEvent((4 / 3) / (2 * z * z)))
     assert dp.epsilon() == pytest.approx(acc.get_epsilon(1e-5), rel=1e-6)
+
+
+def test_cli_distributed_dp_runs_under_secagg(tmp_path):
+    import json
+
+    from securefed.cli import main
+
+    rc = main(["train", "--dp", "distributed", "--clip-norm", "0.2", "--noise-multiplier", "2",
+               "--rounds", "2", "--quiet", "--out", str(tmp_path)])
+    assert rc == 0
+    saved = json.loads((tmp_path / "fedavg-dp-distributed-seed0.json").read_text())
+    assert saved["channel"] == "secagg"
+    assert [r["epsilon"] for r in saved["history"]][0] > 0
