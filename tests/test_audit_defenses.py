@@ -73,3 +73,19 @@ def test_encrypted_centralised_run_is_reported_like_any_other(fold):
     assert run.history[0].bytes_up > 100_000  # the encrypted columns
     assert {"server_epoch", "refresh"} <= set(run.history[1].times)
     assert 0.5 < run.final.test_accuracy <= 1.0
+
+
+@pytest.mark.parametrize("name", ["dp-central", "dp-local", "secagg+dp"])
+def test_dp_defenses_account_epsilon_every_round(fold, name):
+    spec = ModelSpec("logreg", n_features=fold.data.num_features)
+    d = get_defense(name, noise_multiplier=2.0, clip_norm=0.5)
+    assert d.params["noise_multiplier"] == 2.0
+    run = get_algorithm("fedavg").train(fold.data, model=spec, rounds=3, seed=0, defense=d,
+                                        hyper=HyperParams(), record_transcript=True)
+    eps = [r.extra["epsilon"] for r in run.history]
+    assert 0 < eps[0] < eps[1] < eps[2]
+    clear = any("update" in m.content for m in run.transcript[0].received)
+    assert clear == d.view("server").individual_updates
+    with pytest.raises(ConfigurationError):
+        get_defense(name, clip_norm=-1.0).build(
+            __import__("securefed").FedAvg(), RunContext(num_clients=3, rounds=3))
