@@ -193,6 +193,11 @@ def _setup(results: AuditResults) -> dict[str, Any]:
     }
 
 
+def _delta(g: dict[str, Any]) -> str:
+    d = g.get("delta", {"mean": float("nan")})["mean"]
+    return "as configured" if math.isnan(d) else f"{d:g}"
+
+
 def _findings(summary: AuditSummary, claims: list[ClaimResult], setup: dict[str, Any]) -> list[str]:
     """Plain-language sentences, each computed from the tables above."""
     out: list[str] = []
@@ -226,9 +231,11 @@ def _findings(summary: AuditSummary, claims: list[ClaimResult], setup: dict[str,
         tr = g["train_time"]["mean"] / base["train_time"]["mean"] if base["train_time"]["mean"] else float("nan")
         br = (g["bytes_total"]["mean"] / base["bytes_total"]["mean"]
               if base["bytes_total"]["mean"] else float("nan"))
+        eps = g.get("epsilon", {"mean": float("nan")})["mean"]
+        eps_text = "" if math.isnan(eps) else f"; it spent epsilon {eps:.2f} (delta {_delta(g)})"
         out.append(
             f"Defense '{g['defense']}' with {g['algorithm']}: accuracy {dacc:+.3f}, training "
-            f"time x{tr:.2f}, bytes x{br:.2f} compared with no defense."
+            f"time x{tr:.2f}, bytes x{br:.2f} compared with no defense{eps_text}."
         )
     cols = [c for c in summary.attack_columns if c.endswith(".gain")]
     for col in cols:

@@ -27,7 +27,7 @@ METRICS = (
     "accuracy", "auc", "f1", "loss",
     "external_accuracy", "external_auc", "external_f1",
     "bytes_up", "bytes_down", "bytes_total", "train_time", "time_per_round", "attack_time",
-    "rounds_to_target", "bytes_to_target", "epsilon",
+    "rounds_to_target", "bytes_to_target", "epsilon", "delta",
 )
 
 
@@ -66,6 +66,7 @@ def cell_frame(cells: Sequence[dict[str, Any]], target: float | None = None) -> 
             "train_time": _num(c.get("train_time")), "attack_time": _num(c.get("attack_time")),
             "time_per_round": _num(c.get("time_per_round")),
             "epsilon": _num(c.get("epsilon")),
+            "delta": _num(((c.get("defense_info") or {}).get("params") or {}).get("delta")),
         }
         row["bytes_total"] = row["bytes_up"] + row["bytes_down"]
         for phase, t in (c.get("times") or {}).items():
