@@ -38,8 +38,10 @@ def test_report_files_hold_the_measured_numbers(quick_audit):
     _, _, out = quick_audit
     summary = json.loads((out / "summary.json").read_text())
     cells = [json.loads(x) for x in (out / "cells.jsonl").read_text().splitlines()]
-    fedavg = [c["metrics"]["accuracy"] for c in cells if c["algorithm"] == "fedavg"]
-    group = next(g for g in summary["groups"] if g["algorithm"] == "fedavg")
+    fedavg = [c["metrics"]["accuracy"] for c in cells
+              if c["algorithm"] == "fedavg" and c["defense"] == "none"]
+    group = next(g for g in summary["groups"]
+                 if g["algorithm"] == "fedavg" and g["defense"] == "none")
     assert group["n"] == len(fedavg) == summary["config"]["folds"]
     assert group["accuracy"]["mean"] == pytest.approx(sum(fedavg) / len(fedavg))
     assert {c["verdict"] for c in summary["claims"]} <= {"holds", "does not hold", "not measured"}
