@@ -74,6 +74,20 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from evaluation import load_config, profile, run_audit, write_report
     from evaluation.report import summary_rows
 
+    if args.list:
+        from defenses import defense_names, get_defense
+        from evaluation import algorithm_names, attack_names, get_algorithm, get_attack
+
+        print("algorithms:")
+        for n in algorithm_names():
+            print(f"  {n:24s}{get_algorithm(n).summary}")
+        print("defenses:")
+        for n in defense_names():
+            print(f"  {n:24s}{get_defense(n).summary}")
+        print("attacks:")
+        for n in attack_names():
+            print(f"  {n:24s}{get_attack(n).summary}")
+        return 0
     if args.config and args.quick:
         raise ConfigurationError("--quick and --config exclude each other; give one")
     config = load_config(args.config) if args.config else profile("quick" if args.quick else "default")
@@ -195,6 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
     a.add_argument("--rounds", type=int, help="training rounds per run")
     a.add_argument("--seed", type=int, help="root seed")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.add_argument("--list", action="store_true",
+                   help="list the available algorithms, defenses and attacks, then exit")
     a.set_defaults(func=_cmd_audit)
 
     k = sub.add_parser("keys", help="generate key material")

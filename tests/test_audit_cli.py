@@ -79,3 +79,13 @@ def test_report_renders_in_headless_chromium(quick_audit, tmp_path):
     stats = screenshot_stats(png)
     assert not stats.blank, stats
     assert stats.ink > 0.05
+
+
+def test_list_shows_every_registered_name(capsys):
+    from defenses import defense_names
+    from evaluation import algorithm_names, attack_names
+
+    assert main(["audit", "--list"]) == 0
+    out = capsys.readouterr().out
+    for name in (*algorithm_names(), *defense_names(), *attack_names()):
+        assert f"  {name} " in out
