@@ -109,7 +109,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
               f"{config.rounds} rounds; algorithms {', '.join(config.algorithms)}; defenses "
               f"{', '.join(config.defenses)}; attacks {', '.join(config.attacks) or '(none)'}",
               file=sys.stderr)
-    results = run_audit(config, out, overwrite=args.overwrite, progress=not args.quiet)
+    try:
+        results = run_audit(config, out, overwrite=args.overwrite, progress=not args.quiet)
+    except KeyboardInterrupt:
+        from evaluation.runner import CELLS
+
+        store = out / CELLS
+        saved = len(store.read_text().splitlines()) if store.exists() else 0
+        print(f"\ninterrupted: {saved} finished cell(s) are saved in {store}; run the same "
+              "command again to resume", file=sys.stderr)
+        return 130
     if results.resumed and not args.quiet:
         print(f"reused {results.resumed} finished cell(s) from {out}", file=sys.stderr)
     argv = ["securefed", "audit", *(args.argv or [])]
