@@ -49,7 +49,7 @@ from securefed.compression import StochasticQuantizer, TopKSparsifier
 from securefed.data import pima_federation
 from securefed.federated import ClientArrays, FedAvg, FederatedArrays, FedProx, run_federated
 from securefed.federated.centralized import run_centralized
-from securefed.federated.fedmedheter import COMPONENTS, FedMedHeter
+from securefed.federated.fedmedheter import FedMedHeter
 from securefed.federated.types import RunResult
 from securefed.models import ModelSpec
 

@@ -12,6 +12,7 @@ from securefed.errors import (
 from securefed.federated import (
     AggregationChannel,
     FedAvg,
+    FedMedHeter,
     FedProx,
     PlainChannel,
     RunResult,
@@ -26,6 +27,6 @@ __all__ = [
     "__version__",
     "SecurefedError", "InvalidDataError", "ConfigurationError", "ProtocolAbort",
     "MessageRejected", "KeyMaterialError", "PrivacyBudgetExceeded",
-    "AggregationChannel", "PlainChannel", "FedAvg", "FedProx", "Strategy", "RunResult",
+    "AggregationChannel", "PlainChannel", "FedAvg", "FedMedHeter", "FedProx", "Strategy", "RunResult",
     "run_federated", "ModelSpec",
 ]
