@@ -74,6 +74,8 @@ class Settings:
     batch_size: int = 16
     fedprox_mu: float = 0.01
     fmh: dict[str, Any] = field(default_factory=dict)
+    # the best server-optimiser setting, for a "+ server_optimizer" row when selection left it off
+    server_candidate: dict[str, Any] | None = None
 
     def fedavg(self) -> FedAvg:
         return FedAvg(learning_rate=self.learning_rate, local_epochs=self.local_epochs,
@@ -93,7 +95,8 @@ class Settings:
         if fmh.get("compression") is not None:
             fmh["compression"] = repr(fmh["compression"])
         return {"learning_rate": self.learning_rate, "local_epochs": self.local_epochs,
-                "batch_size": self.batch_size, "fedprox_mu": self.fedprox_mu, "fedmedheter": fmh}
+                "batch_size": self.batch_size, "fedprox_mu": self.fedprox_mu, "fedmedheter": fmh,
+                "server_candidate": self.server_candidate}
 
 
 def library_defaults(base_lr: float = 0.1) -> Settings:
@@ -243,41 +246,40 @@ def tune(make_data: Callable[[int], FederatedArrays], spec_for: Callable[[Federa
     log: list[dict[str, Any]] = []
     settings = Settings()
 
-    def score(method: str, st: Settings, overrides: dict[str, Any] | None = None) -> tuple[float, float, float]:
+    def score(method: str, st: Settings) -> tuple[float, float, float]:
         losses, accs, nbytes = [], [], []
         for s in seeds:
             d = splits[s]
-            run = run_one(method, d, spec_for(d), rounds=rounds, seed=s, settings=st,
-                          fmh_overrides=overrides)
+            run = run_one(method, d, spec_for(d), rounds=rounds, seed=s, settings=st)
             losses.append(float(np.mean([r.test_loss for r in run.history])))
             accs.append(run.history[-1].test_accuracy)
             nbytes.append(run.total_bytes_up())
         return float(np.mean(losses)), float(np.mean(accs)), float(np.mean(nbytes))
 
-    def stage(name: str, candidates: list[tuple[str, Settings, dict[str, Any] | None, str]]) -> int:
-        results = []
-        for method, st, ov, label in candidates:
-            crit, acc, nb = score(method, st, ov)
-            results.append((crit, acc, nb))
-            log.append({"stage": name, "candidate": label, "val_mean_logloss": crit,
-                        "val_final_accuracy": acc, "bytes_up": nb})
+    def stage(name: str, candidates: list[tuple[str, Settings, str]], *,
+              off_selectable: bool = False) -> tuple[int, int]:
+        """Score every candidate; ``candidates[0]`` is the control (component off).
+
+        Returns ``(chosen, best_on)``: the chosen index (0 only when ``off_selectable`` and
+        the control wins) and the best candidate with the component on.
+        """
+        rows = []
+        for method, st, label in candidates:
+            crit, acc, nb = score(method, st)
+            rows.append({"stage": name, "candidate": label, "val_mean_logloss": crit,
+                         "val_final_accuracy": acc, "bytes_up": nb, "chosen": False})
             bar.step(f"tune {name}")
-        best = int(np.argmin([r[0] for r in results]))
-        for row in log[-len(candidates):]:
-            row["chosen"] = False
-        log[-len(candidates) + best]["chosen"] = True
-        return best
+        crits = [r["val_mean_logloss"] for r in rows]
+        best_on = 1 + int(np.argmin(crits[1:]))
+        chosen = 0 if off_selectable and crits[0] <= crits[best_on] else best_on
+        rows[chosen]["chosen"] = True
+        log.extend(rows)
+        return chosen, best_on
 
-    def S(**kw: Any) -> Settings:
-        base = {"learning_rate": settings.learning_rate, "fedprox_mu": settings.fedprox_mu,
-                "fmh": dict(settings.fmh)}
-        base.update(kw)
-        return Settings(**base)
-
-    lr_grid = [0.03, 0.1, 0.3]
+    lr_grid = [0.1, 0.3, 1.0]
     mu_grid = [0.001, 0.01, 0.1]
-    rules = [("adagrad_norm", [0.03, 0.1, 0.3]), ("adam", [0.003, 0.01, 0.03]),
-             ("loss_scaled", [0.1, 0.3])]
+    rules = [("adagrad_norm", [0.1, 0.3, 1.0]), ("adam", [0.01, 0.03, 0.1]),
+             ("loss_scaled", [0.3, 1.0])]
     weightings = [(q, g) for q in (-1.0, 1.0) for g in (0.0, 1.0)]
     servers = [("momentum", {"server_momentum": 0.5, "server_learning_rate": 1.0}),
                ("momentum", {"server_momentum": 0.9, "server_learning_rate": 1.0}),
@@ -285,67 +287,71 @@ def tune(make_data: Callable[[int], FederatedArrays], spec_for: Callable[[Federa
                ("adam", {"server_momentum": 0.9, "server_learning_rate": 0.03})]
     codecs = [StochasticQuantizer(bits=2), StochasticQuantizer(bits=4), StochasticQuantizer(bits=8),
               TopKSparsifier(k_fraction=0.25, value_bits=8)]
-    total = (len(lr_grid) + len(mu_grid) + 1 + sum(len(g) for _, g in rules) + len(weightings)
-             + len(servers) + len(mu_grid) + 1 + len(codecs))
+    total = (len(lr_grid) + len(mu_grid) + 1 + sum(len(g) for _, g in rules) + 1 + len(weightings)
+             + 1 + len(servers) + 1 + len(mu_grid) + 1 + len(codecs))
     bar = Progress(total, enabled=progress)
     off = {"proximal_mu": 0.0, "adaptive_lr": None, "client_weighting": "samples",
            "compression": None, "server_optimizer": None}
 
-    # A. baselines: FedAvg learning rate, then FedProx mu at that rate
-    i = stage("fedavg learning_rate", [("fedavg", S(learning_rate=lr), None, f"lr={lr}") for lr in lr_grid])
-    settings.learning_rate = lr_grid[i]
-    i = stage("fedprox mu", [("fedprox", S(fedprox_mu=m), None, f"mu={m}") for m in mu_grid])
-    settings.fedprox_mu = mu_grid[i]
-    # B. adaptive local learning rate (every rule with its own step-size grid; plain SGD as control)
-    cands = [("fedmedheter", S(fmh={**off}), None, f"sgd lr={settings.learning_rate} (off)")]
+    def S(lr: float, *, mu: float = 0.0, fmh: dict[str, Any] | None = None) -> Settings:
+        return Settings(learning_rate=lr, fedprox_mu=mu, fmh=dict(fmh or {}))
+
+    # A. baselines: FedAvg's learning rate, then FedProx's mu at that rate (FedAvg is mu = 0)
+    i, _ = stage("fedavg learning_rate", [("fedavg", S(lr), f"lr={lr}") for lr in [0.03] + lr_grid])
+    settings.learning_rate = ([0.03] + lr_grid)[i]
+    i, _ = stage("fedprox mu", [("fedprox", S(settings.learning_rate, mu=m), f"mu={m}")
+                                for m in [0.0] + mu_grid])
+    settings.fedprox_mu = ([0.0] + mu_grid)[i]
+    # B. adaptive local learning rate: every rule with its own step-size grid; SGD as control
+    cands = [("fedmedheter", S(settings.learning_rate, fmh=off),
+              f"sgd lr={settings.learning_rate} (off)")]
     for rule, grid in rules:
-        for lr in grid:
-            cands.append(("fedmedheter", S(learning_rate=lr, fmh={**off, "adaptive_lr": rule}), None,
-                          f"{rule} lr={lr}"))
-    i = stage("adaptive_lr rule", cands)
-    if i == 0:  # the rule stays on (its best setting); that plain SGD was better is in the log
-        i = 1 + int(np.argmin([r["val_mean_logloss"] for r in log[-len(cands) + 1:]]))
-        log[-len(cands)]["chosen"] = False
-        log[-len(cands) + i]["chosen"] = True
+        cands += [("fedmedheter", S(lr, fmh={**off, "adaptive_lr": rule}), f"{rule} lr={lr}")
+                  for lr in grid]
+    i, _ = stage("adaptive_lr", cands)
+    fmh = {**off, "adaptive_lr": cands[i][1].fmh["adaptive_lr"]}
     fmh_lr = cands[i][1].learning_rate
-    fmh = {**off, "adaptive_lr": cands[i][1].fmh["adaptive_lr"], "learning_rate": fmh_lr}
 
     def F(**kw: Any) -> Settings:
-        f = {**fmh, **kw}
-        return Settings(learning_rate=f.pop("learning_rate"), fedprox_mu=settings.fedprox_mu, fmh=f)
+        return S(fmh_lr, fmh={**fmh, **kw})
 
-    # C. client weights
-    i = stage("client_weighting", [("fedmedheter", F(client_weighting="heterogeneity", loss_power=q,
-                                                     balance_power=g), None, f"q={q}, gamma={g}")
-                                   for q, g in weightings])
-    fmh.update(client_weighting="heterogeneity", loss_power=weightings[i][0],
-               balance_power=weightings[i][1])
-    # D. server optimiser
-    i = stage("server_optimizer", [("fedmedheter", F(server_optimizer=o, **kw), None,
-                                    f"{o} " + ", ".join(f"{k}={v}" for k, v in kw.items()))
-                                   for o, kw in servers])
-    fmh.update(server_optimizer=servers[i][0], **servers[i][1])
+    # C. client weights (FedAvg's n_k as control)
+    cands = [("fedmedheter", F(), "samples (off)")] + [
+        ("fedmedheter", F(client_weighting="heterogeneity", loss_power=q, balance_power=g),
+         f"q={q}, gamma={g}") for q, g in weightings]
+    i, _ = stage("client_weighting", cands)
+    q, g = weightings[i - 1]
+    fmh.update(client_weighting="heterogeneity", loss_power=q, balance_power=g)
+    # D. server optimiser: optional (the issue's component 5), so "off" may win
+    cands = [("fedmedheter", F(), "none (off)")] + [
+        ("fedmedheter", F(server_optimizer=o, **kw), f"{o} " + ", ".join(f"{k}={v}" for k, v in kw.items()))
+        for o, kw in servers]
+    i, best_on = stage("server_optimizer", cands, off_selectable=True)
+    server_best = {"server_optimizer": servers[best_on - 1][0], **servers[best_on - 1][1]}
+    if i > 0:
+        fmh.update(server_best)
     # E. proximal mu on top of the rest
-    i = stage("proximal_mu", [("fedmedheter", F(proximal_mu=m), None, f"mu={m}") for m in mu_grid])
-    fmh["proximal_mu"] = mu_grid[i]
-    # F. compression: fewest bytes within 2% of the uncompressed criterion
-    rows_start = len(log)
-    stage("compression", [("fedmedheter", F(), None, "float32 (off)")]
-          + [("fedmedheter", F(compression=c), None, repr(c)) for c in codecs])
-    rows = log[rows_start:]
+    cands = [("fedmedheter", F(proximal_mu=m), f"mu={m}" + (" (off)" if m == 0 else ""))
+             for m in [0.0] + mu_grid]
+    i, _ = stage("proximal_mu", cands)
+    fmh["proximal_mu"] = mu_grid[i - 1]
+    # F. compression: the fewest bytes whose criterion is within 2% of uncompressed
+    cands = [("fedmedheter", F(), "float32 (off)")] + [
+        ("fedmedheter", F(compression=c), repr(c)) for c in codecs]
+    stage("compression", cands)
+    rows = log[-len(cands):]
     ref = rows[0]["val_mean_logloss"]
     ok = [j for j in range(1, len(rows)) if rows[j]["val_mean_logloss"] <= 1.02 * ref]
     for r in rows:
         r["chosen"] = False
-    if ok:
-        j = min(ok, key=lambda j: rows[j]["bytes_up"])
-        rows[j]["chosen"] = True
-        fmh["compression"] = codecs[j - 1]
-    else:
-        rows[0]["chosen"] = True
+    if not ok:  # nothing is close enough: take the most accurate codec, and say so in the log
+        ok = [1 + int(np.argmin([r["val_mean_logloss"] for r in rows[1:]]))]
+    j = min(ok, key=lambda j: rows[j]["bytes_up"])
+    rows[j]["chosen"] = True
+    fmh["compression"] = codecs[j - 1]
     bar.close()
-    lr = fmh.pop("learning_rate")
-    settings.fmh = {**fmh, "learning_rate": lr}
+    settings.fmh = {**fmh, "learning_rate": fmh_lr}
+    settings.server_candidate = server_best
     return settings, log
 
 
@@ -363,6 +369,9 @@ def compare(name: str, make_data: Callable[[int], FederatedArrays],
             off = full.without(comp)
             diff = {k: v for k, v in off._init_kwargs.items() if full._init_kwargs[k] != v}
             variants.append((f"fedmedheter - {comp}", "fedmedheter", diff))
+        if full.server_optimizer is None and settings.server_candidate:
+            variants.append(("fedmedheter + server_optimizer", "fedmedheter",
+                             dict(settings.server_candidate)))
     bar = Progress(len(seeds) * len(variants), enabled=progress)
     per: dict[str, list[dict[str, Any]]] = {v[0]: [] for v in variants}
     t0 = time.perf_counter()
@@ -527,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
+    cpu_start = time.process_time()
 
     def spec_for(d: FederatedArrays) -> ModelSpec:
         return ModelSpec(args.model, n_features=d.num_features)
@@ -567,17 +577,19 @@ def main(argv: list[str] | None = None) -> int:
         print("NOTE:", n)
 
     elapsed = time.perf_counter() - t_start
+    cpu = time.process_time() - cpu_start
     command = "python benchmarks/fedmedheter_experiments.py " + " ".join(
         sys.argv[1:] if argv is None else argv)
     payload = {
-        "command": command, "seconds": elapsed, "notes": notes, "settings": settings.to_json(),
+        "command": command, "seconds": elapsed, "cpu_seconds": cpu, "notes": notes, "settings": settings.to_json(),
         "selection": log, "pima": _strip_curves(pima),
         "synthetic": None if synthetic is None else _strip_curves(synthetic),
         "claims": claim_rows, "target_fraction": TARGET_FRACTION, "model": args.model,
         "torch": torch.__version__,
     }
     (out / "results.json").write_text(json.dumps(payload, indent=1, default=str))
-    md = [f"# FedMedHeter experiments\n\nCommand: `{command}` ({elapsed:.0f} s)\n"]
+    md = [f"# FedMedHeter experiments\n\nCommand: `{command}` ({elapsed:.0f} s wall, "
+          f"{cpu:.0f} s CPU)\n"]
     md += [f"> NOTE: {n}\n" for n in notes]
     md.append("## Settings\n\n```json\n" + json.dumps(settings.to_json(), indent=1) + "\n```\n")
     if log:
@@ -591,7 +603,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "results.md").write_text("\n".join(md))
     plot({"pima": pima, "synthetic": synthetic}, out / "curves.png")
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'} "
-          f"in {elapsed:.0f} s")
+          f"in {elapsed:.0f} s wall, {cpu:.0f} s CPU")
     return 0
 
 

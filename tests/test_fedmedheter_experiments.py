@@ -3,6 +3,7 @@
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -13,6 +14,7 @@ SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fedmedheter_exper
 def _load():
     spec = importlib.util.spec_from_file_location("fedmedheter_experiments", SCRIPT)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
     spec.loader.exec_module(mod)
     return mod
 
@@ -49,3 +51,27 @@ def test_validation_split_never_touches_the_test_set():
     assert sum(c.num_examples for c in val.clients) + len(val.y_test) == n_train
     pooled = {tuple(r) for c in data.clients for r in c.X.tolist()}
     assert all(tuple(r) in pooled for r in val.X_test.tolist())
+
+
+def test_selection_picks_one_candidate_per_stage_on_validation_data():
+    mod = _load()
+    from securefed.data import pima_federation
+    from securefed.models import ModelSpec
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        settings, log = mod.tune(lambda s: pima_federation(seed=s),
+                                 lambda d: ModelSpec("logreg", n_features=d.num_features),
+                                 rounds=2, n_seeds=1, progress=False)
+    finally:
+        torch.set_num_threads(threads)
+    stages = {r["stage"] for r in log}
+    assert {"fedavg learning_rate", "fedprox mu", "adaptive_lr", "client_weighting",
+            "server_optimizer", "proximal_mu", "compression"} <= stages
+    for stage in stages:
+        assert sum(r["chosen"] for r in log if r["stage"] == stage) == 1
+    strategy = settings.fedmedheter()
+    assert {"adaptive_lr", "client_weighting", "compression", "proximal"} <= set(
+        strategy.active_components())
+    assert settings.server_candidate["server_optimizer"] in ("momentum", "adam")
