@@ -58,10 +58,15 @@ Notation: round :math:`t`, global parameters :math:`w_t`, client :math:`k` with
    *Range.*  Each client uploads :math:`p_k u_k` (pre-scaled) and :math:`p_k`; the
    channel sums both.  With ``"heterogeneity"``,
    :math:`\rho_{\min} n_k/n_{\mathrm{ref}} \le p_k \le \rho_{\max} n_k/n_{\mathrm{ref}}`
-   (defaults 0.25 and 4); with ``"samples"`` :math:`p_k = n_k` as in FedAvg.  The entries
-   of :math:`u_k` are bounded by the local steps taken (for AdaGrad-norm
-   :math:`\lVert u_k\rVert \le \eta \sqrt{J}` without the proximal term, since
-   :math:`\sum_j \lVert g_j\rVert / b_{j+1} \le \sqrt{J}` by Cauchy-Schwarz).
+   (defaults 0.25 and 4); with ``"samples"`` :math:`p_k = n_k` as in FedAvg.  With
+   AdaGrad-norm every local step is shorter than :math:`\eta` (because
+   :math:`b_{j+1} \ge \lVert g_j\rVert`), whatever the gradient, proximal term included,
+   so :math:`\lVert u_k\rVert_2 \le \eta J`; more tightly, by Cauchy-Schwarz and
+   :math:`\sum_j \lVert g_j\rVert^2 / b_{j+1}^2 \le \ln(b_J^2 / b_0^2)`,
+   :math:`\lVert u_k\rVert_2 \le \eta \sqrt{J \ln(b_J^2/b_0^2)}`.  Hence every entry of
+   an upload lies in :math:`[-\rho_{\max} (n_k/n_{\mathrm{ref}})\, \eta J,\
+   +\rho_{\max} (n_k/n_{\mathrm{ref}})\, \eta J]`, a range a fixed-point encoding can
+   declare in advance (plain SGD and Adam give no such a-priori bound).
 
 4. **Compressed uploads** (``compression``; off: ``None``, float32).  A codec from
    :mod:`securefed.compression` (unbiased stochastic ``b``-bit quantisation, top-k
