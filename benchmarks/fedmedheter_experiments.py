@@ -522,7 +522,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--model", choices=("mlp", "logreg"), default="mlp")
     ap.add_argument("--synthetic-hospitals", type=int, default=20)
-    ap.add_argument("--synthetic-patients", type=int, default=100)
+    ap.add_argument("--synthetic-patients", type=int, default=60,
+                    help="mean patients per synthetic hospital (quantity skew spreads them)")
+    ap.add_argument("--synthetic-clients-per-round", type=int, default=10,
+                    help="hospitals sampled per round in the synthetic federation")
     ap.add_argument("--synthetic-strength", type=float, default=0.8,
                     help="every Heterogeneity knob of the synthetic federation")
     ap.add_argument("--progress", action="store_true", help="progress bars on stderr")
@@ -533,6 +536,7 @@ def main(argv: list[str] | None = None) -> int:
     rounds = 4 if args.quick else args.rounds
     syn_h = 4 if args.quick else args.synthetic_hospitals
     syn_n = 40 if args.quick else args.synthetic_patients
+    syn_cpr = 2 if args.quick else args.synthetic_clients_per_round
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
@@ -566,8 +570,9 @@ def main(argv: list[str] | None = None) -> int:
             "synthetic", lambda s: make_synthetic(s, n_hospitals=syn_h, patients=syn_n,
                                                   strength=args.synthetic_strength),
             spec_for, seeds=seeds, rounds=rounds, settings=settings, ablation=True,
-            progress=args.progress)
-        print(f"## Synthetic, {syn_h} hospitals\n\n" + comparison_table(synthetic) + "\n")
+            progress=args.progress, clients_per_round=syn_cpr)
+        print(f"## Synthetic, {syn_h} hospitals, {syn_cpr} per round\n\n"
+              + comparison_table(synthetic) + "\n")
     else:
         notes.append("securefed.data.synthetic_federation is not available in this version: "
                      "the synthetic experiment was not run.")
@@ -596,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
         md.append("## Selection\n\n" + tuning_table(log) + "\n")
     md.append("## Pima (3 hospitals)\n\n" + comparison_table(pima) + "\n")
     if synthetic is not None:
-        md.append(f"## Synthetic ({syn_h} hospitals)\n\n" + comparison_table(synthetic) + "\n")
+        md.append(f"## Synthetic ({syn_h} hospitals, {syn_cpr} sampled per round, "
+                  f"heterogeneity {args.synthetic_strength:g})\n\n" + comparison_table(synthetic) + "\n")
     md.append("## Seed claims vs measured (Pima)\n\n" + claims_table(claim_rows) + "\n")
     if synthetic is not None:
         md.append("## Seed claims vs measured (synthetic)\n\n" + claims_table(claims(synthetic)) + "\n")
