@@ -476,7 +476,11 @@ def claims_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
+COLORS = {"centralized": "tab:gray", "fedavg": "tab:blue", "fedprox": "tab:orange",
+          "fedmedheter": "tab:red"}
+
+
+def plot(results: dict[str, dict[str, Any] | None], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -486,11 +490,12 @@ def plot(results: dict[str, dict[str, Any]], path: Path) -> None:
     fig, axes = plt.subplots(2, len(names), figsize=(6 * len(names), 8), squeeze=False)
     for col, name in enumerate(names):
         agg = results[name]["aggregate"]
-        for label in ("centralized", "fedavg", "fedprox", "fedmedheter"):
+        for label, color in COLORS.items():
             curve = agg[label]["mean_accuracy_curve"]
-            axes[0, col].plot(range(1, len(curve) + 1), curve, label=label)
+            axes[0, col].plot(range(1, len(curve) + 1), curve, label=label, color=color)
             if label != "centralized":
-                axes[1, col].plot(np.asarray(agg[label]["mean_bytes_curve"]) / 1e3, curve, label=label)
+                axes[1, col].plot(np.asarray(agg[label]["mean_bytes_curve"]) / 1e3, curve,
+                                  label=label, color=color)
         axes[0, col].set(title=f"{name}: test accuracy (mean over seeds)", xlabel="round",
                          ylabel="accuracy")
         axes[1, col].set(title=f"{name}: accuracy vs upload", xlabel="kB uploaded (all clients)",
@@ -529,7 +534,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--synthetic-strength", type=float, default=0.8,
                     help="every Heterogeneity knob of the synthetic federation")
     ap.add_argument("--progress", action="store_true", help="progress bars on stderr")
+    ap.add_argument("--replot", action="store_true",
+                    help="only redraw curves.png from the results.json already in --out")
     args = ap.parse_args(argv)
+    if args.replot:
+        saved = json.loads((Path(args.out) / "results.json").read_text())
+        plot({"pima": saved["pima"], "synthetic": saved["synthetic"]}, Path(args.out) / "curves.png")
+        return 0
     torch.set_num_threads(1)  # tiny models: more threads only contend on shared cores
 
     seeds = list(range(2 if args.quick else args.seeds))

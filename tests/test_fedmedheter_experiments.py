@@ -75,3 +75,17 @@ def test_selection_picks_one_candidate_per_stage_on_validation_data():
     assert {"adaptive_lr", "client_weighting", "compression", "proximal"} <= set(
         strategy.active_components())
     assert settings.server_candidate["server_optimizer"] in ("momentum", "adam")
+
+
+def test_library_defaults_are_the_documented_selection():
+    """FedMedHeter() is what the committed selection run chose (docs/results/fedmedheter)."""
+    from securefed.federated.fedmedheter import FedMedHeter
+
+    path = SCRIPT.parents[1] / "docs" / "results" / "fedmedheter" / "results.json"
+    chosen = json.loads(path.read_text())["settings"]["fedmedheter"]
+    default = FedMedHeter()
+    for key, value in chosen.items():
+        if key == "compression":
+            assert repr(default.compression) == value
+        else:
+            assert getattr(default, key) == value, key
