@@ -19,7 +19,9 @@ from securefed.federated import (
     Strategy,
     run_federated,
 )
+from securefed.he import CKKSChannel, CKKSKeyHolder, CKKSParameters, CKKSPublicContext
 from securefed.models import ModelSpec
+from securefed.secagg import SecAggChannel
 
 __version__ = "0.1.0"
 
@@ -27,6 +29,7 @@ __all__ = [
     "__version__",
     "SecurefedError", "InvalidDataError", "ConfigurationError", "ProtocolAbort",
     "MessageRejected", "KeyMaterialError", "PrivacyBudgetExceeded",
-    "AggregationChannel", "PlainChannel", "FedAvg", "FedMedHeter", "FedProx", "Strategy", "RunResult",
-    "run_federated", "ModelSpec",
+    "AggregationChannel", "PlainChannel", "FedAvg", "FedMedHeter", "FedProx", "Strategy",
+    "RunResult", "run_federated", "ModelSpec", "SecAggChannel",
+    "CKKSChannel", "CKKSKeyHolder", "CKKSParameters", "CKKSPublicContext",
 ]
