@@ -464,6 +464,7 @@ class FedMedHeter(Strategy):
             "proximal_mu": self.proximal_mu,
             "adaptive_lr": self.adaptive_lr,
             "adagrad_b0": self.adagrad_b0,
+            "loss_ratio_floor": self.loss_ratio_floor,
             "client_weighting": self.client_weighting,
             "loss_power": self.loss_power,
             "balance_power": self.balance_power,
