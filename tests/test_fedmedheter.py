@@ -40,6 +40,7 @@ def mlp(data):
 
 
 def _all_on(**kw):
+    kw.setdefault("learning_rate", 0.1)
     return FedMedHeter(proximal_mu=0.01, adaptive_lr="adagrad_norm", client_weighting="heterogeneity",
                        compression=StochasticQuantizer(bits=4), server_optimizer="momentum", **kw)
 
