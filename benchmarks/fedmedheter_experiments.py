@@ -47,6 +47,7 @@ from scipy import stats
 
 from securefed.compression import StochasticQuantizer, TopKSparsifier
 from securefed.data import pima_federation
+from securefed.errors import ConfigurationError
 from securefed.federated import ClientArrays, FedAvg, FederatedArrays, FedProx, run_federated
 from securefed.federated.centralized import run_centralized
 from securefed.federated.fedmedheter import FedMedHeter
@@ -163,7 +164,8 @@ def run_one(method: str, data: FederatedArrays, spec: ModelSpec, *, rounds: int,
     elif method == "fedmedheter":
         strategy = settings.fedmedheter(**(fmh_overrides or {}))
     else:
-        raise ValueError(f"unknown method {method!r}")
+        raise ConfigurationError(
+            f"unknown method {method!r}; valid: centralized, fedavg, fedprox, fedmedheter")
     return run_federated(data, strategy=strategy, model=spec, rounds=rounds, seed=seed,
                          record_transcript=False, clients_per_round=clients_per_round)
 
@@ -218,7 +220,7 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class Progress:
-    """A tqdm bar over runs when stderr is a terminal or when asked; silent otherwise."""
+    """A tqdm bar over runs on stderr when ``--progress`` is given; silent otherwise."""
 
     def __init__(self, total: int, *, enabled: bool) -> None:
         self.bar = None
