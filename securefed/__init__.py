@@ -1,5 +1,6 @@
 """securefed: privacy-preserving federated learning for medical records."""
 
+from securefed.dp import DPSGD, CentralDP, DistributedDP, LocalDP
 from securefed.errors import (
     ConfigurationError,
     InvalidDataError,
@@ -32,4 +33,5 @@ __all__ = [
     "AggregationChannel", "PlainChannel", "FedAvg", "FedMedHeter", "FedProx", "Strategy",
     "RunResult", "run_federated", "ModelSpec", "SecAggChannel",
     "CKKSChannel", "CKKSKeyHolder", "CKKSParameters", "CKKSPublicContext",
+    "CentralDP", "LocalDP", "DistributedDP", "DPSGD",
 ]
