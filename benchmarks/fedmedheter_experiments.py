@@ -100,12 +100,24 @@ class Settings:
                 "server_candidate": self.server_candidate}
 
 
-def library_defaults(base_lr: float = 0.1) -> Settings:
-    """FedMedHeter's constructor defaults (used when selection is skipped)."""
+#: What the documented selection run (docs/results/fedmedheter) chose for the baselines and
+#: for the optional server optimiser; used with ``--no-tune`` / ``--quick``.
+SELECTED_BASELINES: dict[str, Any] = {
+    "learning_rate": 0.3,
+    "fedprox_mu": 0.01,
+    "server_candidate": {"server_optimizer": "momentum", "server_momentum": 0.5,
+                         "server_learning_rate": 1.0},
+}
+
+
+def library_defaults() -> Settings:
+    """FedMedHeter's constructor defaults plus :data:`SELECTED_BASELINES` (no selection run)."""
     sig = inspect.signature(FedMedHeter.__init__)
     fmh = {k: p.default for k, p in sig.parameters.items()
            if k not in ("self", "local_epochs", "batch_size") and p.default is not inspect.Parameter.empty}
-    return Settings(learning_rate=base_lr, fmh=fmh)
+    return Settings(learning_rate=SELECTED_BASELINES["learning_rate"],
+                    fedprox_mu=SELECTED_BASELINES["fedprox_mu"], fmh=fmh,
+                    server_candidate=dict(SELECTED_BASELINES["server_candidate"]))
 
 
 # ----------------------------------------------------------------------------- data
@@ -395,11 +407,13 @@ def compare(name: str, make_data: Callable[[int], FederatedArrays],
     for label, runs in per.items():
         if label == "fedavg" or len(runs) < 2:
             continue
-        other = np.array([r["final_accuracy"] for r in runs])
-        if np.allclose(other, base):
+        diff = np.array([r["final_accuracy"] for r in runs]) - base
+        if np.allclose(diff, 0.0):
             agg[label]["p_vs_fedavg"] = 1.0
+        elif np.allclose(diff, diff[0]):  # constant difference: the t statistic is undefined
+            agg[label]["p_vs_fedavg"] = float("nan")
         else:
-            agg[label]["p_vs_fedavg"] = float(stats.ttest_rel(other, base).pvalue)
+            agg[label]["p_vs_fedavg"] = float(stats.ttest_rel(diff + base, base).pvalue)
     return {"dataset": name, "seeds": list(seeds), "rounds": rounds,
             "clients_per_round": clients_per_round, "seconds": time.perf_counter() - t0,
             "aggregate": agg, "runs": per}
@@ -455,7 +469,7 @@ def comparison_table(res: dict[str, Any]) -> str:
         btt = "n/a" if math.isnan(a["bytes_to_target_mean"]) else f"{a['bytes_to_target_mean']:,.0f}"
         bpr = "(rows once)" if label == "centralized" else f"{a['bytes_per_round']:,.0f}"
         p = a.get("p_vs_fedavg")
-        ptxt = "-" if p is None else f"{p:.3f}"
+        ptxt = "-" if p is None else ("n/a" if math.isnan(p) else f"{p:.3f}")
         lines.append(f"| {label} | {_fmt_pm(a['accuracy_mean'], a['accuracy_std'])} | "
                      f"{_fmt_pm(a['auc_mean'], a['auc_std'])} | {a['reached']}/{a['n']} | {rtt} | "
                      f"{btt} | {bpr} | {ptxt} |")

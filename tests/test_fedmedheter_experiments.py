@@ -83,6 +83,11 @@ def test_library_defaults_are_the_documented_selection():
 
     path = SCRIPT.parents[1] / "docs" / "results" / "fedmedheter" / "results.json"
     chosen = json.loads(path.read_text())["settings"]["fedmedheter"]
+    saved = json.loads(path.read_text())["settings"]
+    selected = _load().SELECTED_BASELINES
+    assert selected["learning_rate"] == saved["learning_rate"]
+    assert selected["fedprox_mu"] == saved["fedprox_mu"]
+    assert selected["server_candidate"] == saved["server_candidate"]
     default = FedMedHeter()
     for key, value in chosen.items():
         if key == "compression":
