@@ -14,5 +14,6 @@ __all__ = ["PARTIES", "Defense", "PartyView", "RunContext", "defense_names", "ge
 
 # Built-in settings register themselves on import.
 from defenses import ckks as _ckks  # noqa: E402,F401
+from defenses import compression as _compression  # noqa: E402,F401
 from defenses import dp as _dp  # noqa: E402,F401
 from defenses import secagg as _secagg  # noqa: E402,F401

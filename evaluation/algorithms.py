@@ -20,6 +20,7 @@ from securefed.errors import ConfigurationError
 from securefed.federated import (
     FedAvg,
     FederatedArrays,
+    FedMedHeter,
     FedProx,
     RoundRecord,
     RunResult,
@@ -183,6 +184,13 @@ register_algorithm(Algorithm(
     strategy_factory=FedProx, default_params={"proximal_mu": 0.01},
 ))
 
+register_algorithm(Algorithm(
+    name="fedmedheter", kind="federated",
+    summary="FedMedHeter: proximal local objective, adaptive local step sizes, "
+            "heterogeneity-aware client-side weights, server momentum "
+            "(securefed.federated.fedmedheter)",
+    strategy_factory=FedMedHeter,
+))
 
 _KEYS: dict[str, Any] = {}
 
