@@ -89,3 +89,21 @@ def test_dp_defenses_account_epsilon_every_round(fold, name):
     with pytest.raises(ConfigurationError):
         get_defense(name, clip_norm=-1.0).build(
             __import__("securefed").FedAvg(), RunContext(num_clients=3, rounds=3))
+
+
+def test_compression_sends_fewer_values_and_keeps_what_it_did_not_send():
+    from securefed import FedAvg
+
+    d = get_defense("compression", k_fraction=0.25, value_bits=None)
+    strategy, _ = d.build(FedAvg(), RunContext(num_clients=3, rounds=2))
+    rng = np.random.default_rng(0)
+    state: dict = {}
+    updates = [rng.normal(size=40) for _ in range(3)]
+    sent = []
+    for u in updates:
+        vec, payload = strategy.client_process(u, 2.0, client_state=state, rng=rng)
+        assert np.count_nonzero(vec) <= 10
+        sent.append(vec)
+    # error feedback: what was sent plus what is still owed equals what was meant to be sent
+    np.testing.assert_allclose(np.sum(sent, 0) + state["compression_residual"],
+                               2.0 * np.sum(updates, 0), atol=1e-9)
