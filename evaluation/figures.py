@@ -229,28 +229,33 @@ def communication(cells: Sequence[dict[str, Any]], summary: AuditSummary, out: P
     groups = [g for g in summary.groups if g["kind"] == "federated"]
     if not groups:
         return None
-    labels = [f"{g['algorithm']}/{g['defense']}" for g in groups]
-    colours = _colours(labels)
-    fig, axes = plt.subplots(1, 2, figsize=(12, 3.8))
-    for g, label in zip(groups, labels, strict=True):
+    defense_colours = _colours(list(dict.fromkeys(g["defense"] for g in groups)))
+    algos = list(dict.fromkeys(g["algorithm"] for g in groups))
+    dashes = {a: _DASHES[i % len(_DASHES)] for i, a in enumerate(algos)}
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+    for g in groups:
         up = _curves(cells, g["algorithm"], g["defense"], "bytes_up")
         down = _curves(cells, g["algorithm"], g["defense"], "bytes_down")
         if up.size == 0:
             continue
         per_round = np.nanmean(up + down, 0)
         x = np.arange(1, per_round.size + 1)
-        axes[0].plot(x, per_round / 1024, color=colours[label], label=label)
-        axes[1].plot(x, np.cumsum(per_round) / 1024, color=colours[label], label=label)
+        style = {"color": defense_colours[g["defense"]], "ls": dashes[g["algorithm"]],
+                 "label": f"{g['algorithm']}/{g['defense']}"}
+        axes[0].plot(x, per_round / 1024, **style)
+        axes[1].plot(x, np.cumsum(per_round) / 1024, **style)
     axes[0].set_title("bytes per round (up + down, all hospitals)", fontsize=10)
     axes[1].set_title("cumulative bytes", fontsize=10)
     for ax in axes:
         ax.set_xlabel("round")
-        ax.set_ylabel("KiB")
-        ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+        ax.set_ylabel("KiB (log scale)")
+        ax.set_yscale("log")
+        ax.grid(alpha=0.3, which="both")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
     return _save(fig, out, "communication", "Communication",
                  "Bytes measured from the serialised messages the engine really sends "
-                 "(model down, updates or protocol messages up), mean over folds.")
+                 "(model down, updates or protocol messages up), mean over folds; colour: "
+                 "defense, line style: algorithm.")
 
 
 def time_overhead(summary: AuditSummary, out: Path) -> FigureFile | None:
