@@ -105,29 +105,27 @@ def accuracy_bars(summary: AuditSummary, out: Path) -> FigureFile | None:
     defenses = list(dict.fromkeys(g["defense"] for g in summary.groups))
     algos = list(dict.fromkeys(g["algorithm"] for g in summary.groups))
     colours = _colours(algos)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.4 * len(defenses) * len(algos) / 2 + 3), 4))
-    width = 0.8 / len(algos)
-    for j, algo in enumerate(algos):
-        xs, ms, ss = [], [], []
-        for i, d in enumerate(defenses):
-            g = summary.group(algo, d)
-            if g is None:
-                continue
-            xs.append(i + (j - (len(algos) - 1) / 2) * width)
-            ms.append(g["accuracy"]["mean"])
-            ss.append(g["accuracy"]["std"])
-        if not xs:
-            continue
-        bars = ax.bar(xs, ms, width * 0.92, yerr=ss, capsize=3, color=colours[algo], label=algo)
-        for b, m in zip(bars, ms, strict=True):
-            ax.text(b.get_x() + b.get_width() / 2, 0.02, f"{m:.2f}", ha="center", va="bottom",
+    most = max(sum(1 for g in summary.groups if g["defense"] == d) for d in defenses)
+    width = 0.8 / most
+    fig, ax = plt.subplots(figsize=(min(13.0, 2.5 + 1.2 * len(defenses) * max(1, most / 2)), 4.2))
+    seen: set[str] = set()
+    for i, d in enumerate(defenses):
+        here = [g for g in summary.groups if g["defense"] == d]
+        for j, g in enumerate(here):
+            x = i + (j - (len(here) - 1) / 2) * width
+            label = g["algorithm"] if g["algorithm"] not in seen else None
+            seen.add(g["algorithm"])
+            ax.bar(x, g["accuracy"]["mean"], width * 0.92, yerr=g["accuracy"]["std"], capsize=3,
+                   color=colours[g["algorithm"]], label=label)
+            ax.text(x, 0.02, f"{g['accuracy']['mean']:.2f}", ha="center", va="bottom",
                     fontsize=7, color="white", rotation=90)
     ax.set_xticks(range(len(defenses)), defenses)
     ax.set_xlabel("defense")
     ax.set_ylabel("test accuracy (mean ± std over folds)")
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncols=min(len(algos), 4), loc="upper center", bbox_to_anchor=(0.5, -0.15))
+    ax.legend(fontsize=8, ncols=min(len(algos), 5), loc="upper center",
+              bbox_to_anchor=(0.5, -0.15))
     return _save(fig, out, "accuracy", "Accuracy by algorithm and defense",
                  "Bars: mean held-out-fold accuracy; whiskers: one standard deviation over folds.")
 
