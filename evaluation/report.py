@@ -11,6 +11,7 @@ import base64
 import html
 import json
 import math
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -198,7 +199,8 @@ def _delta(g: dict[str, Any]) -> str:
     return "as configured" if math.isnan(d) else f"{d:g}"
 
 
-def _findings(summary: AuditSummary, claims: list[ClaimResult], setup: dict[str, Any]) -> list[str]:
+def _findings(summary: AuditSummary, claims: list[ClaimResult], setup: dict[str, Any],
+              cells: tuple[dict[str, Any], ...] = ()) -> list[str]:
     """Plain-language sentences, each computed from the tables above."""
     out: list[str] = []
     none = [g for g in summary.groups if g["defense"] == "none"]
@@ -258,6 +260,13 @@ def _findings(summary: AuditSummary, claims: list[ClaimResult], setup: dict[str,
                f"not hold and {unmeasured} could not be measured in this audit.")
     if summary.failed:
         out.append(f"{len(summary.failed)} cell(s) failed; see 'Failed cells'.")
+    loads = [c.get("load_average") for c in cells if isinstance(c.get("load_average"), (int, float))]
+    if loads:
+        out.append(
+            f"Times are wall-clock on the machine that ran the audit ({os.cpu_count()} CPUs, "
+            f"1-minute load average {min(loads):.1f} to {max(loads):.1f} while cells ran); on a "
+            "shared machine, time ratios near 1 are within noise."
+        )
     n_test = sum(h["patients"] for h in setup["data"]["hospitals"]) / max(1, setup["protocol"]["folds"])
     out.append(
         f"Each held-out fold has about {n_test:.0f} patients, so one patient moves a fold's "
@@ -366,7 +375,7 @@ def _sections(results: AuditResults, summary: AuditSummary, claims: list[ClaimRe
         f"target': {_f(summary.target_accuracy)} ({summary.target_source})."
     )
     secs: list[tuple[str, str, Any]] = [
-        ("Findings", "list", _findings(summary, claims, setup)),
+        ("Findings", "list", _findings(summary, claims, setup, results.cells)),
         ("Set-up", "text", text),
         ("Hospitals", "table", _hospital_table(setup)),
         ("Algorithms", "table", _algorithms_table(setup)),
@@ -473,7 +482,7 @@ def write_report(results: AuditResults, *, command: str | None = None) -> Report
         "groups": summary.groups,
         "comparisons": [c.to_dict() for c in summary.comparisons],
         "claims": [c.to_dict() for c in claims],
-        "findings": _findings(summary, claims, setup),
+        "findings": _findings(summary, claims, setup, results.cells),
         "failed": [{k: c.get(k) for k in ("algorithm", "defense", "fold", "error")}
                    for c in summary.failed],
         "skipped_attacks": summary.skipped_attacks,

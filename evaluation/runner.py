@@ -269,6 +269,7 @@ def run_cell(cell: Cell, config: AuditConfig, fold: Fold, *, model: ModelSpec) -
     record: dict[str, Any] = {
         "cell_id": cell.cell_id, "algorithm": cell.algorithm, "kind": algo.kind,
         "defense": cell.defense, "fold": cell.fold, "seed": seed, "error": None, "note": None,
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     t0 = time.perf_counter()
     try:
