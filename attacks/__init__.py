@@ -18,9 +18,17 @@ from attacks.base import (
     register,
 )
 from attacks.gradient import AnalyticFirstLayer, TabularInversion, infer_label_count
+from attacks.membership import LossThreshold, ShadowLiRA
+from attacks.model_inversion import (
+    AttributeInferenceBlackBox,
+    AttributeInferenceWhiteBox,
+    ClassRepresentative,
+)
 
 __all__ = [
     "Attack", "ThreatModel", "register", "get_attack", "available_attacks",
     "RowReconstruction", "GradientReconstruction", "AttributeGuess", "ClassRepresentatives",
     "MembershipScores", "AnalyticFirstLayer", "TabularInversion", "infer_label_count",
+    "AttributeInferenceBlackBox", "AttributeInferenceWhiteBox", "ClassRepresentative",
+    "LossThreshold", "ShadowLiRA",
 ]

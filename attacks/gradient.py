@@ -230,7 +230,7 @@ class TabularInversion(Attack):
     n_rows: int | None = None
     restarts: int = 8
     iterations: int = 400
-    step_size: float = 0.05
+    step_size: float = 0.2
     optimizer: str = "adam"
     distance: str = "cosine"
     labels: str = "infer"
