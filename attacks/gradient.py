@@ -219,7 +219,10 @@ class TabularInversion(Attack):
 
     Settings (keyword-only): ``n_rows`` (records behind the update; default: read from the
     FedAvg weight), ``restarts`` pooled feature by feature, ``iterations`` and ``step_size``
-    of Adam (or ``optimizer="lbfgs"``), ``distance`` ``"cosine"`` or ``"l2"``, ``labels``
+    of Adam (or ``optimizer="lbfgs"``), ``distance`` ``"l2"`` (squared
+    distance relative to the observed update's norm; the default, since the attacker knows the
+    learning rate and so the update's scale) or ``"cosine"`` (scale-free, for an attacker that
+    guesses the hyper-parameters), ``labels``
     ``"infer"`` (count from the output bias, then fixed) or ``"optimize"`` (relaxed jointly),
     ``temperature`` of the categorical softmax, ``num_threads`` for torch while it runs (see
     :class:`attacks._functional.torch_threads`).  The step size decays tenfold at 3/8, 5/8
@@ -232,7 +235,7 @@ class TabularInversion(Attack):
     iterations: int = 400
     step_size: float = 0.2
     optimizer: str = "adam"
-    distance: str = "cosine"
+    distance: str = "l2"
     labels: str = "infer"
     temperature: float = 1.0
     round_index: int = 0
