@@ -17,6 +17,7 @@ from attacks.base import (
     get_attack,
     register,
 )
+from attacks._functional import torch_threads
 from attacks.gradient import AnalyticFirstLayer, TabularInversion, infer_label_count
 from attacks.membership import LossThreshold, ShadowLiRA
 from attacks.model_inversion import (
@@ -30,5 +31,5 @@ __all__ = [
     "RowReconstruction", "GradientReconstruction", "AttributeGuess", "ClassRepresentatives",
     "MembershipScores", "AnalyticFirstLayer", "TabularInversion", "infer_label_count",
     "AttributeInferenceBlackBox", "AttributeInferenceWhiteBox", "ClassRepresentative",
-    "LossThreshold", "ShadowLiRA",
+    "LossThreshold", "ShadowLiRA", "torch_threads",
 ]

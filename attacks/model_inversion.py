@@ -207,7 +207,7 @@ class ClassRepresentative(Attack):
     """
 
     classes: tuple[int, ...] = (0, 1)
-    prior_weight: float = 0.05
+    prior_weight: float = 0.2
     iterations: int = 300
     step_size: float = 0.05
     num_threads: int | None = 1
