@@ -5,6 +5,7 @@ Each attack reads a :class:`securefed.observation.Observation` and the attacker'
 returns a typed reconstruction; scoring against ground truth lives in :mod:`evaluation`.
 """
 
+from attacks._functional import torch_threads
 from attacks.base import (
     Attack,
     AttributeGuess,
@@ -17,7 +18,6 @@ from attacks.base import (
     get_attack,
     register,
 )
-from attacks._functional import torch_threads
 from attacks.gradient import AnalyticFirstLayer, TabularInversion, infer_label_count
 from attacks.membership import LossThreshold, ShadowLiRA
 from attacks.model_inversion import (
