@@ -1,5 +1,6 @@
 """securefed: privacy-preserving federated learning for medical records."""
 
+from securefed.dp import DPSGD, CentralDP, DistributedDP, LocalDP
 from securefed.errors import (
     ConfigurationError,
     InvalidDataError,
@@ -18,7 +19,9 @@ from securefed.federated import (
     Strategy,
     run_federated,
 )
+from securefed.he import CKKSChannel, CKKSKeyHolder, CKKSParameters, CKKSPublicContext
 from securefed.models import ModelSpec
+from securefed.secagg import SecAggChannel
 
 __version__ = "0.1.0"
 
@@ -27,5 +30,7 @@ __all__ = [
     "SecurefedError", "InvalidDataError", "ConfigurationError", "ProtocolAbort",
     "MessageRejected", "KeyMaterialError", "PrivacyBudgetExceeded",
     "AggregationChannel", "PlainChannel", "FedAvg", "FedProx", "Strategy", "RunResult",
-    "run_federated", "ModelSpec",
+    "run_federated", "ModelSpec", "SecAggChannel",
+    "CKKSChannel", "CKKSKeyHolder", "CKKSParameters", "CKKSPublicContext",
+    "CentralDP", "LocalDP", "DistributedDP", "DPSGD",
 ]

@@ -7,36 +7,89 @@ import json
 import sys
 from pathlib import Path
 
-from securefed.errors import SecurefedError
+from securefed.errors import PrivacyBudgetExceeded, SecurefedError
 
 ALGORITHMS = ("fedavg", "fedprox", "centralized")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from securefed.data import pima_federation
+    from securefed.data import Heterogeneity, pima_federation
     from securefed.federated import FedAvg, FedProx, run_federated
     from securefed.federated.centralized import run_centralized
     from securefed.models import ModelSpec
 
-    data = pima_federation(seed=args.seed)
+    s = args.heterogeneity
+    het = Heterogeneity(quantity_skew=s, covariate_shift=s, label_convention=s, format_shift=s)
+    data = pima_federation(seed=args.seed, n_hospitals=args.hospitals, heterogeneity=het)
     spec = ModelSpec(args.model, n_features=data.num_features)
     common = dict(learning_rate=args.lr, local_epochs=args.local_epochs, batch_size=args.batch_size)
+    if args.algorithm == "centralized" and args.dp != "none":
+        from securefed.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"--dp {args.dp} applies to federated algorithms; got --algorithm centralized")
     if args.algorithm == "centralized":
         result = run_centralized(data, model=spec, rounds=args.rounds, seed=args.seed,
                                  progress=not args.quiet, **common)
     else:
         strategy = FedAvg(**common) if args.algorithm == "fedavg" else FedProx(
             proximal_mu=args.mu, **common)
-        result = run_federated(data, strategy=strategy, model=spec, rounds=args.rounds,
-                               seed=args.seed, progress=not args.quiet, record_transcript=False)
+        channel = None
+        if args.dp != "none":
+            strategy, channel = _dp_setup(args, strategy, num_clients=len(data.clients))
+        try:
+            result = run_federated(data, strategy=strategy, model=spec, rounds=args.rounds,
+                                   seed=args.seed, channel=channel, progress=not args.quiet,
+                                   record_transcript=False)
+        except PrivacyBudgetExceeded as exc:
+            from securefed.dp import save_partial_result
+
+            path = save_partial_result(
+                exc, Path(args.out) / f"{args.algorithm}-dp-{args.dp}-seed{args.seed}-partial.json")
+            print(f"securefed: stopped: {exc}", file=sys.stderr)
+            print(path)
+            return 3
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.algorithm}-seed{args.seed}.json"
+    tag = args.algorithm if getattr(args, "dp", "none") == "none" else f"{args.algorithm}-dp-{args.dp}"
+    path = out / f"{tag}-seed{args.seed}.json"
     path.write_text(json.dumps(result.to_dict(), indent=2))
     f = result.final
     print(f"{args.algorithm}: accuracy {f.test_accuracy:.3f}, AUC {f.test_auc:.3f}, "
           f"uploaded {result.total_bytes_up()} bytes in {len(result.history)} rounds")
+    if "epsilon" in f.extra:
+        print(f"privacy: epsilon {f.extra['epsilon']:.3f} at delta {f.extra['delta']:g}")
     print(path)
+    return 0
+
+
+def _dp_setup(args: argparse.Namespace, strategy, *, num_clients: int):
+    """Wrap ``strategy`` with the DP mechanism named by ``--dp`` (and its channel)."""
+    from securefed.dp import make_dp_strategy, secagg_channel_for
+
+    dp = make_dp_strategy(
+        args.dp, strategy, clip_norm=args.clip_norm, noise_multiplier=args.noise_multiplier,
+        target_epsilon=args.target_epsilon, delta=args.delta, num_clients=num_clients,
+        rounds=args.rounds, secure=args.secure_noise)
+    channel = secagg_channel_for(dp) if args.dp == "distributed" else None
+    return dp, channel
+
+
+def _cmd_keys_ckks(args: argparse.Namespace) -> int:
+    from securefed.he.keys import CKKSKeyHolder, CKKSParameters, save_public_context
+
+    params = CKKSParameters.training() if args.preset == "training" else CKKSParameters.aggregation()
+    holder = CKKSKeyHolder.generate(params, galois_keys=args.preset == "training")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    secret = holder.save(out / "ckks-secret.key")
+    public = save_public_context(holder.public_context(), out / "ckks-public.key")
+    print(f"CKKS {args.preset} keys, N={params.poly_modulus_degree}, "
+          f"moduli {list(params.coeff_mod_bit_sizes)} bits, scale 2^{params.scale_bits}, "
+          f"key id {holder.key_id.hex()[:16]}")
+    print(f"{public}  ({public.stat().st_size} bytes): give to the server")
+    print(f"{secret}  ({secret.stat().st_size} bytes, mode 0600): give to every hospital, "
+          "never to the server")
     return 0
 
 
@@ -48,13 +101,34 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", choices=("logreg", "mlp"), default="logreg")
+    p.add_argument("--hospitals", type=int, default=3, help="number of hospitals (default 3)")
+    p.add_argument("--heterogeneity", type=float, default=0.5,
+                   help="strength in [0, 1] of every heterogeneity knob (0 = IID; default 0.5)")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal coefficient")
     p.add_argument("--out", default="runs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    dp = p.add_argument_group("differential privacy (client level; see docs/dp.md)")
+    dp.add_argument("--dp", choices=("none", "central", "local", "distributed"), default="none")
+    dp.add_argument("--clip-norm", type=float, default=1.0, help="L2 bound C on each update")
+    dp.add_argument("--noise-multiplier", type=float, default=None,
+                    help="z = noise std / C (default: calibrated from --target-epsilon)")
+    dp.add_argument("--target-epsilon", type=float, default=None,
+                    help="privacy budget; the run stops before exceeding it (partial result saved)")
+    dp.add_argument("--delta", type=float, default=1e-5)
+    dp.add_argument("--secure-noise", action="store_true",
+                    help="draw DP noise from the OS CSPRNG (not reproducible from --seed)")
     p.set_defaults(func=_cmd_train)
+    k = sub.add_parser("keys", help="generate key material")
+    ksub = k.add_subparsers(dest="scheme", required=True)
+    kc = ksub.add_parser("ckks", help="CKKS keys: a public context for the server, a secret "
+                         "context for the hospitals")
+    kc.add_argument("--out", required=True, help="directory for ckks-public.key and ckks-secret.key")
+    kc.add_argument("--preset", choices=("aggregation", "training"), default="aggregation",
+                    help="aggregation: depth 0, N=4096; training: depth 4, N=8192, rotation keys")
+    kc.set_defaults(func=_cmd_keys_ckks)
     return parser
 
 
