@@ -12,8 +12,8 @@ from attacks import AnalyticFirstLayer, TabularInversion, get_attack, infer_labe
 from evaluation.scoring import matched_psnr, score_reconstruction
 from securefed import FedAvg, ModelSpec, run_federated
 from securefed.data import pima_federation
+from securefed.dp import LocalDP
 from securefed.errors import ConfigurationError
-from securefed.federated import StrategyWrapper
 from securefed.federated.types import ClientArrays, FederatedArrays
 from securefed.observation import PriorKnowledge, observe
 
@@ -130,30 +130,18 @@ def test_optimisation_on_multi_step_fedavg_updates():
     assert a_w < a
 
 
-class _LocalGaussian(StrategyWrapper):
-    """Clip each update to ``clip_norm`` and add N(0, (sigma * clip_norm)^2) before upload."""
-
-    def __init__(self, inner, *, clip_norm: float, noise_multiplier: float) -> None:
-        super().__init__(inner)
-        self.clip_norm = clip_norm
-        self.noise_multiplier = noise_multiplier
-
-    def client_process(self, update, weight, *, client_state, rng):
-        u = np.asarray(update, np.float64)
-        u = u * min(1.0, self.clip_norm / (np.linalg.norm(u) + 1e-12))
-        u = u + rng.normal(0.0, self.noise_multiplier * self.clip_norm, size=u.shape)
-        return self.inner.client_process(u, weight, client_state=client_state, rng=rng)
-
-
 def test_noise_on_updates_degrades_the_optimisation_attack():
     # a loose clipping bound (1.0; these updates have norms ~0.2) leaves only the Gaussian noise,
     # of norm sigma * clip_norm * sqrt(1153 parameters): ~0, ~1x and ~8x the update's norm
     fed = _pima(rows=2, clients=3, seed=4)
     acc = []
     for sigma in (0.0, 0.005, 0.05):
-        strategy = _LocalGaussian(_fedsgd(), clip_norm=1.0, noise_multiplier=sigma)
+        strategy = _fedsgd() if sigma == 0 else LocalDP(
+            _fedsgd(), clip_norm=1.0, noise_multiplier=sigma, num_clients=3)
         run = run_federated(fed, strategy=strategy, model=SPEC, rounds=1, seed=0)
-        rec = TabularInversion(restarts=6, iterations=150).run(
+        # local DP weighs every client 1, so the record count is no longer observed: the
+        # attacker states its guess
+        rec = TabularInversion(n_rows=2, restarts=6, iterations=150).run(
             observe(run, adversary="server"), PIMA_PRIOR, rng=np.random.default_rng(0))
         a, base, _ = _mean_scores(rec, fed, PIMA_PRIOR)
         acc.append(a)
@@ -265,3 +253,30 @@ def test_optimisation_on_mixed_categorical_and_continuous_records():
             assert all(s.attack.exact_row_rate == 1.0 for s in scores)
         assert cat >= cat_base + 0.15, (rows, cat, cat_base)
         assert gain >= 0.15, (rows, gain)
+
+
+@pytest.mark.parametrize("make_channel", ["secagg", "ckks"])
+def test_real_secure_channels_reveal_only_the_aggregate(make_channel):
+    from securefed.he import CKKSChannel
+    from securefed.secagg import SecAggChannel
+
+    channel = SecAggChannel() if make_channel == "secagg" else CKKSChannel()
+    fed = _pima(rows=1, clients=4, seed=9)
+    plain_run = run_federated(fed, strategy=_fedsgd(), model=SPEC, rounds=1, seed=0)
+    run = run_federated(fed, strategy=_fedsgd(), model=SPEC, rounds=1, seed=0, channel=channel)
+    obs = observe(run, adversary="server")
+    assert obs.channel == make_channel and not obs.per_client
+    assert obs.select(source="client") == ()
+    agg = obs.select(source="aggregate")[0]
+    plain_agg = observe(plain_run, adversary="server").select(source="aggregate")[0]
+    # CKKS reveals the sum rounded to a grid (its IND-CPA^D mitigation), secagg in fixed point
+    np.testing.assert_allclose(agg.update, plain_agg.update, atol=1e-4 if make_channel == "secagg" else 1e-3)
+    # the aggregate of 4 one-record clients is one FedSGD gradient of a batch of 4
+    rec = TabularInversion(n_rows=4, restarts=8, iterations=300).run(obs, PIMA_PRIOR,
+                                                                     rng=np.random.default_rng(0))
+    Xall, yall = fed.pooled()
+    s = score_reconstruction(rec.items[0].X, rec.items[0].y, Xall, yall, prior=PIMA_PRIOR,
+                             rng=np.random.default_rng(1))
+    assert s.gain >= 0.2, s
+    # ... and no reconstruction is attributed to any client
+    assert all(it.sender is None and it.source == "aggregate" for it in rec.items)
