@@ -294,12 +294,14 @@ class TabularInversion(Attack):
         target = torch.as_tensor(u.update, dtype=dt)
         t_norm = target.norm().clamp_min(1e-30)
         cont = list(prior.continuous_columns)
+        bins = list(prior.binary_columns)
         blocks = [list(b.columns) for b in prior.categorical_blocks]
-        inv = torch.as_tensor(np.argsort(cont + [c for b in blocks for c in b]))
+        inv = torch.as_tensor(np.argsort(cont + bins + [c for b in blocks for c in b]))
         temp = self.temperature
 
         def assemble(zc: torch.Tensor, zk: list[torch.Tensor]) -> torch.Tensor:
-            parts = [zc] + [torch.softmax(z / temp, dim=-1) for z in zk]
+            # zk[0] holds the binary indicators' logits, then one tensor per one-hot block
+            parts = [zc, torch.sigmoid(zk[0] / temp)] + [torch.softmax(z / temp, dim=-1) for z in zk[1:]]
             return torch.cat(parts, dim=-1)[..., inv]
 
         y_fixed = None
@@ -311,7 +313,7 @@ class TabularInversion(Attack):
         init = prior.marginals.sample(R * n, rng=rng).reshape(R, n, -1)
         zc = torch.tensor(init[:, :, cont], dtype=dt, requires_grad=True)
         zk = [torch.tensor(rng.normal(0.0, 0.1, size=(R, n, len(b))), dtype=dt, requires_grad=True)
-              for b in blocks]
+              for b in [bins, *blocks]]
         ylog = torch.tensor(rng.normal(0.0, 0.1, size=(R, n)), dtype=dt, requires_grad=True)
         leaves = [zc, ylog, *zk] if self.labels == "optimize" else [zc, *zk]
 
@@ -370,7 +372,8 @@ def pool_restarts(Xr: np.ndarray, yr: np.ndarray, losses: np.ndarray, *, prior: 
 
     Each restart's rows are matched to the best restart's rows (Hungarian matching on squared
     distance); then a continuous feature takes the median over restarts and a categorical one
-    the majority category.  Rows are returned with categorical blocks as exact one-hot vectors.
+    the majority category (a binary indicator the majority value).  Rows are returned with
+    categorical blocks as exact one-hot vectors and indicators as exact 0/1.
     """
     R, n, d = Xr.shape
     best = int(np.argmin(losses))
@@ -384,6 +387,8 @@ def pool_restarts(Xr: np.ndarray, yr: np.ndarray, losses: np.ndarray, *, prior: 
     X = np.empty((n, d))
     cont = list(prior.continuous_columns)
     X[:, cont] = np.median(aligned[:, :, cont], axis=0)
+    bins = list(prior.binary_columns)
+    X[:, bins] = (np.mean(aligned[:, :, bins] >= 0.5, axis=0) >= 0.5).astype(float)
     for b in prior.categorical_blocks:
         cols = list(b.columns)
         votes = np.argmax(aligned[:, :, cols], axis=-1)  # (R, n)

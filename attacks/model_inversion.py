@@ -35,13 +35,17 @@ def attribute_candidates(feature: FeatureBlock, prior: PriorKnowledge, *, grid: 
                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Candidate values of ``feature``, the column values each implies, and their log prior.
 
-    Categorical: each category (one-hot), with its public frequency.  Continuous: ``grid``
+    Binary: 0 and 1 with the public rate.  Categorical: each category (one-hot), with its
+    public frequency.  Continuous: ``grid``
     evenly spaced values between the public 0.5% and 99.5% quantiles, weighted by a Gaussian
     kernel density of the public marginal (estimated from its quantiles).  Returns
     ``(values, column_values, log_prior)`` with ``log_prior`` normalised over the candidates.
     """
     m = prior.marginals
     cols = list(feature.columns)
+    if feature.kind == "binary":
+        p1 = float(np.clip(m.mean[cols[0]], 1e-6, 1 - 1e-6))
+        return np.array([0.0, 1.0]), np.array([[0.0], [1.0]]), np.log([1 - p1, p1])
     if feature.kind == "categorical":
         k = len(cols)
         freq = np.clip(m.mean[cols], 1e-6, None)
@@ -155,10 +159,13 @@ class AttributeInferenceWhiteBox(Attack):
         base = torch.as_tensor(np.repeat(X[None], S, 0), dtype=torch.float32)  # (S, n, d)
         yt = torch.as_tensor(y, dtype=torch.float32).expand(S, n)
         col_idx = torch.as_tensor(cols)
-        if f.kind == "categorical":
-            logp = torch.as_tensor(np.log(np.clip(m.mean[cols], 1e-6, None) / m.mean[cols].sum()),
-                                   dtype=torch.float32)
-            z = torch.tensor(rng.normal(0, 1.0, size=(S, n, len(cols))), dtype=torch.float32,
+        discrete = f.kind in ("categorical", "binary")
+        if discrete:
+            freq = m.mean[cols] if f.kind == "categorical" else np.array(
+                [1 - m.mean[cols[0]], m.mean[cols[0]]])
+            freq = np.clip(freq, 1e-6, None)
+            logp = torch.as_tensor(np.log(freq / freq.sum()), dtype=torch.float32)
+            z = torch.tensor(rng.normal(0, 1.0, size=(S, n, len(freq))), dtype=torch.float32,
                              requires_grad=True)
         else:
             mu, sd = float(m.mean[cols[0]]), float(m.std[cols[0]])
@@ -169,9 +176,9 @@ class AttributeInferenceWhiteBox(Attack):
 
         def objective() -> torch.Tensor:
             Xq = base.clone()
-            if f.kind == "categorical":
+            if discrete:
                 probs = torch.softmax(z, -1)
-                Xq[:, :, col_idx] = probs
+                Xq[:, :, col_idx] = probs if f.kind == "categorical" else probs[..., 1:]
                 neg_prior = -(probs * logp).sum(-1)
             else:
                 Xq[:, :, col_idx] = z
@@ -192,7 +199,7 @@ class AttributeInferenceWhiteBox(Attack):
             obj = objective()
             best = obj.argmin(0)  # (n,)
             zb = z[best, torch.arange(n)]
-            guess = zb.argmax(-1).double().numpy() if f.kind == "categorical" else zb.squeeze(-1).double().numpy()
+            guess = zb.argmax(-1).double().numpy() if discrete else zb.squeeze(-1).double().numpy()
         return AttributeGuess(attack=self.name, feature=f.name, kind=f.kind, values=guess)
 
 
@@ -227,8 +234,9 @@ class ClassRepresentative(Attack):
             raise ConfigurationError(f"classes of a binary model are 0 and 1, got {self.classes}")
         m = prior.marginals
         cont = list(prior.continuous_columns)
+        bins = list(prior.binary_columns)
         blocks = [list(b.columns) for b in prior.categorical_blocks]
-        inv = torch.as_tensor(np.argsort(cont + [c for b in blocks for c in b]))
+        inv = torch.as_tensor(np.argsort(cont + bins + [c for b in blocks for c in b]))
         C = len(self.classes)
         mean = torch.as_tensor(m.mean, dtype=torch.float32)
         std = torch.as_tensor(m.std, dtype=torch.float32)
@@ -241,12 +249,14 @@ class ClassRepresentative(Attack):
                 p.requires_grad_(False)
             zc = torch.tensor(np.repeat(m.mean[cont][None], C, 0) + rng.normal(0, 0.01, (C, len(cont))),
                               dtype=torch.float32, requires_grad=True)
+            zb = torch.zeros(C, len(bins), requires_grad=True)
             zk = [torch.zeros(C, len(b), requires_grad=True) for b in blocks]
 
             def assemble() -> torch.Tensor:
-                return torch.cat([zc] + [torch.softmax(z, -1) for z in zk], -1)[:, inv]
+                parts = [zc, torch.sigmoid(zb)] + [torch.softmax(z, -1) for z in zk]
+                return torch.cat(parts, -1)[:, inv]
 
-            opt = torch.optim.Adam([zc, *zk], lr=self.step_size)
+            opt = torch.optim.Adam([zc, zb, *zk], lr=self.step_size)
             for _ in range(self.iterations):
                 opt.zero_grad()
                 x = assemble()

@@ -100,6 +100,8 @@ def feature_correct(X_rec: np.ndarray, X_true: np.ndarray, *, prior: PriorKnowle
         if f.kind == "continuous":
             c = cols[0]
             out[:, k] = np.abs(X_rec[:, c] - X_true[:, c]) <= tolerance * prior.marginals.std[c]
+        elif f.kind == "binary":
+            out[:, k] = (X_rec[:, cols[0]] >= 0.5) == (X_true[:, cols[0]] >= 0.5)
         else:
             out[:, k] = np.argmax(X_rec[:, cols], axis=1) == np.argmax(X_true[:, cols], axis=1)
     return out
@@ -180,6 +182,8 @@ def marginal_baseline(prior: PriorKnowledge, n: int, *, kind: str = "mode",
     else:
         raise ConfigurationError(f"baseline kind must be 'mode' or 'sample', got {kind!r}")
     X = np.asarray(X, np.float64).reshape(n, d)
+    for c in prior.binary_columns:
+        X[:, c] = float(m.mean[c] >= 0.5) if kind == "mode" else (rng.random(n) < m.mean[c])
     for b in prior.categorical_blocks:
         cols = list(b.columns)
         if kind == "mode":
@@ -283,6 +287,10 @@ def score_attribute(guess: AttributeGuess, true_values: np.ndarray, *, prior: Pr
     if v.shape != t.shape:
         raise InvalidDataError(f"{len(v)} guesses for {len(t)} targets")
     m = prior.marginals
+    if f.kind == "binary":
+        base = float(m.mean[f.columns[0]] >= 0.5)
+        return AttributeScore(f.name, float(np.mean((v >= 0.5) == (t >= 0.5))),
+                              float(np.mean(t == base)), None, None, None)
     if f.kind == "categorical":
         base = float(np.argmax(m.mean[list(f.columns)]))
         return AttributeScore(f.name, float(np.mean(v == t)), float(np.mean(t == base)),

@@ -24,8 +24,10 @@ attacks build on it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -57,23 +59,25 @@ CLEAR_CHANNELS = frozenset({"plain"})
 class FeatureBlock:
     """One original feature and the model-input columns it occupies.
 
-    A continuous feature takes one column (in standardised units); a categorical feature with
-    ``k`` categories takes ``k`` one-hot columns.
+    A continuous feature takes one column (in standardised units); a two-level feature coded
+    as one 0/1 indicator column is ``"binary"``; a categorical feature with ``k`` categories
+    takes ``k`` one-hot columns.
     """
 
     name: str
-    kind: str  # "continuous" | "categorical"
+    kind: str  # "continuous" | "binary" | "categorical"
     columns: tuple[int, ...]
     categories: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if self.kind not in ("continuous", "categorical"):
+        if self.kind not in ("continuous", "binary", "categorical"):
             raise ConfigurationError(
-                f"feature {self.name!r}: kind must be 'continuous' or 'categorical', got {self.kind!r}"
+                f"feature {self.name!r}: kind must be 'continuous', 'binary' or 'categorical', "
+                f"got {self.kind!r}"
             )
-        if self.kind == "continuous" and len(self.columns) != 1:
+        if self.kind in ("continuous", "binary") and len(self.columns) != 1:
             raise ConfigurationError(
-                f"continuous feature {self.name!r} must occupy 1 column, got {len(self.columns)}"
+                f"{self.kind} feature {self.name!r} must occupy 1 column, got {len(self.columns)}"
             )
         if self.kind == "categorical" and len(self.columns) < 2:
             raise ConfigurationError(
@@ -163,6 +167,10 @@ class PriorKnowledge:
         return tuple(f.columns[0] for f in self.features if f.kind == "continuous")
 
     @property
+    def binary_columns(self) -> tuple[int, ...]:
+        return tuple(f.columns[0] for f in self.features if f.kind == "binary")
+
+    @property
     def categorical_blocks(self) -> tuple[FeatureBlock, ...]:
         return tuple(f for f in self.features if f.kind == "categorical")
 
@@ -175,6 +183,44 @@ class PriorKnowledge:
         )
 
     @classmethod
+    def from_schema(
+        cls,
+        schema: Any,
+        X: np.ndarray,
+        y: np.ndarray | None = None,
+        **kwargs: Any,
+    ) -> PriorKnowledge:
+        """The prior for data encoded by a :class:`securefed.data.Schema`.
+
+        Numeric features are continuous columns; a two-category feature is one 0/1 indicator
+        column (``binary``); a feature with more categories is a one-hot block, in the order
+        of ``schema.encoded_feature_names``.  ``X``/``y`` are public records so encoded.
+        """
+        names: list[str] = []
+        categorical: dict[str, list[int]] = {}
+        binary: list[int] = []
+        j = 0
+        for f in schema.features:
+            cols = list(f.encoded_names)
+            names.extend(cols)
+            if f.kind == "categorical" and len(cols) == 1:
+                binary.append(j)
+            elif f.kind == "categorical":
+                categorical[f.name] = list(range(j, j + len(cols)))
+            j += len(cols)
+        prior = cls.from_public_data(X, y, feature_names=names, categorical=categorical,
+                                     binary=binary, **kwargs)
+        # name a binary feature after the original feature, not after its indicator column
+        by_column = {n: f for f in schema.features for n in f.encoded_names}
+        renamed = []
+        for blk in prior.features:
+            if blk.kind == "binary":
+                f = by_column[blk.name]
+                blk = FeatureBlock(f.name, "binary", blk.columns, tuple(f.categories))
+            renamed.append(blk)
+        return dataclasses.replace(prior, features=tuple(renamed))
+
+    @classmethod
     def from_public_data(
         cls,
         X: np.ndarray,
@@ -182,15 +228,17 @@ class PriorKnowledge:
         *,
         feature_names: Sequence[str] | None = None,
         categorical: Mapping[str, Sequence[int]] | None = None,
+        binary: Sequence[int] = (),
         model: ModelSpec | None = None,
         local_config: LocalConfig | None = None,
         keep_reference: bool = False,
     ) -> PriorKnowledge:
         """Build the prior from public records.
 
-        ``categorical`` maps a feature name to the one-hot columns it occupies; every other
-        column is a continuous feature named by ``feature_names`` (default ``x0, x1, ...``).
-        With ``keep_reference`` the public rows are kept as shadow data.
+        ``categorical`` maps a feature name to the one-hot columns it occupies; ``binary``
+        lists 0/1 indicator columns; every other column is a continuous feature named by
+        ``feature_names`` (default ``x0, x1, ...``).  With ``keep_reference`` the public rows
+        are kept as shadow data.
         """
         X = np.asarray(X, dtype=np.float64)
         d = X.shape[1]
@@ -207,7 +255,7 @@ class PriorKnowledge:
                         blocks.append(FeatureBlock(fname, "categorical", tuple(int(c) for c in cols),
                                                    tuple(names[c] for c in cols)))
                 continue
-            blocks.append(FeatureBlock(names[j], "continuous", (j,)))
+            blocks.append(FeatureBlock(names[j], "binary" if j in set(binary) else "continuous", (j,)))
         return cls(
             features=tuple(blocks),
             marginals=PublicMarginals.from_data(X, y),

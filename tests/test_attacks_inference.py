@@ -125,3 +125,29 @@ def test_class_representatives_point_to_their_class():
     sc = score_class_representatives(reps, X_ALL, Y_ALL, prior=prior)
     assert sc.nearest_is_own_class.all(), sc
     assert np.all(sc.gain > 0.15), sc  # closer to the class mean than the public mean is
+
+
+def test_binary_attributes_and_representatives_on_the_synthetic_schema():
+    from securefed.data.synthetic import synthetic_hospitals
+
+    hosp = synthetic_hospitals(n_hospitals=3, patients_per_hospital=60, seed=3, test_size=400)
+    data = hosp.prepare()
+    spec = ModelSpec("mlp", n_features=data.num_features, hidden=(16,))
+    prior = PriorKnowledge.from_schema(hosp.schema, data.X_test, data.y_test, model=spec)
+    with torch_threads(1):
+        run = run_federated(data, strategy=FedAvg(learning_rate=0.1, local_epochs=2), model=spec,
+                            rounds=5, seed=0, record_transcript=False)
+    obs = observe(run, adversary="outsider")
+    X, y = data.pooled()
+    j = prior.feature("polyuria").columns[0]
+    for attack in (AttributeInferenceBlackBox(feature="polyuria"),
+                   AttributeInferenceWhiteBox(feature="polyuria")):
+        g = attack.run(obs, prior, rng=np.random.default_rng(0), targets_X=X, targets_y=y)
+        assert set(np.unique(g.values)) <= {0.0, 1.0}
+        sc = score_attribute(g, X[:, j], prior=prior)
+        assert 0.0 <= sc.accuracy <= 1.0 and sc.mae is None
+    reps = ClassRepresentative().run(obs, prior, rng=np.random.default_rng(0))
+    ind = reps.X[:, list(prior.binary_columns)]
+    assert np.all((ind >= 0) & (ind <= 1))
+    p_mean = float(obs.predict_proba(prior.marginals.mean[None])[0])
+    assert reps.confidence[1] > p_mean + 0.05 and reps.confidence[0] > 1 - p_mean + 0.05
