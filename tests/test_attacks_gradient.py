@@ -184,6 +184,15 @@ def test_secure_channel_gives_no_per_client_signal():
     assert agg.attack.exact_row_rate <= 0.25
 
 
+def test_lbfgs_variant_recovers_a_single_record():
+    fed = _pima(rows=1, clients=2, seed=12)
+    run = run_federated(fed, strategy=_fedsgd(), model=SPEC, rounds=1, seed=0)
+    rec = TabularInversion(optimizer="lbfgs", step_size=1.0, restarts=4, iterations=100).run(
+        observe(run, adversary="server"), PIMA_PRIOR, rng=np.random.default_rng(0))
+    a, base, _ = _mean_scores(rec, fed, PIMA_PRIOR)
+    assert a >= base + 0.4, (a, base)
+
+
 def test_registry_and_bad_settings():
     assert isinstance(get_attack("tabular-inversion", restarts=2), TabularInversion)
     with pytest.raises(ConfigurationError, match="valid"):

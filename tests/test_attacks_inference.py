@@ -73,6 +73,9 @@ def test_lira_beats_chance_on_overfit_model_and_falls_under_dp(released):
         auc[sigma] = s.auc
         if sigma == 0.0:
             assert s.auc >= 0.65 and s.balanced_accuracy >= 0.58, s
+            offline = ShadowLiRA(n_shadow=16, steps=300, online=False).run(
+                obs, PRIOR, rng=np.random.default_rng(0), candidates_X=X, candidates_y=y)
+            assert score_membership(offline, member).auc >= 0.6
     assert auc[4.0] <= auc[0.0] - 0.1, auc
     assert auc[4.0] <= 0.62, auc
 
