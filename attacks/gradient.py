@@ -218,7 +218,8 @@ class TabularInversion(Attack):
     """TabLeak-style optimisation inversion of one update into mixed tabular records.
 
     Settings (keyword-only): ``n_rows`` (records behind the update; default: read from the
-    FedAvg weight), ``restarts`` pooled feature by feature, ``iterations`` and ``step_size``
+    received weight, which FedAvg sets to the client's example count; pass it explicitly when
+    the strategy weighs clients otherwise, e.g. DP wrappers use weight 1, or for an aggregate), ``restarts`` pooled feature by feature, ``iterations`` and ``step_size``
     of Adam (or ``optimizer="lbfgs"``), ``distance`` ``"l2"`` (squared
     distance relative to the observed update's norm; the default, since the attacker knows the
     learning rate and so the update's scale) or ``"cosine"`` (scale-free, for an attacker that
