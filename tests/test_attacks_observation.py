@@ -101,3 +101,21 @@ def test_every_registered_attack_states_its_threat_model():
             "membership-lira"} <= set(tms)
     for tm in tms.values():
         assert tm.attacker and tm.observes and tm.knows and tm.goal
+
+
+def test_attacks_import_only_securefed():
+    """Layering: attacks -> securefed only (never defenses or evaluation); observation is core."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    files = list((root / "attacks").glob("*.py")) + [root / "securefed" / "observation.py"]
+    for path in files:
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            for name in names:
+                top = name.split(".")[0]
+                assert top not in ("defenses", "evaluation"), f"{path.name} imports {name}"
+                if path.parent.name == "securefed":
+                    assert top != "attacks", f"{path.name} imports {name}"
