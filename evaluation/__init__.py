@@ -1,5 +1,6 @@
 """Evaluation: the audit runner, cross-validation, statistics, figures and reports."""
 
+from evaluation import audit_attacks as _audit_attacks  # noqa: F401  (registers the attacks)
 from evaluation.algorithms import (
     Algorithm,
     HyperParams,

@@ -241,15 +241,21 @@ def _findings(summary: AuditSummary, claims: list[ClaimResult], setup: dict[str,
         )
     cols = [c for c in summary.attack_columns if c.endswith(".gain")]
     for col in cols:
-        for g in summary.groups:
-            if col not in g:
-                continue
-            gain = g[col]["mean"]
-            label = col[len("attack."):-len(".gain")]
-            verdict = ("beats its no-observation baseline" if gain > 0.02 else
-                       "does no better than its no-observation baseline")
-            out.append(f"Attack {label} against {g['algorithm']}/{g['defense']}: gain "
-                       f"{gain:+.3f}; it {verdict}.")
+        pts = [(g, g[col]["mean"]) for g in summary.groups
+               if col in g and not math.isnan(g[col]["mean"])]
+        if not pts:
+            continue
+        _, attack, party, metric = col[: -len(".gain")].split(".", 3)
+        best = max(pts, key=lambda p: p[1])
+        worst = min(pts, key=lambda p: p[1])
+        beats = [f"{g['algorithm']}/{g['defense']}" for g, v in pts if v > 0.02]
+        out.append(
+            f"Attack '{attack}' by the {party} ({metric}): gain over its no-observation "
+            f"baseline from {worst[1]:+.3f} ({worst[0]['algorithm']}/{worst[0]['defense']}) to "
+            f"{best[1]:+.3f} ({best[0]['algorithm']}/{best[0]['defense']}); it beats the "
+            f"baseline by more than 0.02 in {len(beats)} of {len(pts)} settings"
+            + (f" ({', '.join(beats)})." if beats else ".")
+        )
     if not summary.attack_columns:
         out.append("No privacy attack was run in this audit, so privacy risk is described by "
                    "the threat models only, not measured.")
