@@ -57,7 +57,7 @@ def _epsilon(ctx: AttackContext) -> tuple[float | None, float]:
 
 # ------------------------------------------------------------------ gradient inversion
 def _gradient_inversion(ctx: AttackContext) -> list[AttackScore]:
-    p = {"restarts": 2, "iterations": 60, "max_rows": 64, **ctx.params}
+    p = {"restarts": 2, "iterations": 60, "max_rows": 256, **ctx.params}
     obs = observe(ctx.run, adversary="server")
     prior = _prior(ctx)
     clients = ctx.fold.data.clients
