@@ -125,6 +125,9 @@ def offline_env(*, flwr_home: Path, pythonpath: Sequence[str] = ()) -> dict[str,
     env["FLWR_TELEMETRY_ENABLED"] = "0"
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
+    # The SuperExec polls for new tasks (a ClientApp or ServerApp to start) once a second
+    # by default; a short poll takes up to a second off every message round trip.
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
     if pythonpath:
         old = env.get("PYTHONPATH", "")
         env["PYTHONPATH"] = os.pathsep.join([*pythonpath, *([old] if old else [])])
@@ -283,16 +286,18 @@ class LocalCluster:
                                    + self.tail(self.superlink))
             time.sleep(0.2)
         self.record_children()
-        tls_node = (["--insecure"] if self.tls_dir is None
-                    else ["--root-certificates", str(self.tls_dir / "ca.pem")])
-        for i, config in enumerate(self.node_configs):
-            args = ["flower-supernode", *tls_node, "--superlink", self.address,
-                    "--port", str(free_port())]
-            if config:
-                args += ["--node-config", _config_arg(config)]
-            self.supernodes.append(self._spawn(f"supernode-{i}", args))
+        for i in range(len(self.node_configs)):
+            self.supernodes.append(self._spawn_node(i))
         self.wait_nodes_online(len(self.node_configs), timeout=max(5.0, deadline - time.monotonic()))
         self.record_children()
+
+    def _spawn_node(self, index: int) -> _Proc:
+        tls = (["--insecure"] if self.tls_dir is None
+               else ["--root-certificates", str(self.tls_dir / "ca.pem")])
+        args = ["flower-supernode", *tls, "--superlink", self.address, "--port", str(free_port())]
+        if self.node_configs[index]:
+            args += ["--node-config", _config_arg(self.node_configs[index])]
+        return self._spawn(f"supernode-{index}", args)
 
     def _check_alive(self, proc: _Proc) -> None:
         if proc.popen.poll() is not None:
@@ -434,6 +439,12 @@ class LocalCluster:
         for proc in self._procs():
             if proc.popen.poll() is None:
                 proc.known |= descendants(proc.popen.pid)
+
+    def start_node(self, index: int) -> None:
+        """(Re)start SuperNode ``index`` with its node config, e.g. after :meth:`kill_node`."""
+        if self.supernodes[index] is not None:
+            raise ClusterError(f"SuperNode {index} is already running")
+        self.supernodes[index] = self._spawn_node(index)
 
     def kill_node(self, index: int) -> None:
         """SIGKILL SuperNode ``index`` and everything it started, as a crashed machine would."""

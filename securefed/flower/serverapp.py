@@ -74,7 +74,8 @@ def plain_round(plan: RoundPlan) -> ChannelResult:
     fields = plan.train_fields()
     outgoing = {plan.nodes[cid]: fields for cid in plan.selected}
     replies, sent = exchange(plan.grid, outgoing, message_type="train",
-                             group_id=str(plan.round_index), timeout=plan.settings.round_timeout)
+                             group_id=str(plan.round_index), timeout=plan.settings.round_timeout,
+                             straggler_timeout=plan.settings.straggler_timeout)
     by_node = {node: cid for cid, node in plan.nodes.items()}
     uploads: list[Upload] = []
     for node_id, reply in replies.items():
@@ -128,8 +129,14 @@ def _wait_for_nodes(grid: Any, count: int, timeout: float) -> list[int]:
 def _discover(grid: Any, node_ids: list[int], settings: DeploymentSettings,
               n_features: int) -> dict[int, int]:
     """Ask every node which client it is; return ``{client id: node id}`` for 0..n-1."""
+    wanted = set(range(settings.num_clients))
+
+    def _enough(replies: Mapping[int, Any]) -> bool:
+        # a crashed node may still be listed for a while: stop once every client answered
+        return wanted <= {int(r.fields["client"]) for r in replies.values() if r.ok}
+
     replies, _ = exchange(grid, {n: {"hello": 1} for n in node_ids}, message_type="query.hello",
-                          group_id="hello", timeout=settings.round_timeout)
+                          group_id="hello", timeout=settings.round_timeout, enough=_enough)
     mapping: dict[int, int] = {}
     for node_id, reply in sorted(replies.items()):
         if not reply.ok:

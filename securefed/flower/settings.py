@@ -124,6 +124,7 @@ class DeploymentSettings:
     seed: int
     channel: str
     round_timeout: float
+    straggler_timeout: float
     node_wait_timeout: float
     eval_data: str
     result_path: str
@@ -152,6 +153,7 @@ class DeploymentSettings:
             seed=_int("seed", 0, 0),
             channel=channel,
             round_timeout=_float("round-timeout", 120.0),
+            straggler_timeout=_float("straggler-timeout", 30.0),
             node_wait_timeout=_float("node-wait-timeout", 60.0),
             eval_data=str(run_config.get("eval-data", "pima-test")),
             result_path=str(run_config.get("result-path", "")),

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -129,9 +129,15 @@ def exchange(
     message_type: str,
     group_id: str,
     timeout: float,
+    straggler_timeout: float | None = None,
+    enough: Callable[[Mapping[int, Reply]], bool] | None = None,
     poll_interval: float = 0.2,
 ) -> tuple[dict[int, Reply], dict[int, int]]:
     """Send ``outgoing[node_id]`` to each node and collect the replies until ``timeout``.
+
+    ``straggler_timeout``: once the first reply is in, wait at most this long for the others
+    (nodes work in parallel, so a node much later than the first has most likely failed).
+    ``enough(replies)``: stop waiting as soon as it returns true.
 
     Returns ``(replies by node id, bytes sent by node id)``.  A node that does not answer in
     time, or answers with an error, gets a :class:`Reply` whose ``error`` says why; the
@@ -151,6 +157,7 @@ def exchange(
     pending = {mid: msg.metadata.dst_node_id for mid, msg in zip(ids, messages, strict=True)}
     replies: dict[int, Reply] = {}
     deadline = time.monotonic() + timeout
+    first_reply: float | None = None
     while pending:
         for msg in grid.pull_messages(list(pending)):
             node_id = pending.pop(msg.metadata.reply_to_message_id, None)
@@ -165,9 +172,15 @@ def exchange(
                 replies[node_id] = Reply(node_id, None, 0, f"unreadable reply: {exc}")
                 continue
             replies[node_id] = Reply(node_id, fields, nbytes, None)
-        if not pending or time.monotonic() > deadline:
+        now = time.monotonic()
+        if replies and first_reply is None:
+            first_reply = now
+        if not pending or now > deadline or (enough is not None and enough(replies)):
+            break
+        if straggler_timeout is not None and first_reply is not None \
+                and now - first_reply > straggler_timeout:
             break
         time.sleep(poll_interval)
     for node_id in pending.values():
-        replies[node_id] = Reply(node_id, None, 0, f"no reply within {timeout:.0f} s")
+        replies[node_id] = Reply(node_id, None, 0, "no reply in time")
     return replies, sent
