@@ -24,6 +24,7 @@ import numpy as np
 
 from securefed.errors import ConfigurationError, MessageRejected
 from securefed.federated.types import ClientArrays, LocalConfig
+from securefed.federated.wire import pack
 from securefed.flower.nodedata import load_node_data
 from securefed.flower.settings import (
     build_model,
@@ -32,10 +33,16 @@ from securefed.flower.settings import (
     generator_from_json,
     generator_to_json,
 )
-from securefed.flower.transport import load_blob, make_content, pack_state, read_content, save_blob, unpack_state
-from securefed.federated.wire import pack
+from securefed.flower.transport import (
+    load_blob,
+    make_content,
+    pack_state,
+    read_content,
+    save_blob,
+    unpack_state,
+)
 
-__all__ = ["app", "local_round", "config_to_json", "config_from_json"]
+__all__ = ["app", "local_round", "check_round", "config_to_json", "config_from_json"]
 
 _RNG_KEY = "securefed-rng"
 _CLIENT_STATE_KEY = "securefed-client-state"
@@ -99,7 +106,7 @@ def local_round(
     return np.asarray(vector, dtype=np.float64), float(weight), dict(payload), stats
 
 
-def _check_round(fields: dict[str, Any], state: Any, *, kind: str) -> None:
+def check_round(fields: dict[str, Any], state: Any, *, kind: str) -> None:
     """Refuse a message for a round this node has already answered (replay)."""
     key = f"securefed-last-{kind}"
     last = load_blob(state, key)
@@ -124,12 +131,21 @@ def _build_app() -> Any:
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         fields, _ = read_content(msg.content)
-        _check_round(fields, context.state, kind="train")
+        check_round(fields, context.state, kind="train")
         client = load_node_data(context.node_config)
         vector, weight, payload, stats = local_round(dict(context.run_config), client, fields,
                                                      context.state)
         reply = {"round": int(fields["round"]), "client": client.client_id, "weight": weight,
                  "payload": pack(payload), **stats}
+        return Message(make_content(reply), reply_to=msg)
+
+    @client_app.train("secagg")
+    def secagg(msg: Message, context: Context) -> Message:
+        from securefed.flower.secagg_stages import client_stage
+
+        fields, _ = read_content(msg.content)
+        reply = client_stage(dict(context.run_config), lambda: load_node_data(context.node_config),
+                             fields, context.state)
         return Message(make_content(reply), reply_to=msg)
 
     return client_app

@@ -44,7 +44,8 @@ class RoundPlan:
 
     def __init__(self, *, grid: Any, round_index: int, params: np.ndarray, config: LocalConfig,
                  selected: tuple[int, ...], nodes: Mapping[int, int], settings: DeploymentSettings,
-                 strategy: Any, rng: np.random.Generator, log: Callable[[str], None]) -> None:
+                 strategy: Any, rng: np.random.Generator, log: Callable[[str], None],
+                 run_config: Mapping[str, Any]) -> None:
         self.grid = grid
         self.round_index = round_index
         self.params = params
@@ -55,6 +56,7 @@ class RoundPlan:
         self.strategy = strategy
         self.rng = rng
         self.log = log
+        self.run_config = run_config
         self.failures: dict[int, str] = {}
         self.train_losses: list[float] = []
 
@@ -110,8 +112,16 @@ def plain_round(plan: RoundPlan) -> ChannelResult:
     )
 
 
+def _secagg_round(plan: RoundPlan) -> ChannelResult:
+    from securefed.flower.secagg_stages import secagg_round
+
+    return secagg_round(plan)
+
+
 #: Channel name -> function running one round of it between ServerApp and ClientApps.
-CHANNEL_DRIVERS: dict[str, Callable[[RoundPlan], ChannelResult]] = {"plain": plain_round}
+CHANNEL_DRIVERS: dict[str, Callable[[RoundPlan], ChannelResult]] = {
+    "plain": plain_round, "secagg": _secagg_round,
+}
 
 
 def _wait_for_nodes(grid: Any, count: int, timeout: float) -> list[int]:
@@ -206,7 +216,7 @@ def run_server(grid: Any, run_config: Mapping[str, Any],
             selected = _sample_clients(settings.num_clients, clients_per_round, server_rng)
             plan = RoundPlan(grid=grid, round_index=r, params=params, config=config,
                              selected=selected, nodes=nodes, settings=settings, strategy=strategy,
-                             rng=server_rng, log=log)
+                             rng=server_rng, log=log, run_config=run_config)
             result = driver(plan)
             mean_update = strategy.server_aggregate(result, rng=server_rng)
             params = strategy.server_update(params, mean_update, round_index=r)
