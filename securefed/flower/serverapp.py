@@ -229,6 +229,11 @@ def run_server(grid: Any, run_config: Mapping[str, Any],
                 "seconds": time.perf_counter() - t0,
                 **{k: float(v) for k, v in strategy.round_metrics(r).items()},
             }
+            if result.revealed:  # what the secure channel revealed besides the sum
+                record["revealed"] = {
+                    k: (list(v) if isinstance(v, tuple) else v) for k, v in result.revealed.items()
+                    if k != "weighted_sum"
+                }
             if test is not None:
                 set_flat_params(net, params)
                 loss, acc, auc = evaluate(net, test[0], test[1])

@@ -33,6 +33,8 @@ __all__ = [
     "DeploymentSettings",
     "STRATEGIES",
     "register_strategy",
+    "app_run_config",
+    "parse_codec",
     "build_strategy",
     "build_model",
     "seed_streams",
@@ -50,6 +52,58 @@ STRATEGIES: dict[str, Callable[..., Strategy]] = {"fedavg": FedAvg, "fedprox": F
 WRAPPERS: dict[str, Callable[[Strategy, Mapping[str, Any]], Strategy]] = {}
 
 
+def parse_codec(name: str) -> Any:
+    """A compression codec from its name: ``quant8`` (8-bit stochastic quantisation),
+    ``top0.1`` (top-10% sparsification) or ``top0.1-q8`` (both); ``""``/``none``: ``None``."""
+    text = str(name).strip().lower()
+    if text in ("", "none"):
+        return None
+    from securefed import compression  # lands with the compression codecs
+
+    try:
+        if text.startswith("quant"):
+            return compression.StochasticQuantizer(bits=int(text[5:]))
+        if text.startswith("top"):
+            frac, _, q = text[3:].partition("-q")
+            return compression.TopKSparsifier(k_fraction=float(frac),
+                                              value_bits=int(q) if q else None)
+    except ValueError as exc:
+        raise ConfigurationError(f"cannot read compression {name!r}: {exc}") from exc
+    raise ConfigurationError(f"compression must be 'none', 'quantB', 'topF' or 'topF-qB', got {name!r}")
+
+
+def _none_if(text: Any) -> Any:
+    return None if isinstance(text, str) and text.strip().lower() in ("", "none") else text
+
+
+def _fedmedheter(**kwargs: Any) -> Strategy:
+    """FedMedHeter from run-config values (strings where the class takes ``None``/tuples/codecs)."""
+    from securefed.federated.fedmedheter import FedMedHeter
+
+    for key in ("adaptive_lr", "server_optimizer"):
+        if key in kwargs:
+            kwargs[key] = _none_if(kwargs[key])
+    if isinstance(kwargs.get("weight_bounds"), str):
+        try:
+            lo, hi = (float(x) for x in kwargs["weight_bounds"].split(","))
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"weight-bounds must be 'low,high', got {kwargs['weight_bounds']!r}") from exc
+        kwargs["weight_bounds"] = (lo, hi)
+    if "compression" in kwargs:
+        kwargs["compression"] = parse_codec(kwargs["compression"])
+    return FedMedHeter(**kwargs)
+
+
+try:  # FedMedHeter and its options, where this version of securefed has them
+    from securefed.federated.fedmedheter import FedMedHeter as _FMH
+
+    _fedmedheter.__signature__ = inspect.signature(_FMH.__init__)  # type: ignore[attr-defined]
+    STRATEGIES["fedmedheter"] = _fedmedheter
+except ImportError:  # pragma: no cover - older layouts
+    pass
+
+
 def register_strategy(name: str, factory: Callable[..., Strategy]) -> None:
     """Make ``factory`` available as ``strategy = "name"`` in the run config."""
     STRATEGIES[name] = factory
@@ -58,6 +112,10 @@ def register_strategy(name: str, factory: Callable[..., Strategy]) -> None:
 def _accepted_kwargs(factory: Callable[..., Any]) -> set[str] | None:
     """Keyword names a strategy class accepts, following ``**kwargs`` up its bases."""
     names: set[str] = set()
+    sig = getattr(factory, "__signature__", None)
+    if sig is not None:
+        return {p.name for p in sig.parameters.values()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"}
     classes = factory.__mro__ if isinstance(factory, type) else (factory,)
     for cls in classes:
         init = cls.__init__ if isinstance(cls, type) else cls
@@ -92,6 +150,8 @@ def build_strategy(run_config: Mapping[str, Any]) -> Strategy:
     kwargs: dict[str, Any] = {}
     for key, value in run_config.items():
         arg = key.replace("-", "_")
+        if value == "":  # "" in the app's config: keep the strategy's own default
+            continue
         if accepted is not None and arg in accepted:
             kwargs[arg] = value
     if "batch_size" in kwargs and kwargs["batch_size"] in (0, None):
@@ -102,6 +162,25 @@ def build_strategy(run_config: Mapping[str, Any]) -> Strategy:
             raise ConfigurationError(f"unknown strategy wrapper {wrapper!r}; valid: {sorted(WRAPPERS)}")
         strategy = WRAPPERS[wrapper](strategy, run_config)
     return strategy
+
+
+def app_run_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run config a deployed run sees: the app's defaults with ``overrides`` applied.
+
+    Tests and scripts build the simulation from this same mapping to compare like with like.
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    from securefed.flower import APP_DIR
+
+    with open(APP_DIR / "pyproject.toml", "rb") as fh:
+        defaults = tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+    unknown = sorted(set(overrides or {}) - set(defaults))
+    if unknown:
+        raise ConfigurationError(f"unknown run-config keys {unknown}; valid: {sorted(defaults)}")
+    return {**defaults, **(overrides or {})}
 
 
 def build_model(run_config: Mapping[str, Any]) -> ModelSpec:
