@@ -20,23 +20,17 @@ from securefed.data import pima_federation  # noqa: E402
 from securefed.federated import run_federated  # noqa: E402
 from securefed.flower import APP_DIR  # noqa: E402
 from securefed.flower.cluster import ClusterError, LocalCluster, _alive  # noqa: E402
-from securefed.flower.settings import build_model, build_strategy  # noqa: E402
+from securefed.flower.settings import app_run_config, build_model, build_strategy  # noqa: E402
 from securefed.flower.tls import write_tls_files  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
-# The defaults of the app's pyproject.toml, which a run's --run-config overrides.
-APP_DEFAULTS = {
-    "strategy": "fedavg", "learning-rate": 0.1, "local-epochs": 1, "batch-size": 16,
-    "server-learning-rate": 1.0, "proximal-mu": 0.0, "model": "logreg", "hidden": "",
-    "num-features": 7,
-}
 
 
-def simulate(run_config: dict, *, rounds: int, seed: int, n: int = 3):
-    cfg = {**APP_DEFAULTS, **run_config}
-    return run_federated(pima_federation(seed=0, n_hospitals=n), strategy=build_strategy(cfg),
-                         model=build_model(cfg), rounds=rounds, seed=seed)
+def simulate(cfg: dict, channel=None):
+    return run_federated(pima_federation(seed=0, n_hospitals=3), strategy=build_strategy(cfg),
+                         model=build_model(cfg), rounds=cfg["num-rounds"], seed=cfg["seed"],
+                         channel=channel)
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +61,80 @@ def run(cluster: LocalCluster, tmp_path: Path, config: dict, **kwargs):
 
 
 def test_fedprox_over_tls_equals_the_simulation(cluster, tmp_path) -> None:
-    config = {"strategy": "fedprox", "proximal-mu": 0.1, "num-rounds": 2, "seed": 5,
-              "round-timeout": 120.0}
+    config = {"strategy": "fedprox", "proximal-mu": 0.1, "num-rounds": 2, "seed": 5}
     outcome, summary = run(cluster, tmp_path, config)
     assert outcome.ok, f"{outcome.status}: {outcome.details}\n{outcome.log[-3000:]}\n{cluster.logs()}"
     assert summary["status"] == "completed"
-    sim = simulate(config, rounds=2, seed=5)
+    sim = simulate(app_run_config(config))
     # plain channel: same floats in the same order, so the same model bit for bit
     np.testing.assert_array_equal(np.array(summary["final_params"]), sim.final_params)
     assert [r["contributors"] for r in summary["rounds"]] == [[0, 1, 2], [0, 1, 2]]
     assert summary["rounds"][-1]["test_accuracy"] == pytest.approx(sim.final.test_accuracy)
     # the plain channel's bytes up are the simulation's (same serialised messages)
     assert [r["bytes_up"] for r in summary["rounds"]] == [h.bytes_up for h in sim.history]
+
+
+def _tolerance(summary: dict) -> float:
+    """Quantisation tolerance (see tests/test_flower_inprocess.py): n / (scale * W) per round."""
+    return 20.0 * sum(len(r["contributors"]) / (r["revealed"]["scale"] * r["revealed"]["weight_sum"])
+                      for r in summary["rounds"])
+
+
+def test_secure_aggregation_three_rounds_equal_the_simulation(cluster, tmp_path) -> None:
+    pytest.importorskip("securefed.secagg")
+    from securefed.flower.secagg_stages import build_secagg_channel
+    from securefed.flower.settings import STRATEGIES
+
+    strategy = "fedmedheter" if "fedmedheter" in STRATEGIES else "fedavg"
+    config = {"strategy": strategy, "channel": "secagg", "num-rounds": 3, "seed": 8}
+    outcome, summary = run(cluster, tmp_path, config)
+    assert outcome.ok, f"{outcome.status}: {outcome.details}\n{outcome.log[-3000:]}\n{cluster.logs()}"
+    cfg = app_run_config(config)
+    sim = simulate(cfg, channel=build_secagg_channel(cfg))
+    got = np.asarray(summary["final_params"])
+    assert np.max(np.abs(got - sim.final_params)) <= _tolerance(summary)
+    assert [r["contributors"] for r in summary["rounds"]] == [[0, 1, 2]] * 3
+    assert summary["strategy"]["name"] == strategy
+
+
+def _killer(plan: dict[int, str]):
+    """Kill SuperNode i (SIGKILL, with its children) once its log shows it received the
+    message of group ``plan[i]`` (e.g. ``"0.masked_input"``): a crash in mid-round."""
+    done: set[int] = set()
+
+    def on_poll(cluster: LocalCluster, _seconds: float) -> None:
+        for index, group in plan.items():
+            proc = cluster.supernodes[index] if index < len(cluster.supernodes) else None
+            if index in done or proc is None:
+                continue
+            if f"ROUND {group}]" in proc.log_path.read_text(errors="replace"):
+                cluster.kill_node(index)
+                done.add(index)
+
+    return on_poll, done
+
+
+def test_killed_supernodes_survivors_then_abort(cluster, tmp_path) -> None:
+    """Round 0: node 2 dies after sharing its keys; 2 >= t = 2 remain, so the round completes
+    with the survivors' sum.  Round 1: node 1 dies too; 1 < t, so the run aborts cleanly.
+    (Runs last: it kills nodes of the shared cluster.)"""
+    pytest.importorskip("securefed.secagg")
+    config = {"channel": "secagg", "num-rounds": 2, "seed": 2, "secagg-threshold": 2,
+              "straggler-timeout": 20.0}
+    on_poll, killed = _killer({2: "0.masked_input", 1: "1.share_keys"})
+    outcome, summary = run(cluster, tmp_path, config, on_poll=on_poll)
+    assert killed == {1, 2}
+    assert outcome.status == "finished:failed", outcome.status
+    assert summary["status"] == "aborted", summary
+    assert "below the threshold t = 2" in summary["abort_reason"]
+    (r0,) = summary["rounds"]
+    assert r0["contributors"] == [0, 1]
+    assert r0["revealed"]["dropped_after_sharing"] == [2]
+    # the completed round is the survivors' aggregate (same check as the in-process test)
+    from securefed.flower.testing import plain_round_reference
+
+    expected = plain_round_reference(app_run_config({**config, "num-rounds": 1}), [0, 1])
+    assert np.max(np.abs(np.asarray(summary["final_params"]) - expected)) <= _tolerance(summary)
 
 
 def test_processes_are_cleaned_up_when_the_body_fails(tmp_path) -> None:

@@ -17,7 +17,7 @@ from securefed.federated import run_federated  # noqa: E402
 from securefed.flower.clientapp import app as client_app  # noqa: E402
 from securefed.flower.serverapp import run_server  # noqa: E402
 from securefed.flower.settings import app_run_config, build_model, build_strategy  # noqa: E402
-from securefed.flower.testing import InProcessGrid  # noqa: E402
+from securefed.flower.testing import InProcessGrid, plain_round_reference  # noqa: E402
 
 NODES = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
 FAST = {"round-timeout": 5.0, "straggler-timeout": 0.5, "eval-data": "none"}
@@ -109,27 +109,6 @@ def test_secagg_rounds_equal_the_simulation_within_quantisation(strategy, secagg
     assert [r["contributors"] for r in summary["rounds"]] == [[0, 1, 2]] * 3
 
 
-def survivors_reference(cfg: dict, survivors: list[int]) -> np.ndarray:
-    """One plain FedAvg round over ``survivors`` only, with the engine's seeds."""
-    from securefed.flower.settings import seed_streams
-    from securefed.models import get_flat_params
-
-    fed = pima_federation(seed=0, n_hospitals=3)
-    strategy, spec = build_strategy(cfg), build_model(cfg)
-    init_seed, _, seqs = seed_streams(cfg["seed"], 3)
-    p0 = get_flat_params(spec.build(seed=init_seed))
-    total, weights = np.zeros_like(p0), 0.0
-    for cid in survivors:
-        rng = np.random.default_rng(seqs[cid])
-        local = strategy.local_train(spec.build(), fed.clients[cid], p0, strategy.configure(0),
-                                     rng=rng, client_state={})
-        w = strategy.client_weight(local, client_state={})
-        vec, _ = strategy.client_process(local.update, w, client_state={}, rng=rng)
-        total += vec
-        weights += w
-    return strategy.server_update(p0, total / weights, round_index=0)
-
-
 def test_secagg_round_completes_with_the_survivors_sum(secagg) -> None:
     cfg = app_run_config({"channel": "secagg", "num-rounds": 1, "seed": 2, "secagg-threshold": 2,
                           **FAST})
@@ -141,10 +120,10 @@ def test_secagg_round_completes_with_the_survivors_sum(secagg) -> None:
     (r0,) = summary["rounds"]
     assert r0["contributors"] == [0, 1] and r0["revealed"]["dropped_after_sharing"] == [2]
     assert "masked_input" in r0["failures"]["2"]
-    expected = survivors_reference(cfg, [0, 1])
+    expected = plain_round_reference(cfg, [0, 1])
     got = np.asarray(summary["final_params"])
     assert np.max(np.abs(got - expected)) <= _tolerance(summary)
-    assert np.max(np.abs(survivors_reference(cfg, [0, 1, 2]) - expected)) > 100 * _tolerance(summary)
+    assert np.max(np.abs(plain_round_reference(cfg, [0, 1, 2]) - expected)) > 100 * _tolerance(summary)
 
 
 def test_secagg_aborts_cleanly_below_the_threshold(tmp_path, secagg) -> None:

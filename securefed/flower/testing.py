@@ -17,7 +17,7 @@ import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-__all__ = ["InProcessGrid"]
+__all__ = ["InProcessGrid", "plain_round_reference"]
 
 
 class InProcessGrid:
@@ -89,3 +89,32 @@ class InProcessGrid:
 
     def pull_messages(self, message_ids: Iterable[str]) -> list[Any]:
         return [self._replies.pop(mid) for mid in list(message_ids) if mid in self._replies]
+
+
+def plain_round_reference(run_config: Mapping[str, Any], survivors: Sequence[int], *,
+                          num_clients: int = 3) -> Any:
+    """The model after round 0 if exactly ``survivors`` contribute, computed in the clear.
+
+    Uses the engine's seeds and the strategy's phases, on the bundled Pima partitions: the
+    value a secure round that lost the other clients must reveal (up to quantisation).
+    """
+    import numpy as np
+
+    from securefed.data import pima_federation
+    from securefed.flower.settings import build_model, build_strategy, seed_streams
+    from securefed.models import get_flat_params
+
+    fed = pima_federation(seed=0, n_hospitals=num_clients)
+    strategy, spec = build_strategy(run_config), build_model(run_config)
+    init_seed, _, seqs = seed_streams(int(run_config["seed"]), num_clients)
+    p0 = get_flat_params(spec.build(seed=init_seed))
+    total, weights = np.zeros_like(p0), 0.0
+    for cid in survivors:
+        rng = np.random.default_rng(seqs[cid])
+        local = strategy.local_train(spec.build(), fed.clients[cid], p0, strategy.configure(0),
+                                     rng=rng, client_state={})
+        w = strategy.client_weight(local, client_state={})
+        vec, _ = strategy.client_process(local.update, w, client_state={}, rng=rng)
+        total += vec
+        weights += w
+    return strategy.server_update(p0, total / weights, round_index=0)
