@@ -126,8 +126,9 @@ def offline_env(*, flwr_home: Path, pythonpath: Sequence[str] = ()) -> dict[str,
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
     env["PYTHONUNBUFFERED"] = "1"
     # The SuperExec polls for new tasks (a ClientApp or ServerApp to start) once a second
-    # by default; a short poll takes up to a second off every message round trip.
-    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.1")
+    # by default; half a second takes a quarter second off each message round trip on
+    # average and costs little CPU when idle (0.1 s would cost ~0.2 of a core per cluster).
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.5")
     if pythonpath:
         old = env.get("PYTHONPATH", "")
         env["PYTHONPATH"] = os.pathsep.join([*pythonpath, *([old] if old else [])])
