@@ -142,3 +142,30 @@ def test_secagg_aborts_cleanly_below_the_threshold(tmp_path, secagg) -> None:
     saved = json.loads(result.read_text())
     assert saved["status"] == "aborted" and "below the threshold" in saved["abort_reason"]
     assert len(saved["rounds"]) == 1  # round 0 completed; its model is kept
+
+
+# ------------------------------------------------------------------ DP and compression
+@pytest.mark.parametrize("wrapper", ["central-dp", "local-dp"])
+def test_dp_wrappers_run_as_in_the_simulation(wrapper) -> None:
+    pytest.importorskip("securefed.dp")
+    cfg = app_run_config({"num-rounds": 2, "seed": 1, "wrappers": wrapper, "dp-clip-norm": 1.0,
+                          "dp-noise-multiplier": 0.5, "dp-secure": False, **FAST})
+    summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+    sim = simulate(cfg)
+    np.testing.assert_array_equal(summary["final_params"], sim.final_params)
+    assert summary["rounds"][-1]["epsilon"] == pytest.approx(sim.history[-1].extra["epsilon"])
+    # secure mode: noise from the OS, so the seed no longer determines (or reveals) it
+    secure = {**cfg, "dp-secure": True}
+    other = run_server(InProcessGrid(client_app, NODES, secure), secure, log=quiet)
+    assert np.max(np.abs(np.asarray(other["final_params"]) - sim.final_params)) > 1e-3
+
+
+def test_compressed_updates_travel_as_in_the_simulation() -> None:
+    pytest.importorskip("securefed.compression")
+    pytest.importorskip("securefed.federated.fedmedheter")
+    cfg = app_run_config({"strategy": "fedmedheter", "compression": "quant8", "num-rounds": 2,
+                          "seed": 6, **FAST})
+    summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+    sim = simulate(cfg)
+    np.testing.assert_array_equal(summary["final_params"], sim.final_params)
+    assert [r["bytes_up"] for r in summary["rounds"]] == [h.bytes_up for h in sim.history]
