@@ -128,13 +128,13 @@ def _killer(plan: dict[int, str]):
 
 @full_only
 def test_killed_supernodes_survivors_then_abort(cluster, tmp_path) -> None:
-    """Round 0: node 2 dies after sharing its keys; 2 >= t = 2 remain, so the round completes
-    with the survivors' sum.  Round 1: node 1 dies too; 1 < t, so the run aborts cleanly.
-    (Runs last: it kills nodes of the shared cluster.)"""
+    """Round 0: node 2 dies after sharing its keys, when the masked-input message reaches it;
+    2 >= t = 2 remain, so the round completes with the survivors' sum.  Round 1: node 1 dies
+    the same way; 1 < t, so the run aborts cleanly.  (Runs last: it kills shared nodes.)"""
     pytest.importorskip("securefed.secagg")
     config = {"channel": "secagg", "num-rounds": 2, "seed": 2, "secagg-threshold": 2,
               "straggler-timeout": 20.0}
-    on_poll, killed = _killer({2: "0.masked_input", 1: "1.share_keys"})
+    on_poll, killed = _killer({2: "0.masked_input", 1: "1.masked_input"})
     outcome, summary = run(cluster, tmp_path, config, on_poll=on_poll, timeout=900)
     assert killed == {1, 2}
     assert outcome.status == "finished:failed", outcome.status

@@ -25,7 +25,7 @@ import numpy as np
 from securefed.errors import ConfigurationError, MessageRejected
 from securefed.federated.types import ClientArrays, LocalConfig
 from securefed.federated.wire import pack
-from securefed.flower.nodedata import load_node_data
+from securefed.flower.nodedata import load_node_data, node_client_id
 from securefed.flower.settings import (
     build_model,
     build_strategy,
@@ -144,8 +144,8 @@ def _build_app() -> Any:
         from securefed.flower.secagg_stages import client_stage
 
         fields, _ = read_content(msg.content)
-        reply = client_stage(dict(context.run_config), lambda: load_node_data(context.node_config),
-                             fields, context.state)
+        reply = client_stage(dict(context.run_config), node_client_id(context.node_config),
+                             lambda: load_node_data(context.node_config), fields, context.state)
         return Message(make_content(reply), reply_to=msg)
 
     return client_app

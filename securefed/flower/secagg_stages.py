@@ -3,25 +3,30 @@
 The protocol is :mod:`securefed.secagg.protocol` (Bonawitz et al., CCS 2017, double
 masking with Shamir-shared keys), whose client and server state machines exchange typed
 messages serialised to bytes.  Here those bytes travel between the ServerApp and the
-ClientApps instead of inside one process:
+ClientApps instead of inside one process.
 
-========  ==========================  =====================================================
-trip      server sends                 node does, and replies
-========  ==========================  =====================================================
-1         model, config, session,     trains locally, encodes ``[weight * update, weight]``
-          encoder, threshold           in fixed point (kept on the node), draws its key pairs;
-                                       replies its two public keys (``advertise_keys``)
-2         its key directory            Shamir-shares its keys, encrypted to each neighbour
-                                       (``share_keys``)
-3         its share ciphertexts        replies its double-masked input (``masked_input``)
-4         unmask request               reveals the shares the server may see (``unmask``)
-========  ==========================  =====================================================
+A Flower ClientApp is a fresh process per message, so round trips dominate the time.  Two
+things keep them few.  Local training is done in the ``masked_input`` stage, the first
+that needs the model.  And consecutive rounds overlap: round r+1's keys are advertised
+with round r's masked input, and shared with round r's unmask request.  Each round still
+runs the four stages in order, with its own fresh keys and session:
 
-Local training is folded into the first trip, so a secure round costs four round trips
-(a Flower ClientApp is a fresh process per message, so trips dominate the time).  The
-server state machine runs in the ServerApp, the client state machine at each node; between
-trips the node's state (private keys, shares it holds, its encoded input) is saved in the
-node's ``context.state``, in the SuperNode's memory on the hospital machine.
+====  ===========================================  ==========================================
+trip  server sends                                 node replies
+====  ===========================================  ==========================================
+1     hello, session of round 0                    client id, features, public keys (round 0)
+2     key directory (round 0)                      encrypted key shares (round 0)
+3     share ciphertexts + model + config (round    masked input of its weighted update
+      r), session of round r+1                     (round r), public keys (round r+1)
+4     unmask request (round r), key directory      revealed shares (round r), encrypted key
+      (round r+1)                                  shares (round r+1)
+====  ===========================================  ==========================================
+
+Trips 3 and 4 repeat for every round: ``2 R + 2`` trips for ``R`` rounds (instead of
+``4 R + 1``).  The server state machines run in the ServerApp, the client state machines at
+the nodes; between trips a node's protocol state (private keys, the shares it holds) is
+saved in its ``context.state``, in the SuperNode's memory on the hospital machine.  The
+node's plain encoded update exists only while it computes its masked input.
 
 The channel's parameters (``clip_range``, ``max_weight``, ``bits``, ``scale``, threshold)
 come from the run config through :func:`build_secagg_channel`, and the fixed-point scale
@@ -52,15 +57,13 @@ from securefed.flower.transport import exchange, load_blob, save_blob
 
 __all__ = [
     "build_secagg_channel",
-    "secagg_round",
+    "run_secagg",
     "client_stage",
     "client_to_bytes",
     "client_from_bytes",
 ]
 
-_CLIENT_KEY = "securefed-secagg-client"
-_INPUT_KEY = "securefed-secagg-input"
-_STAGE_ORDER = ("advertise_keys", "share_keys", "masked_input", "unmask")
+_CLIENT_KEY = "securefed-secagg-client-{}"
 
 
 def build_secagg_channel(run_config: Mapping[str, Any]) -> Any:
@@ -152,140 +155,266 @@ def _encoder(fields: Mapping[str, Any]) -> Any:
                              scale=float(fields["scale"]), bits=int(fields["bits"]))
 
 
-def client_stage(run_config: dict[str, Any], client_data_loader: Any, fields: dict[str, Any],
-                 state: Any) -> dict[str, Any]:
-    """Answer one secure-aggregation message at a node; returns the reply's fields.
+def _load_client(state: Any, round_index: int, stage: str) -> Any:
+    blob = load_blob(state, _CLIENT_KEY.format(round_index))
+    if blob is None:
+        raise MessageRejected(f"{stage} message for round {round_index}, but this node holds no "
+                              "protocol state for that round (it never advertised keys for it)")
+    return client_from_bytes(blob)
 
-    ``client_data_loader()`` returns the node's :class:`ClientArrays`; it is called only in
-    the first stage (training), so later stages neither read the data nor import torch.
+
+def _save_client(state: Any, client: Any) -> None:
+    save_blob(state, _CLIENT_KEY.format(client.round_index), client_to_bytes(client))
+
+
+def _forget_client(state: Any, round_index: int) -> None:
+    key = _CLIENT_KEY.format(round_index)
+    if key in state.config_records:
+        del state[key]  # keys and shares of a finished round are no longer needed
+
+
+def client_stage(run_config: dict[str, Any], client_id: int, load_data: Any,
+                 fields: dict[str, Any], state: Any) -> dict[str, Any]:
+    """Answer one message of the secure-aggregation pipeline at a node.
+
+    A message holds up to two parts, for two consecutive rounds (see the module
+    docstring): ``unmask`` (round r) with ``share`` (round r+1), or ``masked`` (round r,
+    with the model: the node trains now) with ``advertise`` (round r+1); the first message
+    of a run also holds ``hello``.  ``load_data()`` returns the node's data; it is called
+    only when the node trains or says hello.  Any failure fails the whole message, so the
+    server drops the node from both rounds at once.
     """
     from securefed.secagg import SecAggClient
 
-    stage = str(fields.get("stage"))
-    if stage not in _STAGE_ORDER:
-        raise MessageRejected(f"unknown secure-aggregation stage {stage!r}; expected one of {_STAGE_ORDER}")
-    r = int(fields["round"])
-    if stage == "advertise_keys":
-        from securefed.flower.clientapp import check_round, local_round
+    reply: dict[str, Any] = {"client": client_id}
+    if "hello" in fields:
+        data = load_data()
+        reply["num_features"] = int(data.X.shape[1])
+    if "unmask" in fields:
+        r = int(fields["unmask_round"])
+        sa = _load_client(state, r, "unmask")
+        reply["unmask"] = sa.unmask(fields["unmask"])
+        _forget_client(state, r)
+    if "masked" in fields:
+        from securefed.flower.clientapp import local_round
 
-        check_round(fields, state, kind="secagg")
-        client = client_data_loader()
-        vector, weight, _payload, stats = local_round(run_config, client, fields, state)
+        r = int(fields["round"])
+        sa = _load_client(state, r, "masked_input")
+        vector, weight, _payload, stats = local_round(run_config, load_data(), fields, state)
         encoder = _encoder(fields)
-        # Stochastic rounding from a generator seeded by the OS: it is never derived from
-        # the (public) simulation seed, so the server cannot predict the rounding.
+        # Stochastic rounding from a generator seeded by the OS: never derived from the
+        # (public) simulation seed, so the server cannot predict the rounding.
         rounding = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
         ints, w = encoder.encode_signed(vector, weight, rng=rounding)
-        encoded = encoder.wrap(np.append(ints, w))
-        if encoded.shape != (int(fields["length"]),):
-            raise MessageRejected(f"encoded input has length {encoded.shape[0]}, the server "
-                                  f"expects {int(fields['length'])}")
-        sa = SecAggClient(client.client_id, session=fields["session"], round_index=r,
+        encoded = encoder.wrap(np.append(ints, w))  # the plain input: never stored, never sent
+        reply["masked"] = sa.masked_input(fields["masked"], encoded)
+        reply["clipped"] = int(np.count_nonzero(np.abs(vector) > encoder.clip_range))
+        reply.update(stats)
+        _save_client(state, sa)
+    if "advertise" in fields:
+        from securefed.flower.clientapp import check_round
+
+        r = int(fields["advertise_round"])
+        check_round({"round": r}, state, kind="secagg")
+        sa = SecAggClient(client_id, session=fields["advertise"], round_index=r,
                           bits=int(fields["bits"]), length=int(fields["length"]))
-        msg = sa.advertise_keys()
-        save_blob(state, _INPUT_KEY, pack({"round": r, "x": encoded}))
-        save_blob(state, _CLIENT_KEY, client_to_bytes(sa))
-        clipped = int(np.count_nonzero(np.abs(vector) > encoder.clip_range))
-        return {"stage": stage, "round": r, "client": client.client_id, "msg": msg,
-                "clipped": clipped, **stats}
-    blob = load_blob(state, _CLIENT_KEY)
-    if blob is None:
-        raise MessageRejected(f"stage {stage!r} of round {r} arrived before advertise_keys")
-    sa = client_from_bytes(blob)
-    if sa.round_index != r:
-        raise MessageRejected(f"stage {stage!r} for round {r}, this node is in round {sa.round_index}")
-    if stage == "share_keys":
-        msg = sa.share_keys(fields["msg"])
-    elif stage == "masked_input":
-        saved = unpack(load_blob(state, _INPUT_KEY) or pack({"round": -1}))
-        if int(saved["round"]) != r:
-            raise MessageRejected(f"no encoded input for round {r} on this node")
-        msg = sa.masked_input(fields["msg"], saved["x"])
-        save_blob(state, _INPUT_KEY, pack({"round": -1}))  # the plain input is no longer needed
-    else:
-        msg = sa.unmask(fields["msg"])
-    save_blob(state, _CLIENT_KEY, client_to_bytes(sa))
-    return {"stage": stage, "round": r, "client": sa.client_id, "msg": msg}
+        reply["advertise"] = sa.advertise_keys()
+        _save_client(state, sa)
+    if "share" in fields:
+        r = int(fields["share_round"])
+        sa = _load_client(state, r, "share_keys")
+        reply["share"] = sa.share_keys(fields["share"])
+        _save_client(state, sa)
+    return reply
 
 
 # ---------------------------------------------------------------------------- server side
-def secagg_round(plan: Any) -> ChannelResult:
-    """One secure round with the SuperNodes of ``plan.selected``; see the module docstring."""
-    from securefed.secagg import SecAggServer
-    from securefed.secagg.crypto import new_session_id
+class _Round:
+    """The server's side of one secure round while it is in flight."""
 
-    channel = build_secagg_channel(plan.run_config)
-    ids = list(plan.selected)
-    dim = int(plan.params.shape[0])
-    encoder = channel.encoder_for(len(ids))
-    graph, degree, t = channel.graph_for(ids)
-    session = new_session_id()
-    server = SecAggServer(ids, round_index=plan.round_index, threshold=t, bits=channel.bits,
-                          length=dim + 1, graph=graph, session=session)
-    by_node = {node: cid for cid, node in plan.nodes.items()}
-    bytes_up = dict.fromkeys(ids, 0)
-    bytes_down = dict.fromkeys(ids, 0)
-    timings: dict[str, float] = {}
-    clipped = 0
+    def __init__(self, run: Any, round_index: int, selected: tuple[int, ...]) -> None:
+        from securefed.secagg import SecAggServer
+        from securefed.secagg.crypto import new_session_id
 
-    def trip(stage: str, outgoing: Mapping[int, Mapping[str, Any]]) -> None:
-        nonlocal clipped
-        t0 = time.perf_counter()
-        msgs = {plan.nodes[cid]: {"stage": stage, "round": plan.round_index, **fields}
-                for cid, fields in outgoing.items()}
-        replies, sent = exchange(plan.grid, msgs, message_type="train.secagg",
-                                 group_id=f"{plan.round_index}.{stage}",
-                                 timeout=plan.settings.round_timeout,
-                                 straggler_timeout=plan.settings.straggler_timeout)
-        for node_id, n in sent.items():
-            bytes_down[by_node[node_id]] += n
-        for node_id, reply in sorted(replies.items()):
-            cid = by_node[node_id]
-            if not reply.ok:
-                plan.failures[cid] = f"{stage}: {reply.error}"
+        channel = build_secagg_channel(run.run_config)
+        self.index = round_index
+        self.selected = selected
+        self.dim = int(run.params.shape[0])
+        self.encoder = channel.encoder_for(len(selected))
+        self.graph, self.degree, self.threshold = channel.graph_for(list(selected))
+        self.session = new_session_id()
+        self.server = SecAggServer(list(selected), round_index=round_index,
+                                   threshold=self.threshold, bits=channel.bits,
+                                   length=self.dim + 1, graph=self.graph, session=self.session)
+        self.bytes_up = dict.fromkeys(selected, 0)
+        self.bytes_down = dict.fromkeys(selected, 0)
+        self.failures: dict[int, str] = {}
+        self.train_losses: list[float] = []
+        self.clipped = 0
+        self.t0 = time.perf_counter()
+        self.plan: Any = None  # the RoundPlan, made when the round trains
+
+    def advertise_fields(self) -> dict[str, Any]:
+        return {"advertise": self.session, "advertise_round": self.index,
+                "bits": self.encoder.bits, "length": self.dim + 1}
+
+    def feed(self, stage: str, cid: int, blob: bytes) -> None:
+        try:
+            self.server.receive(cid, blob)
+        except (MessageRejected, InvalidDataError) as exc:
+            self.failures.setdefault(cid, f"{stage}: rejected: {exc}")
+            return
+        self.bytes_up[cid] += len(blob)
+
+    def result(self) -> ChannelResult:
+        total = self.server.finish()
+        decoded = self.encoder.decode(total)
+        weighted_sum, weight_sum = decoded[: self.dim], float(decoded[self.dim])
+        if not weight_sum > 0:
+            raise ProtocolAbort(f"round {self.index}: the aggregated weight is {weight_sum}, "
+                                "expected > 0")
+        u2, u3 = self.server.u2, self.server.u3
+        return ChannelResult(
+            weighted_sum=weighted_sum, weight_sum=weight_sum, contributors=u3,
+            bytes_up=self.bytes_up, bytes_down=self.bytes_down, received=(), timings={},
+            revealed={"weighted_sum": weighted_sum, "weight_sum": weight_sum, "survivors": u3,
+                      "dropped_after_sharing": tuple(sorted(set(u2) - set(u3))),
+                      "threshold": self.threshold, "degree": self.degree,
+                      "scale": self.encoder.scale, "bits": self.encoder.bits},
+        )
+
+
+def run_secagg(run: Any, node_ids: list[int]) -> None:
+    """All rounds of secure aggregation, pipelined two rounds at a time.
+
+    Trips (one Flower message out and one reply back per node): ``hello + advertise(0)``,
+    ``share(0)``, then for each round r ``masked(r) [+ advertise(r+1)]`` and ``unmask(r)
+    [+ share(r+1)]``: ``2 R + 2`` trips for ``R`` rounds instead of ``4 R + 1``.  Each
+    round still runs the four stages of the protocol in order with its own fresh keys and
+    session; the next round's keys are only exchanged earlier.  ``before_round`` /
+    ``configure`` of round r+1 still come after ``server_update`` of round r.
+    """
+    settings = run.settings
+    rounds: dict[int, _Round] = {}
+
+    def trip(parts: Mapping[int, Mapping[str, Any]], label: str, *,
+             nodes: Mapping[int, int] | None = None, enough: Any = None) -> dict[int, Any]:
+        """Send ``parts[key]`` to ``nodes[key]`` (client ids by default); replies by key."""
+        targets = run.nodes if nodes is None else nodes
+        msgs = {targets[k]: dict(v) for k, v in parts.items()}
+        replies, _ = exchange(run.grid, msgs, message_type="train.secagg", group_id=label,
+                              timeout=settings.round_timeout,
+                              straggler_timeout=None if enough else settings.straggler_timeout,
+                              enough=enough)
+        back = {node: key for key, node in targets.items()}
+        for key, fields in parts.items():  # bytes each part put on the wire, per round
+            for rnd, stage in _parts_rounds(fields):
+                if rnd in rounds and key in rounds[rnd].bytes_down:
+                    rounds[rnd].bytes_down[key] += len(fields[stage])
+        return {back[node]: reply for node, reply in replies.items()}
+
+    def fail_missing(rnd: _Round, stage: str, replies: Mapping[int, Any], cids: Any) -> None:
+        for cid in cids:
+            reply = replies.get(cid)
+            if reply is None or not reply.ok:
+                rnd.failures.setdefault(cid, f"{stage}: {getattr(reply, 'error', 'no reply')}")
+
+    # Trip 1: hello + advertise(0), to every connected node (ids are learnt from the replies).
+    first = _Round(run, 0, run.sample())
+    rounds[0] = first
+    hello = {n: {"hello": 1, **first.advertise_fields()} for n in node_ids}
+    replies = trip(hello, "0.advertise_keys", nodes={n: n for n in node_ids}, enough=run.wanted())
+    run.connect(node_ids, replies)
+    for cid in first.selected:
+        first.bytes_down[cid] += len(first.session)
+    by_node = {node: cid for cid, node in run.nodes.items()}
+    replies = {by_node[n]: rep for n, rep in replies.items() if n in by_node}
+    fail_missing(first, "advertise_keys", replies, first.selected)
+    for cid in first.selected:
+        if cid in replies and replies[cid].ok:
+            first.feed("advertise_keys", cid, replies[cid].fields["advertise"])
+    directories = first.server.close_advertise_keys()
+    # Trip 2: share(0)
+    replies = trip({cid: {"share": blob, "share_round": 0} for cid, blob in directories.items()},
+                   "0.share_keys")
+    fail_missing(first, "share_keys", replies, directories)
+    for cid, rep in replies.items():
+        if rep.ok:
+            first.feed("share_keys", cid, rep.fields["share"])
+    deliveries = first.server.close_share_keys()
+
+    r = 0
+    while True:
+        cur = rounds[r]
+        cur.plan = run.plan(r, cur.selected)
+        nxt = _Round(run, r + 1, run.sample()) if r + 1 < settings.num_rounds else None
+        if nxt is not None:
+            rounds[r + 1] = nxt
+        # Trip: masked(r) with the model (nodes train now) [+ advertise(r+1)]
+        train = {**cur.plan.train_fields(), "clip_range": cur.encoder.clip_range,
+                 "max_weight": cur.encoder.max_weight, "scale": cur.encoder.scale,
+                 "bits": cur.encoder.bits}
+        parts: dict[int, dict[str, Any]] = {cid: {**train, "masked": blob}
+                                            for cid, blob in deliveries.items()}
+        if nxt is not None:
+            for cid in nxt.selected:
+                parts.setdefault(cid, {}).update(nxt.advertise_fields())
+        replies = trip(parts, f"{r}.masked_input")
+        fail_missing(cur, "masked_input", replies, deliveries)
+        for cid, rep in replies.items():
+            if not rep.ok:
                 continue
-            got = reply.fields or {}
-            if got.get("stage") != stage or int(got.get("client", -1)) != cid \
-                    or int(got.get("round", -1)) != plan.round_index:
-                plan.failures[cid] = (f"{stage}: reply for stage {got.get('stage')!r} round "
-                                      f"{got.get('round')} from client {got.get('client')}")
-                continue
+            if "masked" in rep.fields:
+                cur.feed("masked_input", cid, rep.fields["masked"])
+                cur.train_losses.append(float(rep.fields["train_loss"]))
+                cur.clipped += int(rep.fields.get("clipped", 0))
+        requests = cur.server.close_masked_input()
+        pending: Exception | None = None
+        directories = {}
+        if nxt is not None:
+            fail_missing(nxt, "advertise_keys", replies, nxt.selected)
+            for cid in nxt.selected:
+                rep = replies.get(cid)
+                if rep is not None and rep.ok and "advertise" in rep.fields:
+                    nxt.feed("advertise_keys", cid, rep.fields["advertise"])
             try:
-                server.receive(cid, got["msg"])
-            except (MessageRejected, InvalidDataError) as exc:
-                plan.failures[cid] = f"{stage}: rejected: {exc}"
-                continue
-            bytes_up[cid] += len(got["msg"])
-            if stage == "advertise_keys":
-                plan.train_losses.append(float(got["train_loss"]))
-                clipped += int(got.get("clipped", 0))
-        timings[f"trip.{stage}"] = time.perf_counter() - t0
+                directories = nxt.server.close_advertise_keys()
+            except ProtocolAbort as exc:  # round r+1 cannot start; finish round r first
+                pending = exc
+        # Trip: unmask(r) [+ share(r+1)]
+        parts = {cid: {"unmask": blob, "unmask_round": r} for cid, blob in requests.items()}
+        for cid, blob in directories.items():
+            parts.setdefault(cid, {}).update({"share": blob, "share_round": r + 1})
+        replies = trip(parts, f"{r}.unmask")
+        fail_missing(cur, "unmask", replies, requests)
+        for cid, rep in replies.items():
+            if rep.ok and "unmask" in rep.fields:
+                cur.feed("unmask", cid, rep.fields["unmask"])
+        result = cur.result()
+        cur.plan.failures.update(cur.failures)
+        cur.plan.train_losses.extend(cur.train_losses)
+        if cur.clipped:
+            run.log(f"securefed: round {r}: {cur.clipped} coordinates clipped to "
+                    f"+-{cur.encoder.clip_range}; raise secagg-clip-range if this is frequent")
+        run.finish_round(cur.plan, result, time.perf_counter() - cur.t0)
+        del rounds[r]
+        if nxt is None:
+            return
+        if pending is not None:
+            raise pending
+        fail_missing(nxt, "share_keys", replies, directories)
+        for cid, rep in replies.items():
+            if rep.ok and "share" in rep.fields:
+                nxt.feed("share_keys", cid, rep.fields["share"])
+        deliveries = nxt.server.close_share_keys()
+        r += 1
 
-    first = {**plan.train_fields(), "session": session, "clip_range": encoder.clip_range,
-             "max_weight": encoder.max_weight, "scale": encoder.scale, "bits": encoder.bits,
-             "length": dim + 1}
-    trip("advertise_keys", dict.fromkeys(ids, first))
-    directories = server.close_advertise_keys()
-    trip("share_keys", {cid: {"msg": blob} for cid, blob in directories.items()})
-    deliveries = server.close_share_keys()
-    trip("masked_input", {cid: {"msg": blob} for cid, blob in deliveries.items()})
-    requests = server.close_masked_input()
-    trip("unmask", {cid: {"msg": blob} for cid, blob in requests.items()})
-    total = server.finish()
-    decoded = encoder.decode(total)
-    weighted_sum, weight_sum = decoded[:dim], float(decoded[dim])
-    if not weight_sum > 0:
-        raise ProtocolAbort(f"round {plan.round_index}: the aggregated weight is {weight_sum}, "
-                            "expected > 0")
-    if clipped:
-        plan.log(f"securefed: round {plan.round_index}: {clipped} coordinates clipped to "
-                 f"+-{encoder.clip_range}; raise secagg-clip-range if this is frequent")
-    return ChannelResult(
-        weighted_sum=weighted_sum, weight_sum=weight_sum, contributors=server.u3,
-        bytes_up=bytes_up, bytes_down=bytes_down, received=(), timings=timings,
-        revealed={"weighted_sum": weighted_sum, "weight_sum": weight_sum,
-                  "survivors": server.u3,
-                  "dropped_after_sharing": tuple(sorted(set(server.u2) - set(server.u3))),
-                  "threshold": t, "degree": degree, "scale": encoder.scale,
-                  "bits": encoder.bits},
-    )
+
+def _parts_rounds(fields: Mapping[str, Any]) -> list[tuple[int, str]]:
+    """``(round, field)`` of each protocol part in one node message."""
+    out = []
+    for stage, key in (("unmask", "unmask_round"), ("share", "share_round"),
+                       ("masked", "round"), ("advertise", "advertise_round")):
+        if stage in fields:
+            out.append((int(fields[key]), stage))
+    return out

@@ -36,7 +36,7 @@ from securefed.flower.settings import DeploymentSettings, build_model, build_str
 from securefed.flower.transport import exchange
 from securefed.models import get_flat_params, set_flat_params
 
-__all__ = ["app", "run_server", "RoundPlan", "CHANNEL_DRIVERS"]
+__all__ = ["app", "run_server", "run_plain", "plain_round", "RoundPlan", "ServerRun"]
 
 
 class RoundPlan:
@@ -112,18 +112,6 @@ def plain_round(plan: RoundPlan) -> ChannelResult:
     )
 
 
-def _secagg_round(plan: RoundPlan) -> ChannelResult:
-    from securefed.flower.secagg_stages import secagg_round
-
-    return secagg_round(plan)
-
-
-#: Channel name -> function running one round of it between ServerApp and ClientApps.
-CHANNEL_DRIVERS: dict[str, Callable[[RoundPlan], ChannelResult]] = {
-    "plain": plain_round, "secagg": _secagg_round,
-}
-
-
 def _wait_for_nodes(grid: Any, count: int, timeout: float) -> list[int]:
     deadline = time.monotonic() + timeout
     while True:
@@ -134,35 +122,6 @@ def _wait_for_nodes(grid: Any, count: int, timeout: float) -> list[int]:
             raise ProtocolAbort(f"only {len(nodes)} SuperNodes connected after {timeout:.0f} s, "
                                 f"expected {count}")
         time.sleep(0.5)
-
-
-def _discover(grid: Any, node_ids: list[int], settings: DeploymentSettings,
-              n_features: int) -> dict[int, int]:
-    """Ask every node which client it is; return ``{client id: node id}`` for 0..n-1."""
-    wanted = set(range(settings.num_clients))
-
-    def _enough(replies: Mapping[int, Any]) -> bool:
-        # a crashed node may still be listed for a while: stop once every client answered
-        return wanted <= {int(r.fields["client"]) for r in replies.values() if r.ok}
-
-    replies, _ = exchange(grid, {n: {"hello": 1} for n in node_ids}, message_type="query.hello",
-                          group_id="hello", timeout=settings.round_timeout, enough=_enough)
-    mapping: dict[int, int] = {}
-    for node_id, reply in sorted(replies.items()):
-        if not reply.ok:
-            continue
-        cid = int((reply.fields or {})["client"])
-        if cid in mapping:
-            raise ConfigurationError(f"two SuperNodes claim client id {cid}; each needs its own")
-        nf = int((reply.fields or {})["num_features"])
-        if nf != n_features:
-            raise ConfigurationError(f"client {cid} has {nf} features, the model expects {n_features}")
-        mapping[cid] = node_id
-    missing = sorted(set(range(settings.num_clients)) - set(mapping))
-    if missing:
-        raise ProtocolAbort(f"no SuperNode answered for client ids {missing}; "
-                            f"connected clients: {sorted(mapping)}")
-    return {cid: mapping[cid] for cid in range(settings.num_clients)}
 
 
 def _test_data(settings: DeploymentSettings) -> tuple[np.ndarray, np.ndarray] | None:
@@ -184,76 +143,146 @@ def _write_json(path: str, data: Mapping[str, Any]) -> None:
     os.replace(tmp, target)  # atomic: a watcher never reads half a file
 
 
+class ServerRun:
+    """The state of one deployed run on the server: model, strategy, generator, summary.
+
+    Channel drivers call :meth:`finish_round` with each round's :class:`ChannelResult`;
+    it applies the strategy's server phases and records the round, exactly as the engine.
+    """
+
+    def __init__(self, grid: Any, run_config: Mapping[str, Any],
+                 log: Callable[[str], None]) -> None:
+        self.grid = grid
+        self.run_config = dict(run_config)
+        self.log = log
+        self.settings = DeploymentSettings.from_run_config(run_config)
+        self.strategy = build_strategy(run_config)
+        self.spec = build_model(run_config)
+        init_seed, self.rng, _ = seed_streams(self.settings.seed, self.settings.num_clients)
+        self.net = self.spec.build(seed=init_seed)
+        self.params = get_flat_params(self.net)
+        self.test = _test_data(self.settings)
+        self.clients_per_round = self.run_config.get("clients-per-round", 0) or None
+        self.nodes: dict[int, int] = {}  # client id -> node id
+        self.summary: dict[str, Any] = {
+            "status": "running", "strategy": self.strategy.describe(),
+            "channel": self.settings.channel, "seed": self.settings.seed,
+            "num_clients": self.settings.num_clients, "rounds": [],
+            "final_params": [float(x) for x in self.params],
+        }
+
+    def sample(self) -> tuple[int, ...]:
+        """The clients of the next round, drawn as the engine draws them."""
+        return _sample_clients(self.settings.num_clients, self.clients_per_round, self.rng)
+
+    def plan(self, round_index: int, selected: tuple[int, ...]) -> RoundPlan:
+        """Start round ``round_index``: the strategy's ``before_round`` and ``configure``."""
+        self.strategy.before_round(round_index)
+        config = self.strategy.configure(round_index)
+        return RoundPlan(grid=self.grid, round_index=round_index, params=self.params,
+                         config=config, selected=selected, nodes=self.nodes,
+                         settings=self.settings, strategy=self.strategy, rng=self.rng,
+                         log=self.log, run_config=self.run_config)
+
+    def finish_round(self, plan: RoundPlan, result: ChannelResult, seconds: float) -> None:
+        """``server_aggregate`` -> ``server_update``, then evaluate and record the round."""
+        r = plan.round_index
+        mean_update = self.strategy.server_aggregate(result, rng=self.rng)
+        self.params = self.strategy.server_update(self.params, mean_update, round_index=r)
+        record: dict[str, Any] = {
+            "round": r, "selected": list(plan.selected), "contributors": list(result.contributors),
+            "failures": {str(k): v for k, v in sorted(plan.failures.items())},
+            "train_loss": float(np.mean(plan.train_losses)) if plan.train_losses else None,
+            "bytes_up": int(sum(result.bytes_up.values())),
+            "bytes_down": int(sum(result.bytes_down.values())),
+            "seconds": seconds,
+            **{k: float(v) for k, v in self.strategy.round_metrics(r).items()},
+        }
+        if result.revealed:  # what the secure channel revealed besides the sum
+            record["revealed"] = {
+                k: (list(v) if isinstance(v, tuple) else v) for k, v in result.revealed.items()
+                if k != "weighted_sum"
+            }
+        if self.test is not None:
+            set_flat_params(self.net, self.params)
+            loss, acc, auc = evaluate(self.net, self.test[0], self.test[1])
+            record.update(test_loss=loss, test_accuracy=acc, test_auc=auc)
+        self.summary["rounds"].append(record)
+        self.summary["final_params"] = [float(x) for x in self.params]
+        self.log(f"securefed: round {r + 1}/{self.settings.num_rounds} done in {seconds:.1f} s; "
+                 f"contributors {list(result.contributors)}"
+                 + (f"; failed {record['failures']}" if plan.failures else "")
+                 + (f"; test accuracy {record['test_accuracy']:.3f}" if self.test is not None else ""))
+
+    def connect(self, node_ids: list[int], replies: Mapping[int, Any]) -> None:
+        """Map client ids to node ids from the nodes' hello replies (checks the contract)."""
+        mapping: dict[int, int] = {}
+        for node_id, reply in sorted(replies.items()):
+            if node_id not in node_ids or not reply.ok or "num_features" not in (reply.fields or {}):
+                continue
+            cid = int(reply.fields["client"])
+            if cid in mapping:
+                raise ConfigurationError(f"two SuperNodes claim client id {cid}; each needs its own")
+            nf = int(reply.fields["num_features"])
+            if nf != self.spec.n_features:
+                raise ConfigurationError(
+                    f"client {cid} has {nf} features, the model expects {self.spec.n_features}")
+            mapping[cid] = node_id
+        missing = sorted(set(range(self.settings.num_clients)) - set(mapping))
+        if missing:
+            raise ProtocolAbort(f"no SuperNode answered for client ids {missing}; "
+                                f"connected clients: {sorted(mapping)}")
+        self.nodes.update({cid: mapping[cid] for cid in range(self.settings.num_clients)})
+        self.log(f"securefed: {len(self.nodes)} hospitals connected: "
+                 + ", ".join(f"client {c} = node {n}" for c, n in self.nodes.items()))
+
+    def wanted(self) -> Callable[[Mapping[int, Any]], bool]:
+        """A stop rule for the hello exchange: every client id has answered."""
+        want = set(range(self.settings.num_clients))
+
+        def enough(replies: Mapping[int, Any]) -> bool:
+            return want <= {int(r.fields["client"]) for r in replies.values()
+                            if r.ok and "client" in (r.fields or {})}
+
+        return enough
+
+
+def run_plain(run: ServerRun, node_ids: list[int]) -> None:
+    """Plain channel: a hello round trip, then one round trip per round."""
+    replies, _ = exchange(run.grid, {n: {"hello": 1} for n in node_ids},
+                          message_type="query.hello", group_id="hello",
+                          timeout=run.settings.round_timeout, enough=run.wanted())
+    run.connect(node_ids, replies)
+    for r in range(run.settings.num_rounds):
+        t0 = time.perf_counter()
+        plan = run.plan(r, run.sample())
+        result = plain_round(plan)
+        run.finish_round(plan, result, time.perf_counter() - t0)
+
+
 def run_server(grid: Any, run_config: Mapping[str, Any],
                log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every round and return the JSON-ready summary (also written to ``result-path``)."""
-    settings = DeploymentSettings.from_run_config(run_config)
-    strategy = build_strategy(run_config)
-    spec = build_model(run_config)
-    if settings.channel not in CHANNEL_DRIVERS:
-        raise ConfigurationError(f"channel {settings.channel!r} is not available here; "
-                                 f"valid: {sorted(CHANNEL_DRIVERS)}")
-    driver = CHANNEL_DRIVERS[settings.channel]
-    init_seed, server_rng, _ = seed_streams(settings.seed, settings.num_clients)
-    net = spec.build(seed=init_seed)
-    params = get_flat_params(net)
-    test = _test_data(settings)
-    summary: dict[str, Any] = {
-        "status": "running", "strategy": strategy.describe(), "channel": settings.channel,
-        "seed": settings.seed, "num_clients": settings.num_clients, "rounds": [],
-        "final_params": [float(x) for x in params],
-    }
-    clients_per_round = run_config.get("clients-per-round", 0) or None
+    run = ServerRun(grid, run_config, log)
+    settings = run.settings
     try:
         node_ids = _wait_for_nodes(grid, settings.num_clients, settings.node_wait_timeout)
-        nodes = _discover(grid, node_ids, settings, spec.n_features)
-        log(f"securefed: {len(nodes)} hospitals connected: "
-            + ", ".join(f"client {c} = node {n}" for c, n in nodes.items()))
-        for r in range(settings.num_rounds):
-            t0 = time.perf_counter()
-            strategy.before_round(r)
-            config = strategy.configure(r)
-            selected = _sample_clients(settings.num_clients, clients_per_round, server_rng)
-            plan = RoundPlan(grid=grid, round_index=r, params=params, config=config,
-                             selected=selected, nodes=nodes, settings=settings, strategy=strategy,
-                             rng=server_rng, log=log, run_config=run_config)
-            result = driver(plan)
-            mean_update = strategy.server_aggregate(result, rng=server_rng)
-            params = strategy.server_update(params, mean_update, round_index=r)
-            record: dict[str, Any] = {
-                "round": r, "selected": list(selected), "contributors": list(result.contributors),
-                "failures": {str(k): v for k, v in sorted(plan.failures.items())},
-                "train_loss": float(np.mean(plan.train_losses)) if plan.train_losses else None,
-                "bytes_up": int(sum(result.bytes_up.values())),
-                "bytes_down": int(sum(result.bytes_down.values())),
-                "seconds": time.perf_counter() - t0,
-                **{k: float(v) for k, v in strategy.round_metrics(r).items()},
-            }
-            if result.revealed:  # what the secure channel revealed besides the sum
-                record["revealed"] = {
-                    k: (list(v) if isinstance(v, tuple) else v) for k, v in result.revealed.items()
-                    if k != "weighted_sum"
-                }
-            if test is not None:
-                set_flat_params(net, params)
-                loss, acc, auc = evaluate(net, test[0], test[1])
-                record.update(test_loss=loss, test_accuracy=acc, test_auc=auc)
-            summary["rounds"].append(record)
-            summary["final_params"] = [float(x) for x in params]
-            log(f"securefed: round {r + 1}/{settings.num_rounds} done in {record['seconds']:.1f} s; "
-                f"contributors {list(result.contributors)}"
-                + (f"; failed {record['failures']}" if plan.failures else "")
-                + (f"; test accuracy {record['test_accuracy']:.3f}" if test is not None else ""))
+        if settings.channel == "secagg":
+            from securefed.flower.secagg_stages import run_secagg
+
+            run_secagg(run, node_ids)
+        else:
+            run_plain(run, node_ids)
     except Exception as exc:
-        summary["status"] = "aborted"
-        summary["abort_reason"] = f"{type(exc).__name__}: {exc}"
+        run.summary["status"] = "aborted"
+        run.summary["abort_reason"] = f"{type(exc).__name__}: {exc}"
         if settings.result_path:
-            _write_json(settings.result_path, summary)
+            _write_json(settings.result_path, run.summary)
         raise
-    summary["status"] = "completed"
+    run.summary["status"] = "completed"
     if settings.result_path:
-        _write_json(settings.result_path, summary)
-    return summary
+        _write_json(settings.result_path, run.summary)
+    return run.summary
 
 
 def _build_app() -> Any:
