@@ -13,12 +13,14 @@ ALGORITHMS = ("fedavg", "fedprox", "centralized")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from securefed.data import pima_federation
+    from securefed.data import Heterogeneity, pima_federation
     from securefed.federated import FedAvg, FedProx, run_federated
     from securefed.federated.centralized import run_centralized
     from securefed.models import ModelSpec
 
-    data = pima_federation(seed=args.seed)
+    s = args.heterogeneity
+    het = Heterogeneity(quantity_skew=s, covariate_shift=s, label_convention=s, format_shift=s)
+    data = pima_federation(seed=args.seed, n_hospitals=args.hospitals, heterogeneity=het)
     spec = ModelSpec(args.model, n_features=data.num_features)
     common = dict(learning_rate=args.lr, local_epochs=args.local_epochs, batch_size=args.batch_size)
     if args.algorithm == "centralized":
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", choices=("logreg", "mlp"), default="logreg")
+    p.add_argument("--hospitals", type=int, default=3, help="number of hospitals (default 3)")
+    p.add_argument("--heterogeneity", type=float, default=0.5,
+                   help="strength in [0, 1] of every heterogeneity knob (0 = IID; default 0.5)")
     p.add_argument("--lr", type=float, default=0.1)
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=16)

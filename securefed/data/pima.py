@@ -1,4 +1,11 @@
-"""The Pima Indian diabetes records bundled with securefed (see resources/ATTRIBUTION.md)."""
+"""The Pima Indian diabetes records bundled with securefed (see resources/ATTRIBUTION.md),
+and their split into simulated hospitals with realistic heterogeneity.
+
+``Pima.tr`` (200 women, 68 diabetic) is the training pool that the hospitals share out;
+``Pima.te`` (332, 109 diabetic) is the held-out test set; ``Pima.tr2`` (300, 106 diabetic:
+``Pima.tr`` plus 100 women with missing blood pressure, skin fold or BMI) replaces the pool
+when ``missing=True``.
+"""
 
 from __future__ import annotations
 
@@ -7,17 +14,75 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
+from securefed.data.dataset import FederatedDataset, Hospital
+from securefed.data.formats import FORMAT_STYLES, export_table, simulated_format
+from securefed.data.heterogeneity import (
+    Heterogeneity,
+    LabelRule,
+    draw_sizes,
+    formatted_hospitals,
+    knob_streams,
+    relabel,
+    resolve_hospital,
+    tilted_partition,
+)
+from securefed.data.schema import ExportFormat, Feature, Schema
 from securefed.errors import ConfigurationError
-from securefed.federated.types import ClientArrays, FederatedArrays
+from securefed.federated.types import FederatedArrays
 
-__all__ = ["load_pima", "pima_federation", "PIMA_FEATURES"]
+__all__ = [
+    "load_pima",
+    "pima_hospitals",
+    "pima_federation",
+    "PIMA_FEATURES",
+    "PIMA_SCHEMA",
+    "PIMA_LABEL_RULE",
+    "PIMA_TILTS",
+]
 
 PIMA_FEATURES = ("npreg", "glu", "bp", "skin", "bmi", "ped", "age")
 _FILES = {"tr": "Pima.tr.csv", "te": "Pima.te.csv", "tr2": "Pima.tr2.csv"}
 
+#: The agreed schema of the Pima hospitals: the column names and units of the MASS data.
+PIMA_SCHEMA = Schema(
+    target="type",
+    positive="Yes",
+    negative="No",
+    features=(
+        Feature("npreg", unit="count", description="number of pregnancies"),
+        Feature("glu", unit="mg/dL", quantity="glucose",
+                description="plasma glucose 2 h into an oral glucose tolerance test"),
+        Feature("bp", unit="mmHg", description="diastolic blood pressure"),
+        Feature("skin", unit="mm", description="triceps skin fold thickness"),
+        Feature("bmi", unit="kg/m^2", description="body mass index"),
+        Feature("ped", unit="1", description="diabetes pedigree function"),
+        Feature("age", unit="years", description="age"),
+    ),
+    name="pima",
+)
+
+#: Default rule of the hospital with its own labelling convention: 2-hour OGTT glucose at or
+#: above 140 mg/dL (7.8 mmol/L), the WHO threshold of impaired glucose tolerance, where the
+#: WHO diagnosis of diabetes needs 200 mg/dL.
+PIMA_LABEL_RULE = LabelRule("glu", 140.0, "2-h OGTT glucose, WHO impaired-glucose-tolerance cut-off")
+
+#: (feature, direction, meaning) of hospital k's covariate shift, for k = 0, 1, 2, ... cyclically.
+PIMA_TILTS = (
+    ("age", +1, "older"),
+    ("bmi", +1, "heavier"),
+    ("npreg", +1, "more pregnancies"),
+    ("age", -1, "younger"),
+    ("bmi", -1, "lighter"),
+    ("npreg", -1, "fewer pregnancies"),
+)
+
 
 def load_pima(split: str = "tr") -> pd.DataFrame:
-    """One bundled split as a DataFrame: ``"tr"`` (200), ``"te"`` (332) or ``"tr2"`` (300, with NA)."""
+    """One bundled split as a DataFrame: ``"tr"`` (200), ``"te"`` (332) or ``"tr2"`` (300, with NA).
+
+    Columns as in MASS: ``npreg, glu, bp, skin, bmi, ped, age`` and ``type`` (``"Yes"``/``"No"``);
+    missing values are NaN.
+    """
     if split not in _FILES:
         raise ConfigurationError(f"unknown Pima split {split!r}; valid: {sorted(_FILES)}")
     with resources.files("securefed.data").joinpath("resources", _FILES[split]).open("r") as fh:
@@ -25,19 +90,101 @@ def load_pima(split: str = "tr") -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
-def pima_federation(*, seed: int = 0, n_hospitals: int = 3) -> FederatedArrays:
-    """Pima.tr split at random into ``n_hospitals`` hospitals; Pima.te as test (standardised)."""
-    tr, te = load_pima("tr"), load_pima("te")
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(tr))
-    X = tr[list(PIMA_FEATURES)].to_numpy(np.float64)
-    mu, sd = X.mean(0), X.std(0)
-    Xs = ((X - mu) / sd).astype(np.float32)
-    y = (tr["type"] == "Yes").to_numpy(np.float32)
-    Xte = ((te[list(PIMA_FEATURES)].to_numpy(np.float64) - mu) / sd).astype(np.float32)
-    yte = (te["type"] == "Yes").to_numpy(np.float32)
-    parts = np.array_split(order, n_hospitals)
-    clients = tuple(
-        ClientArrays(client_id=i, name=f"hospital-{i}", X=Xs[p], y=y[p]) for i, p in enumerate(parts)
+def _agreed(frame: pd.DataFrame) -> pd.DataFrame:
+    out = frame[list(PIMA_FEATURES)].astype(np.float64)
+    out["type"] = (frame["type"] == "Yes").astype(np.int64)
+    return out
+
+
+def pima_hospitals(
+    *,
+    n_hospitals: int = 3,
+    heterogeneity: Heterogeneity | None = None,
+    seed: int = 0,
+    missing: bool = False,
+) -> FederatedDataset:
+    """Pima.tr split into ``n_hospitals`` hospitals, each table in its hospital's own format.
+
+    ``heterogeneity=None`` means :meth:`Heterogeneity.default`; pass
+    :meth:`Heterogeneity.none` for an IID split in one format.  ``missing=True`` splits the
+    300 patients of Pima.tr2 (with NA) instead of the 200 of Pima.tr.  The knobs act in this
+    order, each from its own random stream: sizes (quantity skew), who goes where (covariate
+    shift along :data:`PIMA_TILTS`), the last hospital's labelling rule
+    (:data:`PIMA_LABEL_RULE`), export formats.  Pima.te, in the agreed schema, is the test set.
+
+    >>> ds = pima_hospitals(seed=0)
+    >>> len(ds.hospitals), sum(ds.sizes), ds.schema.target
+    (3, 200, 'type')
+    >>> ds.prepare().X_test.shape
+    (332, 7)
+    """
+    het = Heterogeneity.default() if heterogeneity is None else heterogeneity
+    if not isinstance(het, Heterogeneity):
+        raise ConfigurationError(f"heterogeneity must be a Heterogeneity or None, got {type(het).__name__}")
+    if not isinstance(n_hospitals, (int, np.integer)) or n_hospitals < 1:
+        raise ConfigurationError(f"n_hospitals must be an integer >= 1, got {n_hospitals!r}")
+    n_hospitals = int(n_hospitals)
+    split = "tr2" if missing else "tr"
+    pool = _agreed(load_pima(split))
+    n = len(pool)
+    streams = knob_streams(seed)
+
+    sizes = draw_sizes(n, n_hospitals, het.quantity_skew, streams["sizes"],
+                       min_size=min(het.min_hospital_size, n // n_hospitals))
+    scores = np.empty((n, n_hospitals))
+    tilts = []
+    for k in range(n_hospitals):
+        feat, sign, meaning = PIMA_TILTS[k % len(PIMA_TILTS)]
+        col = pool[feat].to_numpy()
+        scores[:, k] = sign * (col - np.nanmean(col)) / np.nanstd(col)
+        tilts.append(f"{meaning} ({feat} {'+' if sign > 0 else '-'})")
+    parts = tilted_partition(scores, sizes, het.covariate_shift, streams["population"])
+
+    rule = het.label_rule or PIMA_LABEL_RULE
+    if rule.feature not in PIMA_FEATURES:
+        raise ConfigurationError(f"label_rule feature must be one of {PIMA_FEATURES}, got {rule.feature!r}")
+    label_h = resolve_hospital(het.label_hospital, n_hospitals)
+    styles = formatted_hospitals(n_hospitals, het.format_shift, streams["formats"])
+
+    hospitals = []
+    for k, idx in enumerate(parts):
+        table = pool.iloc[idx].reset_index(drop=True)
+        notes = {"tilt": tilts[k] if het.covariate_shift > 0 else "none",
+                 "label_rule": "reference", "relabelled": 0, "labels_changed": 0}
+        if k == label_h and het.label_convention > 0:
+            y_new, applied = relabel(table["type"].to_numpy(), table[rule.feature].to_numpy(),
+                                     rule.threshold, het.label_convention, streams["labels"])
+            notes["relabelled"] = int(applied.sum())
+            notes["labels_changed"] = int((y_new != table["type"].to_numpy()).sum())
+            notes["label_rule"] = str(rule)
+            table["type"] = y_new
+        fmt = ExportFormat() if styles[k] is None else simulated_format(
+            PIMA_SCHEMA, FORMAT_STYLES[styles[k]])
+        hospitals.append(Hospital(
+            name=f"hospital-{k}",
+            table=export_table(table, fmt, PIMA_SCHEMA),
+            export_format=fmt,
+            source=f"Pima.{split} (hospital-{k})",
+            row_numbers=idx + 1,
+            notes=notes,
+        ))
+    return FederatedDataset(
+        hospitals=tuple(hospitals),
+        schema=PIMA_SCHEMA,
+        test=_agreed(load_pima("te")),
+        description=f"Pima.{split} ({n} patients) split into {n_hospitals} hospitals, seed {seed}",
+        heterogeneity=het,
+        seed=seed,
     )
-    return FederatedArrays(clients=clients, X_test=Xte, y_test=yte, feature_names=PIMA_FEATURES)
+
+
+def pima_federation(
+    *,
+    seed: int = 0,
+    n_hospitals: int = 3,
+    heterogeneity: Heterogeneity | None = None,
+    missing: bool = False,
+) -> FederatedArrays:
+    """``pima_hospitals(...).prepare()``: harmonised, standardised arrays; Pima.te as test."""
+    return pima_hospitals(n_hospitals=n_hospitals, heterogeneity=heterogeneity, seed=seed,
+                          missing=missing).prepare()
