@@ -200,7 +200,7 @@ def client_stage(run_config: dict[str, Any], client_id: int, load_data: Any,
 
         r = int(fields["round"])
         sa = _load_client(state, r, "masked_input")
-        vector, weight, _payload, stats = local_round(run_config, load_data(), fields, state)
+        vector, weight, _payload, _stats = local_round(run_config, load_data(), fields, state)
         encoder = _encoder(fields)
         # Stochastic rounding from a generator seeded by the OS: never derived from the
         # (public) simulation seed, so the server cannot predict the rounding.
@@ -208,8 +208,14 @@ def client_stage(run_config: dict[str, Any], client_id: int, load_data: Any,
         ints, w = encoder.encode_signed(vector, weight, rng=rounding)
         encoded = encoder.wrap(np.append(ints, w))  # the plain input: never stored, never sent
         reply["masked"] = sa.masked_input(fields["masked"], encoded)
-        reply["clipped"] = int(np.count_nonzero(np.abs(vector) > encoder.clip_range))
-        reply.update(stats)
+        # Nothing else about this hospital goes with the masked input: no loss, no count of
+        # examples, no count of clipped values (they would be per-hospital figures in the
+        # clear).  Clipping is reported in the node's own log.
+        clipped = int(np.count_nonzero(np.abs(vector) > encoder.clip_range))
+        if clipped:
+            print(f"securefed: round {r}: {clipped} update coordinates clipped to "
+                  f"+-{encoder.clip_range}; ask the coordinator to raise secagg-clip-range",
+                  flush=True)
         _save_client(state, sa)
     if "advertise" in fields:
         from securefed.flower.clientapp import check_round
@@ -249,8 +255,6 @@ class _Round:
         self.bytes_up = dict.fromkeys(selected, 0)
         self.bytes_down = dict.fromkeys(selected, 0)
         self.failures: dict[int, str] = {}
-        self.train_losses: list[float] = []
-        self.clipped = 0
         self.t0 = time.perf_counter()
         self.plan: Any = None  # the RoundPlan, made when the round trains
 
@@ -366,8 +370,6 @@ def run_secagg(run: Any, node_ids: list[int]) -> None:
                 continue
             if "masked" in rep.fields:
                 cur.feed("masked_input", cid, rep.fields["masked"])
-                cur.train_losses.append(float(rep.fields["train_loss"]))
-                cur.clipped += int(rep.fields.get("clipped", 0))
         requests = cur.server.close_masked_input()
         pending: Exception | None = None
         directories = {}
@@ -392,10 +394,6 @@ def run_secagg(run: Any, node_ids: list[int]) -> None:
                 cur.feed("unmask", cid, rep.fields["unmask"])
         result = cur.result()
         cur.plan.failures.update(cur.failures)
-        cur.plan.train_losses.extend(cur.train_losses)
-        if cur.clipped:
-            run.log(f"securefed: round {r}: {cur.clipped} coordinates clipped to "
-                    f"+-{cur.encoder.clip_range}; raise secagg-clip-range if this is frequent")
         run.finish_round(cur.plan, result, time.perf_counter() - cur.t0)
         del rounds[r]
         if nxt is None:
