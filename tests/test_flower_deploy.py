@@ -109,17 +109,23 @@ def test_secure_aggregation_three_rounds_equal_the_simulation(cluster, tmp_path)
     assert summary["strategy"]["name"] == strategy
 
 
-def _killer(plan: dict[int, str]):
+def _killer(cluster: LocalCluster, plan: dict[int, str]):
     """Kill SuperNode i (SIGKILL, with its children) once its log shows it received the
-    message of group ``plan[i]`` (e.g. ``"0.masked_input"``): a crash in mid-round."""
+    message of group ``plan[i]`` (e.g. ``"0.masked_input"``) in the coming run: a crash in
+    mid-round.  Only log lines written after this call count (earlier runs logged the same
+    groups)."""
     done: set[int] = set()
+    start = {i: cluster.supernodes[i].log_path.stat().st_size for i in plan}
 
     def on_poll(cluster: LocalCluster, _seconds: float) -> None:
         for index, group in plan.items():
-            proc = cluster.supernodes[index] if index < len(cluster.supernodes) else None
+            proc = cluster.supernodes[index]
             if index in done or proc is None:
                 continue
-            if f"ROUND {group}]" in proc.log_path.read_text(errors="replace"):
+            with open(proc.log_path, "rb") as fh:
+                fh.seek(start[index])
+                fresh = fh.read().decode("utf-8", errors="replace")
+            if f"ROUND {group}]" in fresh:
                 cluster.kill_node(index)
                 done.add(index)
 
@@ -134,7 +140,7 @@ def test_killed_supernodes_survivors_then_abort(cluster, tmp_path) -> None:
     pytest.importorskip("securefed.secagg")
     config = {"channel": "secagg", "num-rounds": 2, "seed": 2, "secagg-threshold": 2,
               "straggler-timeout": 20.0}
-    on_poll, killed = _killer({2: "0.masked_input", 1: "1.masked_input"})
+    on_poll, killed = _killer(cluster, {2: "0.masked_input", 1: "1.masked_input"})
     outcome, summary = run(cluster, tmp_path, config, on_poll=on_poll, timeout=900)
     assert killed == {1, 2}
     assert outcome.status == "finished:failed", outcome.status
