@@ -2,17 +2,17 @@
 
 It answers three kinds of message from the ServerApp:
 
-``query.hello``   which client this node is and how many features its data has (no rows,
-                  no counts of patients beyond what the plain protocol reveals anyway);
+``query.hello``   which client this node is and how many features its data has;
 ``train``         one round of the plain channel: local training with the strategy's
                   phases (``local_train``, ``client_weight``, ``client_process``) and the
                   encoded weighted update back;
-``train.secagg``  one stage of pairwise-masking secure aggregation (see
-                  :mod:`securefed.flower.secagg_stages`), when that channel is chosen.
+``train.secagg``  the parts of the secure-aggregation pipeline addressed to this node
+                  (see :mod:`securefed.flower.secagg_stages`), when that channel is chosen.
 
 What stays on the node: the patient rows, the local model after training, the unmasked
-update under secure aggregation, the node's random generator and any secret key.  They are
-kept in ``context.state``, which lives in the SuperNode's memory on the hospital machine.
+update under secure aggregation, the node's random generator and any secret key.  Whatever
+must outlive one message is kept in ``context.state``, which lives in the SuperNode's memory
+on the hospital machine.
 """
 
 from __future__ import annotations
