@@ -160,7 +160,7 @@ class RunOutcome:
     status: str  # e.g. "finished:completed", "finished:failed"
     details: str
     seconds: float
-    log: str = ""
+    log: str = ""  # the ServerApp's output, fetched when the run did not complete
 
     @property
     def ok(self) -> bool:
@@ -393,6 +393,9 @@ class LocalCluster:
             raise ClusterError(f"flwr run did not start a run: {data}")
         run_id = int(data["run-id"])
         deadline = t0 + timeout
+        # Each status query is a `flwr` process (a second or more of CPU): with a done file
+        # to watch, ask rarely, only to notice a ServerApp that died before writing it.
+        interval = 5.0 if done_file is None else 30.0
         last_status = 0.0
         status, details = "", ""
         while True:
@@ -401,7 +404,7 @@ class LocalCluster:
             if on_poll is not None:
                 on_poll(self, now - t0)
             done = done_file is not None and Path(done_file).exists()
-            if done or now - last_status > 5.0:
+            if (done and now - last_status > 1.0) or now - last_status > interval:
                 status, details = self.run_status(run_id)
                 last_status = time.monotonic()
                 if status.startswith("finished"):
@@ -411,8 +414,9 @@ class LocalCluster:
                 raise ClusterError(f"run {run_id} did not finish within {timeout} s "
                                    f"(last status {status!r})\n" + self.run_log(run_id))
             time.sleep(0.3)
-        return RunOutcome(run_id=run_id, status=status, details=details,
-                          seconds=time.monotonic() - t0, log=self.run_log(run_id))
+        seconds = time.monotonic() - t0
+        log = "" if status == "finished:completed" else self.run_log(run_id)
+        return RunOutcome(run_id=run_id, status=status, details=details, seconds=seconds, log=log)
 
     def run_status(self, run_id: int) -> tuple[str, str]:
         data = self._json("ls", "local", "--run-id", str(run_id))
