@@ -148,7 +148,7 @@ def test_secagg_aborts_cleanly_below_the_threshold(tmp_path, secagg) -> None:
 @pytest.mark.parametrize("wrapper", ["central-dp", "local-dp"])
 def test_dp_wrappers_run_as_in_the_simulation(wrapper) -> None:
     pytest.importorskip("securefed.dp")
-    cfg = app_run_config({"num-rounds": 2, "seed": 1, "wrappers": wrapper, "dp-clip-norm": 1.0,
+    cfg = app_run_config({"num-rounds": 1, "seed": 1, "wrappers": wrapper, "dp-clip-norm": 1.0,
                           "dp-noise-multiplier": 0.5, "dp-secure": False, **FAST})
     summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
     sim = simulate(cfg)
