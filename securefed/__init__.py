@@ -18,7 +18,9 @@ from securefed.federated import (
     Strategy,
     run_federated,
 )
+from securefed.he import CKKSChannel, CKKSKeyHolder, CKKSParameters, CKKSPublicContext
 from securefed.models import ModelSpec
+from securefed.secagg import SecAggChannel
 
 __version__ = "0.1.0"
 
@@ -27,5 +29,6 @@ __all__ = [
     "SecurefedError", "InvalidDataError", "ConfigurationError", "ProtocolAbort",
     "MessageRejected", "KeyMaterialError", "PrivacyBudgetExceeded",
     "AggregationChannel", "PlainChannel", "FedAvg", "FedProx", "Strategy", "RunResult",
-    "run_federated", "ModelSpec",
+    "run_federated", "ModelSpec", "SecAggChannel",
+    "CKKSChannel", "CKKSKeyHolder", "CKKSParameters", "CKKSPublicContext",
 ]

@@ -42,6 +42,24 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys_ckks(args: argparse.Namespace) -> int:
+    from securefed.he.keys import CKKSKeyHolder, CKKSParameters, save_public_context
+
+    params = CKKSParameters.training() if args.preset == "training" else CKKSParameters.aggregation()
+    holder = CKKSKeyHolder.generate(params, galois_keys=args.preset == "training")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    secret = holder.save(out / "ckks-secret.key")
+    public = save_public_context(holder.public_context(), out / "ckks-public.key")
+    print(f"CKKS {args.preset} keys, N={params.poly_modulus_degree}, "
+          f"moduli {list(params.coeff_mod_bit_sizes)} bits, scale 2^{params.scale_bits}, "
+          f"key id {holder.key_id.hex()[:16]}")
+    print(f"{public}  ({public.stat().st_size} bytes): give to the server")
+    print(f"{secret}  ({secret.stat().st_size} bytes, mode 0600): give to every hospital, "
+          "never to the server")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="securefed", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +78,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="runs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_train)
+    k = sub.add_parser("keys", help="generate key material")
+    ksub = k.add_subparsers(dest="scheme", required=True)
+    kc = ksub.add_parser("ckks", help="CKKS keys: a public context for the server, a secret "
+                         "context for the hospitals")
+    kc.add_argument("--out", required=True, help="directory for ckks-public.key and ckks-secret.key")
+    kc.add_argument("--preset", choices=("aggregation", "training"), default="aggregation",
+                    help="aggregation: depth 0, N=4096; training: depth 4, N=8192, rotation keys")
+    kc.set_defaults(func=_cmd_keys_ckks)
     return parser
 
 

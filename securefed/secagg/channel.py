@@ -1,0 +1,233 @@
+"""``SecAggChannel``: secure aggregation as an aggregation channel of the round engine."""
+
+from __future__ import annotations
+
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from securefed.errors import ConfigurationError, InvalidDataError
+from securefed.federated.channel import AggregationChannel, check_uploads
+from securefed.federated.codec import Codec
+from securefed.federated.types import ChannelResult, DropoutPlan, Upload
+from securefed.secagg.encoding import FixedPointEncoder, choose_scale
+from securefed.secagg.graph import choose_degree_and_threshold, complete_graph, harary_graph
+from securefed.secagg.protocol import STAGES, run_round
+
+__all__ = ["SecAggChannel", "IntegerNoise"]
+
+
+@runtime_checkable
+class IntegerNoise(Protocol):
+    """Distributed discrete noise for DP: each client adds one share of the total noise."""
+
+    def sample(self, dim: int, *, scale: float, num_clients: int,
+               rng: np.random.Generator) -> np.ndarray: ...
+
+
+class SecAggChannel(AggregationChannel):
+    """Pairwise-masking secure aggregation (Bonawitz et al., CCS 2017), optionally over the
+    sparse SecAgg+ graph (Bell et al., CCS 2020).
+
+    Each round, every selected client encodes ``[weight * update, weight]`` in fixed point
+    (:class:`~securefed.secagg.encoding.FixedPointEncoder`), double-masks it and runs the four
+    stages of :mod:`securefed.secagg.protocol`.  The server learns only the sum over the
+    clients whose masked input arrived (``contributors``), and the channel returns its exact
+    float decoding.  What the server received (public keys, share ciphertexts, masked
+    vectors, revealed shares) is returned for the transcript; plaintext updates never are.
+
+    Parameters
+    ----------
+    clip_range:
+        Declared bound on ``|weight * update|`` per coordinate; values beyond are clipped
+        (and a warning says how many were).
+    max_weight:
+        Declared bound on a client's weight (the extra coordinate); a larger weight is an error.
+    scale:
+        Fixed-point scale; ``None`` picks, each round, the largest power of two for which the
+        round's ``n`` inputs cannot overflow ``Z_{2^bits}``.
+    bits:
+        ``b``: inputs and masks live in ``Z_{2^b}`` (default 32).
+    threshold:
+        Shamir threshold ``t``; ``None`` means ``n // 2 + 1`` on the complete graph (a
+        majority, as Bonawitz et al. require against an active server) and the value of
+        :func:`~securefed.secagg.graph.choose_degree_and_threshold` in SecAgg+ mode.
+    secagg_plus:
+        Use the random Harary graph of degree ``degree`` (``None``: chosen from
+        ``corrupt_fraction``, ``dropout_fraction``, ``sigma`` and ``eta``).
+    integer_noise:
+        Distributed-DP hook.  When given, each client calls
+        ``integer_noise.sample(dim, scale=<fixed-point scale>, num_clients=<n this round>,
+        rng=rng)`` and adds the returned int64 vector to the fixed-point encoding of its
+        ``dim`` update coordinates (not to the weight coordinate), after clipping and
+        rounding and before wrapping into ``Z_{2^b}`` and masking.  Only the sum, which
+        carries the noise of every contributor, is ever unmasked.  The overflow check covers
+        the clipped values only: choose ``bits``/``scale`` with headroom for the noise.
+
+    ``rng`` (from the engine) drives the stochastic rounding and the noise only; keys, seeds
+    and the SecAgg+ graph come from the OS CSPRNG.
+    """
+
+    name = "secagg"
+    stages = STAGES
+
+    def __init__(
+        self,
+        *,
+        clip_range: float = 100.0,
+        max_weight: float = 10_000.0,
+        scale: float | None = None,
+        bits: int = 32,
+        threshold: int | None = None,
+        secagg_plus: bool = False,
+        degree: int | None = None,
+        corrupt_fraction: float = 0.05,
+        dropout_fraction: float = 0.1,
+        sigma: float = 40.0,
+        eta: float = 20.0,
+        integer_noise: IntegerNoise | None = None,
+    ) -> None:
+        for label, value in (("clip_range", clip_range), ("max_weight", max_weight)):
+            if not (np.isfinite(value) and value > 0):
+                raise ConfigurationError(f"{label} must be a finite value > 0, got {value!r}")
+        if scale is not None and not (np.isfinite(scale) and scale > 0):
+            raise ConfigurationError(f"scale must be None or a finite value > 0, got {scale!r}")
+        if not isinstance(bits, int) or not 2 <= bits <= 64:
+            raise ConfigurationError(f"bits must be an integer in [2, 64], got {bits!r}")
+        if threshold is not None and (not isinstance(threshold, int) or threshold < 1):
+            raise ConfigurationError(f"threshold must be None or an integer >= 1, got {threshold!r}")
+        if degree is not None and (not isinstance(degree, int) or degree < 2 or degree % 2):
+            raise ConfigurationError(f"degree must be None or an even integer >= 2, got {degree!r}")
+        if integer_noise is not None and not callable(getattr(integer_noise, "sample", None)):
+            raise ConfigurationError("integer_noise must have a sample(dim, *, scale, num_clients, rng) method")
+        self.clip_range = float(clip_range)
+        self.max_weight = float(max_weight)
+        self.scale = scale
+        self.bits = bits
+        self.threshold = threshold
+        self.secagg_plus = secagg_plus
+        self.degree = degree
+        self.corrupt_fraction = corrupt_fraction
+        self.dropout_fraction = dropout_fraction
+        self.sigma = sigma
+        self.eta = eta
+        self.integer_noise = integer_noise
+
+    def encoder_for(self, num_clients: int) -> FixedPointEncoder:
+        """The fixed-point encoder of a round with ``num_clients`` clients (overflow-checked)."""
+        scale = self.scale if self.scale is not None else choose_scale(
+            clip_range=self.clip_range, max_weight=self.max_weight, bits=self.bits,
+            num_clients=num_clients)
+        enc = FixedPointEncoder(clip_range=self.clip_range, max_weight=self.max_weight,
+                                scale=float(scale), bits=self.bits)
+        enc.check_overflow(num_clients=num_clients)
+        return enc
+
+    def graph_for(self, ids: Sequence[int]) -> tuple[dict[int, frozenset[int]], int, int]:
+        """``(graph, degree, threshold)`` for a round over ``ids``."""
+        n = len(ids)
+        if not self.secagg_plus or n <= 2:
+            t = self.threshold if self.threshold is not None else n // 2 + 1
+            graph, k = complete_graph(ids), n - 1
+        else:
+            if self.degree is None:
+                try:
+                    k, t_auto = choose_degree_and_threshold(
+                        n, corrupt_fraction=self.corrupt_fraction,
+                        dropout_fraction=self.dropout_fraction, sigma=self.sigma, eta=self.eta)
+                except ConfigurationError as exc:
+                    warnings.warn(f"secagg+: {exc}; using the complete graph with t = n // 2 + 1",
+                                  stacklevel=3)
+                    k, t_auto = n - 1, n // 2 + 1
+            else:
+                k, t_auto = min(self.degree, n - 1), min(self.degree, n - 1) // 2 + 1
+            t = self.threshold if self.threshold is not None else t_auto
+            graph = complete_graph(ids) if k >= n - 1 else harary_graph(ids, degree=k)
+            k = min(k, n - 1)
+        if t > k + 1:
+            raise ConfigurationError(
+                f"threshold {t} exceeds the {k + 1} share holders (degree {k} + the client itself)"
+            )
+        return graph, k, t
+
+    def aggregate(
+        self,
+        uploads: Sequence[Upload],
+        *,
+        round_index: int,
+        dim: int,
+        codec: Codec,
+        dropouts: DropoutPlan,
+        rng: np.random.Generator,
+    ) -> ChannelResult:
+        check_uploads(uploads, dim=dim)
+        if not uploads:
+            raise InvalidDataError("secure aggregation needs at least one upload, got none")
+        ids = [int(up.client_id) for up in uploads]
+        n = len(ids)
+        if n == 1:
+            warnings.warn("secagg with a single client: the sum it reveals is that client's "
+                          "update", stacklevel=2)
+        encoder = self.encoder_for(n)
+        graph, degree, t = self.graph_for(ids)
+        by_id = {int(up.client_id): up for up in uploads}
+        clipped = [0]
+
+        def encode(cid: int) -> np.ndarray:
+            up = by_id[cid]
+            v = np.asarray(up.vector, dtype=np.float64)
+            clipped[0] += int(np.count_nonzero(np.abs(v) > self.clip_range))
+            ints, w = encoder.encode_signed(v, float(up.weight), rng=rng)
+            if self.integer_noise is not None:
+                noise = np.asarray(self.integer_noise.sample(dim, scale=encoder.scale,
+                                                             num_clients=n, rng=rng))
+                if noise.shape != (dim,) or noise.dtype.kind not in "iu":
+                    raise InvalidDataError(
+                        f"integer_noise.sample returned {noise.dtype} of shape {noise.shape}, "
+                        f"expected an integer array of shape ({dim},)"
+                    )
+                ints = ints + noise.astype(np.int64)
+            return encoder.wrap(np.append(ints, w))
+
+        t0 = time.perf_counter()
+        outcome = run_round(
+            ids, encode, round_index=round_index, threshold=t, bits=self.bits, length=dim + 1,
+            graph=graph, alive=lambda cid, stage: dropouts.alive_at(cid, stage, self.stages),
+        )
+        wall = time.perf_counter() - t0
+        if clipped[0]:
+            warnings.warn(f"secagg: {clipped[0]} coordinates were clipped to +-{self.clip_range}; "
+                          "raise clip_range if this is frequent", stacklevel=2)
+        decoded = encoder.decode(outcome.total)
+        weighted_sum, weight_sum = decoded[:dim], float(decoded[dim])
+        per_client = [outcome.client_seconds[c] for c in outcome.advertised] or [0.0]
+        timings = {f"client.{s}": v for s, v in outcome.client_stage_seconds.items()}
+        timings.update({f"server.{s}": v for s, v in outcome.server_stage_seconds.items()})
+        timings.update({
+            "client_mean": float(np.mean(per_client)),
+            "client_max": float(np.max(per_client)),
+            "server_total": float(sum(outcome.server_stage_seconds.values())),
+            "protocol_wall": wall,
+        })
+        return ChannelResult(
+            weighted_sum=weighted_sum,
+            weight_sum=weight_sum,
+            contributors=outcome.survivors,
+            bytes_up=outcome.bytes_up,
+            bytes_down=outcome.bytes_down,
+            received=outcome.received,
+            timings=timings,
+            revealed={
+                "weighted_sum": weighted_sum,
+                "weight_sum": weight_sum,
+                "survivors": outcome.survivors,
+                "dropped_after_sharing": tuple(sorted(set(outcome.shared) - set(outcome.survivors))),
+                "threshold": t,
+                "degree": degree,
+                "scale": encoder.scale,
+                "bits": self.bits,
+            },
+        )
