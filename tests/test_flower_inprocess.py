@@ -169,3 +169,22 @@ def test_compressed_updates_travel_as_in_the_simulation() -> None:
     sim = simulate(cfg)
     np.testing.assert_array_equal(summary["final_params"], sim.final_params)
     assert [r["bytes_up"] for r in summary["rounds"]] == [h.bytes_up for h in sim.history]
+
+
+def test_a_node_answers_one_unmask_request_per_round(secagg) -> None:
+    """After a round, the node has deleted that round's keys: a second (replayed) unmask
+    request, which could otherwise reveal both shares of a peer, gets an error."""
+    from flwr.app import Message
+
+    from securefed.flower.transport import make_content
+
+    cfg = app_run_config({"channel": "secagg", "num-rounds": 1, "seed": 3, **FAST})
+    grid = InProcessGrid(client_app, NODES, cfg)
+    run_server(grid, cfg, log=quiet)
+    ctx = next(iter(grid._contexts.values()))
+    assert not [k for k in ctx.state.config_records if k.startswith("securefed-secagg-client")]
+    msg = Message(content=make_content({"unmask": b"\x00" * 64, "unmask_round": 0}),
+                  dst_node_id=ctx.node_id, message_type="train.secagg")
+    msg.metadata.__dict__["_message_id"] = "replay"
+    with pytest.raises(Exception, match="holds no protocol state for that round"):
+        client_app(msg, ctx)
