@@ -8,10 +8,14 @@ simulation.
 
 * :mod:`securefed.flower.serverapp`, :mod:`securefed.flower.clientapp`: the two halves of
   the app (Flower Message API).
-* :mod:`securefed.flower.settings`: run config -> strategy, model, seeds.
+* :mod:`securefed.flower.secagg_stages`: the secure-aggregation protocol's stages as
+  Flower messages (pipelined two rounds at a time).
+* :mod:`securefed.flower.transport`: the byte envelope and the node's saved state.
+* :mod:`securefed.flower.settings`: run config -> strategy, wrappers, model, seeds.
 * :mod:`securefed.flower.nodedata`: each node's own data from its node config.
 * :mod:`securefed.flower.tls`: certificate set-up (``python -m securefed.flower.tls``).
 * :mod:`securefed.flower.cluster`: a local SuperLink + SuperNodes for tests and trials.
+* :mod:`securefed.flower.testing`: an in-process grid to dry-run the apps.
 
 See ``docs/deployment.md`` for the hospital IT team's guide.  Importing this package does
 not import ``flwr``; the ``serverapp`` and ``clientapp`` modules do.
