@@ -188,3 +188,20 @@ def test_a_node_answers_one_unmask_request_per_round(secagg) -> None:
     msg.metadata.__dict__["_message_id"] = "replay"
     with pytest.raises(Exception, match="holds no protocol state for that round"):
         client_app(msg, ctx)
+
+
+def test_client_sampling_matches_the_engine() -> None:
+    cfg = app_run_config({"num-rounds": 3, "clients-per-round": 2, "seed": 9, **FAST})
+    summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+    sim = run_federated(pima_federation(seed=0, n_hospitals=3), strategy=build_strategy(cfg),
+                        model=build_model(cfg), rounds=3, seed=9, clients_per_round=2)
+    np.testing.assert_array_equal(summary["final_params"], sim.final_params)
+    assert [len(r["selected"]) for r in summary["rounds"]] == [2, 2, 2]
+
+
+def test_secagg_with_client_sampling_uses_only_the_selected(secagg) -> None:
+    cfg = app_run_config({"channel": "secagg", "num-rounds": 2, "clients-per-round": 2,
+                          "seed": 9, **FAST})
+    summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+    for r in summary["rounds"]:
+        assert len(r["selected"]) == 2 and r["contributors"] == r["selected"]
