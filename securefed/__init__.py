@@ -1,5 +1,6 @@
 """securefed: privacy-preserving federated learning for medical records."""
 
+from securefed.dp import DPSGD, CentralDP, DistributedDP, LocalDP
 from securefed.errors import (
     ConfigurationError,
     InvalidDataError,
@@ -31,4 +32,5 @@ __all__ = [
     "AggregationChannel", "PlainChannel", "FedAvg", "FedProx", "Strategy", "RunResult",
     "run_federated", "ModelSpec", "SecAggChannel",
     "CKKSChannel", "CKKSKeyHolder", "CKKSParameters", "CKKSPublicContext",
+    "CentralDP", "LocalDP", "DistributedDP", "DPSGD",
 ]

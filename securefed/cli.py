@@ -7,7 +7,7 @@ import json
 import sys
 from pathlib import Path
 
-from securefed.errors import SecurefedError
+from securefed.errors import PrivacyBudgetExceeded, SecurefedError
 
 ALGORITHMS = ("fedavg", "fedprox", "centralized")
 
@@ -23,23 +23,56 @@ def _cmd_train(args: argparse.Namespace) -> int:
     data = pima_federation(seed=args.seed, n_hospitals=args.hospitals, heterogeneity=het)
     spec = ModelSpec(args.model, n_features=data.num_features)
     common = dict(learning_rate=args.lr, local_epochs=args.local_epochs, batch_size=args.batch_size)
+    if args.algorithm == "centralized" and args.dp != "none":
+        from securefed.errors import ConfigurationError
+
+        raise ConfigurationError(
+            f"--dp {args.dp} applies to federated algorithms; got --algorithm centralized")
     if args.algorithm == "centralized":
         result = run_centralized(data, model=spec, rounds=args.rounds, seed=args.seed,
                                  progress=not args.quiet, **common)
     else:
         strategy = FedAvg(**common) if args.algorithm == "fedavg" else FedProx(
             proximal_mu=args.mu, **common)
-        result = run_federated(data, strategy=strategy, model=spec, rounds=args.rounds,
-                               seed=args.seed, progress=not args.quiet, record_transcript=False)
+        channel = None
+        if args.dp != "none":
+            strategy, channel = _dp_setup(args, strategy, num_clients=len(data.clients))
+        try:
+            result = run_federated(data, strategy=strategy, model=spec, rounds=args.rounds,
+                                   seed=args.seed, channel=channel, progress=not args.quiet,
+                                   record_transcript=False)
+        except PrivacyBudgetExceeded as exc:
+            from securefed.dp import save_partial_result
+
+            path = save_partial_result(
+                exc, Path(args.out) / f"{args.algorithm}-dp-{args.dp}-seed{args.seed}-partial.json")
+            print(f"securefed: stopped: {exc}", file=sys.stderr)
+            print(path)
+            return 3
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{args.algorithm}-seed{args.seed}.json"
+    tag = args.algorithm if getattr(args, "dp", "none") == "none" else f"{args.algorithm}-dp-{args.dp}"
+    path = out / f"{tag}-seed{args.seed}.json"
     path.write_text(json.dumps(result.to_dict(), indent=2))
     f = result.final
     print(f"{args.algorithm}: accuracy {f.test_accuracy:.3f}, AUC {f.test_auc:.3f}, "
           f"uploaded {result.total_bytes_up()} bytes in {len(result.history)} rounds")
+    if "epsilon" in f.extra:
+        print(f"privacy: epsilon {f.extra['epsilon']:.3f} at delta {f.extra['delta']:g}")
     print(path)
     return 0
+
+
+def _dp_setup(args: argparse.Namespace, strategy, *, num_clients: int):
+    """Wrap ``strategy`` with the DP mechanism named by ``--dp`` (and its channel)."""
+    from securefed.dp import make_dp_strategy, secagg_channel_for
+
+    dp = make_dp_strategy(
+        args.dp, strategy, clip_norm=args.clip_norm, noise_multiplier=args.noise_multiplier,
+        target_epsilon=args.target_epsilon, delta=args.delta, num_clients=num_clients,
+        rounds=args.rounds, secure=args.secure_noise)
+    channel = secagg_channel_for(dp) if args.dp == "distributed" else None
+    return dp, channel
 
 
 def _cmd_keys_ckks(args: argparse.Namespace) -> int:
@@ -77,6 +110,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal coefficient")
     p.add_argument("--out", default="runs")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    dp = p.add_argument_group("differential privacy (client level; see docs/dp.md)")
+    dp.add_argument("--dp", choices=("none", "central", "local", "distributed"), default="none")
+    dp.add_argument("--clip-norm", type=float, default=1.0, help="L2 bound C on each update")
+    dp.add_argument("--noise-multiplier", type=float, default=None,
+                    help="z = noise std / C (default: calibrated from --target-epsilon)")
+    dp.add_argument("--target-epsilon", type=float, default=None,
+                    help="privacy budget; the run stops before exceeding it (partial result saved)")
+    dp.add_argument("--delta", type=float, default=1e-5)
+    dp.add_argument("--secure-noise", action="store_true",
+                    help="draw DP noise from the OS CSPRNG (not reproducible from --seed)")
     p.set_defaults(func=_cmd_train)
     k = sub.add_parser("keys", help="generate key material")
     ksub = k.add_subparsers(dest="scheme", required=True)

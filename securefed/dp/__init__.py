@@ -1,0 +1,54 @@
+"""Differential privacy for securefed: clipping, Gaussian noise (central, local and
+distributed under secure aggregation), example-level DP-SGD, and accounting with the
+``dp-accounting`` library.  See ``docs/dp.md``.
+
+Floors, as elsewhere in securefed: pure functions (:func:`clip_l2`, the samplers,
+:func:`compute_epsilon`), small stateful objects (:class:`RoundAccountant`, the noise
+sources), and strategy wrappers that wire them into a run (:class:`CentralDP`,
+:class:`LocalDP`, :class:`DistributedDP`, :class:`DPSGD`).
+"""
+
+from securefed.dp.accounting import (
+    RoundAccountant,
+    calibrate_noise_multiplier,
+    compute_epsilon,
+    max_rounds_within,
+    sampled_gaussian_event,
+)
+from securefed.dp.clipping import clip_l2
+from securefed.dp.distributed import (
+    DiscreteGaussianNoise,
+    DistributedDP,
+    distributed_discrete_gaussian_rho,
+    sample_discrete_gaussian,
+    secagg_channel_for,
+    secure_discrete_gaussian,
+)
+from securefed.dp.dpsgd import DPSGD, per_example_gradients
+from securefed.dp.mechanisms import CentralDP, ClientLevelDP, LocalDP, save_partial_result
+from securefed.dp.noise import GaussianNoise
+from securefed.dp.registry import DP_MECHANISMS, make_dp_strategy
+
+__all__ = [
+    "DP_MECHANISMS",
+    "make_dp_strategy",
+    "secagg_channel_for",
+    "CentralDP",
+    "ClientLevelDP",
+    "DPSGD",
+    "DiscreteGaussianNoise",
+    "DistributedDP",
+    "GaussianNoise",
+    "LocalDP",
+    "RoundAccountant",
+    "calibrate_noise_multiplier",
+    "clip_l2",
+    "compute_epsilon",
+    "distributed_discrete_gaussian_rho",
+    "max_rounds_within",
+    "per_example_gradients",
+    "sample_discrete_gaussian",
+    "sampled_gaussian_event",
+    "save_partial_result",
+    "secure_discrete_gaussian",
+]
