@@ -256,6 +256,9 @@ class LocalCluster:
         log_path = self.workdir / "logs" / f"{name}.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
         env = offline_env(flwr_home=home, pythonpath=self.pythonpath)
+        # Several apps share one machine here: one torch thread each avoids contention
+        # (the models are tiny; results do not depend on it).
+        env.setdefault("OMP_NUM_THREADS", "1")
         with open(log_path, "wb") as log:
             popen = subprocess.Popen(  # noqa: S603 (fixed argument list, no shell)
                 args, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
