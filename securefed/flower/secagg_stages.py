@@ -44,7 +44,6 @@ the round completes with the survivors' sum while at least ``t`` remain and abor
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -255,7 +254,6 @@ class _Round:
         self.bytes_up = dict.fromkeys(selected, 0)
         self.bytes_down = dict.fromkeys(selected, 0)
         self.failures: dict[int, str] = {}
-        self.t0 = time.perf_counter()
         self.plan: Any = None  # the RoundPlan, made when the round trains
 
     def advertise_fields(self) -> dict[str, Any]:
@@ -394,7 +392,7 @@ def run_secagg(run: Any, node_ids: list[int]) -> None:
                 cur.feed("unmask", cid, rep.fields["unmask"])
         result = cur.result()
         cur.plan.failures.update(cur.failures)
-        run.finish_round(cur.plan, result, time.perf_counter() - cur.t0)
+        run.finish_round(cur.plan, result)
         del rounds[r]
         if nxt is None:
             return

@@ -164,6 +164,7 @@ class ServerRun:
         self.test = _test_data(self.settings)
         self.clients_per_round = self.run_config.get("clients-per-round", 0) or None
         self.nodes: dict[int, int] = {}  # client id -> node id
+        self._last_finish = time.perf_counter()
         self.summary: dict[str, Any] = {
             "status": "running", "strategy": self.strategy.describe(),
             "channel": self.settings.channel, "seed": self.settings.seed,
@@ -184,9 +185,15 @@ class ServerRun:
                          settings=self.settings, strategy=self.strategy, rng=self.rng,
                          log=self.log, run_config=self.run_config)
 
-    def finish_round(self, plan: RoundPlan, result: ChannelResult, seconds: float) -> None:
-        """``server_aggregate`` -> ``server_update``, then evaluate and record the round."""
+    def finish_round(self, plan: RoundPlan, result: ChannelResult) -> None:
+        """``server_aggregate`` -> ``server_update``, then evaluate and record the round.
+
+        A round's ``seconds`` run from the end of the previous round (or from the start of
+        the run), so they add up to the run's time even when rounds overlap.
+        """
         r = plan.round_index
+        now = time.perf_counter()
+        seconds, self._last_finish = now - self._last_finish, now
         mean_update = self.strategy.server_aggregate(result, rng=self.rng)
         self.params = self.strategy.server_update(self.params, mean_update, round_index=r)
         record: dict[str, Any] = {
@@ -254,10 +261,8 @@ def run_plain(run: ServerRun, node_ids: list[int]) -> None:
                           timeout=run.settings.round_timeout, enough=run.wanted())
     run.connect(node_ids, replies)
     for r in range(run.settings.num_rounds):
-        t0 = time.perf_counter()
         plan = run.plan(r, run.sample())
-        result = plain_round(plan)
-        run.finish_round(plan, result, time.perf_counter() - t0)
+        run.finish_round(plan, plain_round(plan))
 
 
 def run_server(grid: Any, run_config: Mapping[str, Any],
