@@ -13,6 +13,7 @@ from securefed.errors import (
 from securefed.federated import (
     AggregationChannel,
     FedAvg,
+    FedMedHeter,
     FedProx,
     PlainChannel,
     RunResult,
@@ -29,8 +30,8 @@ __all__ = [
     "__version__",
     "SecurefedError", "InvalidDataError", "ConfigurationError", "ProtocolAbort",
     "MessageRejected", "KeyMaterialError", "PrivacyBudgetExceeded",
-    "AggregationChannel", "PlainChannel", "FedAvg", "FedProx", "Strategy", "RunResult",
-    "run_federated", "ModelSpec", "SecAggChannel",
+    "AggregationChannel", "PlainChannel", "FedAvg", "FedMedHeter", "FedProx", "Strategy",
+    "RunResult", "run_federated", "ModelSpec", "SecAggChannel",
     "CKKSChannel", "CKKSKeyHolder", "CKKSParameters", "CKKSPublicContext",
     "CentralDP", "LocalDP", "DistributedDP", "DPSGD",
 ]

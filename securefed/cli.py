@@ -9,7 +9,7 @@ from pathlib import Path
 
 from securefed.errors import PrivacyBudgetExceeded, SecurefedError
 
-ALGORITHMS = ("fedavg", "fedprox", "centralized")
+ALGORITHMS = ("fedavg", "fedprox", "fedmedheter", "centralized")
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -18,6 +18,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from securefed.federated.centralized import run_centralized
     from securefed.models import ModelSpec
 
+    args.lr_default = args.lr is None
+    if args.lr is None:
+        args.lr = 0.1
     s = args.heterogeneity
     het = Heterogeneity(quantity_skew=s, covariate_shift=s, label_convention=s, format_shift=s)
     data = pima_federation(seed=args.seed, n_hospitals=args.hospitals, heterogeneity=het)
@@ -32,8 +35,16 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = run_centralized(data, model=spec, rounds=args.rounds, seed=args.seed,
                                  progress=not args.quiet, **common)
     else:
-        strategy = FedAvg(**common) if args.algorithm == "fedavg" else FedProx(
-            proximal_mu=args.mu, **common)
+        if args.algorithm == "fedmedheter":
+            from securefed.federated.fedmedheter import FedMedHeter
+
+            # FedMedHeter's own learning-rate default belongs to its adaptive rule
+            strategy = FedMedHeter(**{k: v for k, v in common.items()
+                                      if not (k == "learning_rate" and args.lr_default)})
+        elif args.algorithm == "fedavg":
+            strategy = FedAvg(**common)
+        else:
+            strategy = FedProx(proximal_mu=args.mu, **common)
         channel = None
         if args.dp != "none":
             strategy, channel = _dp_setup(args, strategy, num_clients=len(data.clients))
@@ -104,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hospitals", type=int, default=3, help="number of hospitals (default 3)")
     p.add_argument("--heterogeneity", type=float, default=0.5,
                    help="strength in [0, 1] of every heterogeneity knob (0 = IID; default 0.5)")
-    p.add_argument("--lr", type=float, default=0.1)
+    p.add_argument("--lr", type=float, default=None,
+                   help="local learning rate (default 0.1; FedMedHeter: its own default)")
     p.add_argument("--local-epochs", type=int, default=1)
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--mu", type=float, default=0.01, help="FedProx proximal coefficient")

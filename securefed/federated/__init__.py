@@ -3,6 +3,7 @@
 from securefed.federated.channel import AggregationChannel, PlainChannel, check_uploads
 from securefed.federated.codec import Codec, Float32Codec
 from securefed.federated.engine import evaluate, run_federated
+from securefed.federated.fedmedheter import FedMedHeter
 from securefed.federated.strategy import (
     FedAvg,
     FedProx,
@@ -28,7 +29,7 @@ from securefed.federated.types import (
 
 __all__ = [
     "AggregationChannel", "PlainChannel", "check_uploads", "Codec", "Float32Codec",
-    "evaluate", "run_federated", "FedAvg", "FedProx", "Strategy", "StrategyWrapper",
+    "evaluate", "run_federated", "FedAvg", "FedMedHeter", "FedProx", "Strategy", "StrategyWrapper",
     "proximal_term", "train_local", "weighted_mean", "ChannelResult", "ClientArrays",
     "DropoutPlan", "FederatedArrays", "LocalConfig", "LocalResult", "ReceivedMessage",
     "RoundRecord", "RoundTranscript", "RunResult", "Upload",
