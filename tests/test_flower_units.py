@@ -188,3 +188,21 @@ def test_toml_values_and_descendants() -> None:
             os.kill(pid, 9)
         parent.kill()
         parent.wait()
+
+
+def test_fedmedheter_options_from_strings() -> None:
+    pytest.importorskip("securefed.federated.fedmedheter")
+    from securefed.flower.settings import app_run_config
+
+    s = build_strategy(app_run_config({
+        "strategy": "fedmedheter", "adaptive-lr": "none", "weight-bounds": "0.5,2",
+        "compression": "top0.1-q8", "server-optimizer": "adam", "proximal-mu": 0.2}))
+    assert s.adaptive_lr is None and s.weight_bounds == (0.5, 2.0)
+    assert s.server_optimizer == "adam" and s.proximal_mu == 0.2
+    assert s.codec.name == "top0.1-q8"
+    with pytest.raises(ConfigurationError, match="weight-bounds must be 'low,high'"):
+        build_strategy(app_run_config({"strategy": "fedmedheter", "weight-bounds": "1"}))
+    with pytest.raises(ConfigurationError, match="compression must be"):
+        build_strategy(app_run_config({"strategy": "fedmedheter", "compression": "zip"}))
+    with pytest.raises(ConfigurationError, match="unknown run-config keys"):
+        app_run_config({"no-such-key": 1})
