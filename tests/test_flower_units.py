@@ -82,6 +82,8 @@ def test_deployment_settings_validate() -> None:
         DeploymentSettings.from_run_config({"num-rounds": 0})
     with pytest.raises(ConfigurationError, match="channel must be"):
         DeploymentSettings.from_run_config({"channel": "carrier-pigeon"})
+    with pytest.raises(ConfigurationError, match="result-path must be an absolute path"):
+        DeploymentSettings.from_run_config({"result-path": "out/run.json"})
 
 
 def test_message_envelope_and_client_state_round_trip() -> None:

@@ -21,6 +21,7 @@ import inspect
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -261,6 +262,11 @@ class DeploymentSettings:
                 raise ConfigurationError(f"{key} must be a number > 0, got {value!r}")
             return float(value)
 
+        result_path = str(run_config.get("result-path", ""))
+        if result_path and not Path(result_path).is_absolute():
+            raise ConfigurationError(
+                f"result-path must be an absolute path (the ServerApp runs in its own folder), "
+                f"got {result_path!r}")
         channel = str(run_config.get("channel", "plain"))
         if channel not in ("plain", "secagg"):
             raise ConfigurationError(f"channel must be 'plain' or 'secagg', got {channel!r}")
@@ -273,7 +279,7 @@ class DeploymentSettings:
             straggler_timeout=_float("straggler-timeout", 30.0),
             node_wait_timeout=_float("node-wait-timeout", 60.0),
             eval_data=str(run_config.get("eval-data", "pima-test")),
-            result_path=str(run_config.get("result-path", "")),
+            result_path=result_path,
             secagg_threshold=_int("secagg-threshold", 0, 0),
         )
 
