@@ -14,7 +14,6 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from securefed.errors import ConfigurationError, PrivacyBudgetExceeded
@@ -37,6 +36,10 @@ ProgressCallback = Callable[[RoundRecord], None]
 
 def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """(log loss, accuracy at threshold 0.5, ROC AUC) of ``model`` on ``(X, y)``."""
+    # Imported here: scikit-learn takes seconds to import, and processes that never
+    # evaluate (a Flower ClientApp is started afresh for every message) should not pay it.
+    from sklearn.metrics import roc_auc_score
+
     model.eval()
     with torch.no_grad():
         logits = model(torch.as_tensor(X, dtype=torch.float32))

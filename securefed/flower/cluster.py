@@ -1,0 +1,526 @@
+"""A small local Flower cluster: one SuperLink and several SuperNodes as real OS processes.
+
+Used by the deployment tests and the documentation's walk-through.  Everything listens on
+``127.0.0.1`` only, on free ports found by binding port 0.  Each process gets its own
+``FLWR_HOME`` under the cluster's working directory, its own log file, and the environment
+an offline deployment needs (no update check, no telemetry, no runtime dependency
+installation).
+
+Clean-up is the point of this module.  The SuperLink and the SuperNodes start helpers
+(``flower-superexec``, then ``flwr-serverapp`` / ``flwr-clientapp``) that may sit in other
+sessions, so killing a process group is not enough: every process is started with
+``start_new_session=True`` so that the PID held is the real one, its descendants are
+recorded from ``/proc`` while the cluster runs, and :meth:`LocalCluster.stop` sends SIGTERM
+to the SuperNodes, then to the SuperLink, then SIGKILL by PID to whatever is left after a
+deadline.  ``LocalCluster`` is a context manager, so a failing test still cleans up.
+
+This module needs the ``flwr`` executables on ``PATH`` (``pip install securefed[flower]``)
+but does not import ``flwr`` itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import ssl
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from securefed.errors import ConfigurationError, SecurefedError
+
+__all__ = [
+    "ClusterError",
+    "LocalCluster",
+    "RunOutcome",
+    "free_port",
+    "descendants",
+    "offline_env",
+    "toml_value",
+]
+
+
+class ClusterError(SecurefedError, RuntimeError):
+    """The local cluster could not start, or a run on it did not finish."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free right now on ``host`` (the OS picks it when binding port 0)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _parent_map() -> dict[int, int]:
+    """``{pid: ppid}`` for every process visible in ``/proc``."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                stat = fh.read()
+        except OSError:
+            continue
+        # The command name (field 2) may hold spaces and parentheses: split after the last ')'.
+        rest = stat[stat.rfind(")") + 2 :].split()
+        if len(rest) >= 2:
+            parents[int(entry)] = int(rest[1])
+    return parents
+
+
+def descendants(pid: int) -> set[int]:
+    """All live descendants of ``pid`` (children, grandchildren, ...), read from ``/proc``."""
+    parents = _parent_map()
+    children: dict[int, list[int]] = {}
+    for child, parent in parents.items():
+        children.setdefault(parent, []).append(child)
+    found: set[int] = set()
+    stack = [pid]
+    while stack:
+        for child in children.get(stack.pop(), []):
+            if child not in found:
+                found.add(child)
+                stack.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+    except OSError:
+        return False
+    state = stat[stat.rfind(")") + 2 :].split()[0]
+    return state != "Z"  # a zombie has exited; only its parent's wait() is missing
+
+
+def _signal(pid: int, sig: int) -> None:
+    try:
+        os.kill(pid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def offline_env(*, flwr_home: Path, pythonpath: Sequence[str] = ()) -> dict[str, str]:
+    """The environment of one Flower process in an offline deployment.
+
+    The venv's ``bin`` goes first on ``PATH`` because the SuperLink and SuperNodes start
+    ``flower-superexec``, ``flwr-serverapp`` and ``flwr-clientapp`` by bare name.
+    """
+    env = dict(os.environ)
+    bindir = str(Path(sys.executable).parent)
+    env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    env["FLWR_HOME"] = str(flwr_home)
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    env["FLWR_TELEMETRY_ENABLED"] = "0"
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env["PYTHONUNBUFFERED"] = "1"
+    # The SuperExec polls for new tasks (a ClientApp or ServerApp to start) once a second
+    # by default; half a second takes a quarter second off each message round trip on
+    # average and costs little CPU when idle (0.1 s would cost ~0.2 of a core per cluster).
+    env.setdefault("FLWR_SUPEREXEC_TASK_POLL_INTERVAL", "0.5")
+    if pythonpath:
+        old = env.get("PYTHONPATH", "")
+        env["PYTHONPATH"] = os.pathsep.join([*pythonpath, *([old] if old else [])])
+    return env
+
+
+def toml_value(value: Any) -> str:
+    """One value written as TOML (what ``--node-config`` and ``--run-config`` expect)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value))  # a JSON string is a valid TOML basic string
+    raise ConfigurationError(
+        f"config values must be bool, int, float or str, got {type(value).__name__}"
+    )
+
+
+def _config_arg(config: Mapping[str, Any]) -> str:
+    return " ".join(f"{key}={toml_value(val)}" for key, val in config.items())
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """How one ``flwr run`` ended."""
+
+    run_id: int
+    status: str  # e.g. "finished:completed", "finished:failed"
+    details: str
+    seconds: float
+    log: str = ""  # the ServerApp's output, fetched when the run did not complete
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "finished:completed"
+
+
+@dataclass
+class _Proc:
+    name: str
+    popen: subprocess.Popen
+    log_path: Path
+    known: set[int] = field(default_factory=set)  # descendants seen so far
+
+
+class LocalCluster:
+    """A SuperLink and ``len(node_configs)`` SuperNodes on 127.0.0.1, as separate processes.
+
+    Parameters
+    ----------
+    workdir:
+        A fresh directory for the FLWR_HOMEs, logs and the CLI configuration.
+    node_configs:
+        One mapping per SuperNode, passed as its ``--node-config`` (for example
+        ``{"partition-id": 0, "num-partitions": 3}``).
+    tls_dir:
+        A directory made by :func:`securefed.flower.tls.write_tls_files` (``ca.pem``,
+        ``server.pem``, ``server.key``); ``None`` runs without TLS (tests only).
+    pythonpath:
+        Extra entries for the processes' ``PYTHONPATH``; by default the folder that holds
+        the ``securefed`` package in use, so that the apps import the same code.
+
+    Use it as a context manager::
+
+        with LocalCluster(workdir, node_configs=[{"partition-id": i} for i in range(3)]) as c:
+            outcome = c.run_app(app_dir, run_config={"num-rounds": 3})
+    """
+
+    def __init__(
+        self,
+        workdir: str | Path,
+        *,
+        node_configs: Sequence[Mapping[str, Any]],
+        tls_dir: str | Path | None = None,
+        pythonpath: Sequence[str] | None = None,
+        startup_timeout: float = 90.0,
+        stop_timeout: float = 10.0,
+    ) -> None:
+        if not node_configs:
+            raise ConfigurationError("node_configs must name at least one SuperNode, got none")
+        for exe in ("flower-superlink", "flower-supernode", "flwr"):
+            if shutil.which(exe, path=str(Path(sys.executable).parent)) is None and shutil.which(exe) is None:
+                raise ClusterError(f"{exe!r} not found; install the extra: pip install 'securefed[flower]'")
+        self.workdir = Path(workdir).absolute()
+        self.node_configs = [dict(c) for c in node_configs]
+        self.tls_dir = None if tls_dir is None else Path(tls_dir).absolute()
+        if self.tls_dir is not None:
+            for name in ("ca.pem", "server.pem", "server.key"):
+                if not (self.tls_dir / name).is_file():
+                    raise ConfigurationError(f"TLS file {self.tls_dir / name} is missing")
+        if pythonpath is None:
+            import securefed
+
+            pythonpath = [str(Path(securefed.__file__).resolve().parent.parent)]
+        self.pythonpath = list(pythonpath)
+        self.startup_timeout = startup_timeout
+        self.stop_timeout = stop_timeout
+        self.superlink: _Proc | None = None
+        self.supernodes: list[_Proc | None] = []
+        self.port: int | None = None
+        self._cli_home = self.workdir / "cli-home"
+
+    # ------------------------------------------------------------------ lifecycle
+    def __enter__(self) -> LocalCluster:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def address(self) -> str:
+        if self.port is None:
+            raise ClusterError("the cluster has not been started")
+        return f"127.0.0.1:{self.port}"
+
+    def _spawn(self, name: str, args: list[str]) -> _Proc:
+        home = self.workdir / "homes" / name
+        home.mkdir(parents=True, exist_ok=True)
+        log_path = self.workdir / "logs" / f"{name}.log"
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        env = offline_env(flwr_home=home, pythonpath=self.pythonpath)
+        # Several apps share one machine here: one torch thread each avoids contention
+        # (the models are tiny; results do not depend on it).
+        env.setdefault("OMP_NUM_THREADS", "1")
+        with open(log_path, "wb") as log:
+            popen = subprocess.Popen(  # noqa: S603 (fixed argument list, no shell)
+                args, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True,
+            )
+        return _Proc(name=name, popen=popen, log_path=log_path)
+
+    def start(self) -> None:
+        """Start the SuperLink, wait until healthy, start the SuperNodes, wait until online."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        tls_link = (
+            ["--insecure"] if self.tls_dir is None else [
+                "--ssl-certfile", str(self.tls_dir / "server.pem"),
+                "--ssl-keyfile", str(self.tls_dir / "server.key"),
+                "--ssl-ca-certfile", str(self.tls_dir / "ca.pem"),
+            ]
+        )
+        self.superlink = self._spawn("superlink", [
+            "flower-superlink", *tls_link, "--host", "127.0.0.1", "--port", str(self.port),
+            "--disable-runtime-dependency-installation",
+        ])
+        self._write_cli_config()
+        deadline = time.monotonic() + self.startup_timeout
+        while not self._healthy():
+            self._check_alive(self.superlink)
+            if time.monotonic() > deadline:
+                raise ClusterError(f"SuperLink not healthy after {self.startup_timeout} s\n"
+                                   + self.tail(self.superlink))
+            time.sleep(0.2)
+        self.record_children()
+        for i in range(len(self.node_configs)):
+            self.supernodes.append(self._spawn_node(i))
+        self.wait_nodes_online(len(self.node_configs), timeout=max(5.0, deadline - time.monotonic()))
+        self.record_children()
+
+    def _spawn_node(self, index: int) -> _Proc:
+        tls = (["--insecure"] if self.tls_dir is None
+               else ["--root-certificates", str(self.tls_dir / "ca.pem")])
+        args = ["flower-supernode", *tls, "--superlink", self.address, "--port", str(free_port())]
+        if self.node_configs[index]:
+            args += ["--node-config", _config_arg(self.node_configs[index])]
+        return self._spawn(f"supernode-{index}", args)
+
+    def _check_alive(self, proc: _Proc) -> None:
+        if proc.popen.poll() is not None:
+            raise ClusterError(f"{proc.name} exited with code {proc.popen.returncode}\n"
+                               + self.tail(proc))
+
+    def _healthy(self) -> bool:
+        scheme = "http" if self.tls_dir is None else "https"
+        ctx = None
+        if self.tls_dir is not None:
+            ctx = ssl.create_default_context(cafile=str(self.tls_dir / "ca.pem"))
+        try:
+            with urllib.request.urlopen(f"{scheme}://{self.address}/health", timeout=2,
+                                        context=ctx) as resp:
+                return resp.status == 200
+        except (urllib.error.URLError, OSError, ssl.SSLError):
+            return False
+
+    def _write_cli_config(self) -> None:
+        self._cli_home.mkdir(parents=True, exist_ok=True)
+        lines = ["[superlink]", 'default = "local"', "", "[superlink.local]",
+                 f"address = {toml_value(self.address)}"]
+        if self.tls_dir is None:
+            lines.append("insecure = true")
+        else:
+            lines.append(f"root-certificates = {toml_value(str(self.tls_dir / 'ca.pem'))}")
+        (self._cli_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+    def flwr(self, *args: str, timeout: float = 60.0) -> str:
+        """Run the ``flwr`` command line against this cluster and return its standard output."""
+        env = offline_env(flwr_home=self._cli_home, pythonpath=self.pythonpath)
+        done = subprocess.run(  # noqa: S603
+            ["flwr", *args], cwd=self.workdir, env=env, capture_output=True, text=True,
+            timeout=timeout, stdin=subprocess.DEVNULL,
+        )
+        if done.returncode != 0:
+            raise ClusterError(f"flwr {' '.join(args)} failed ({done.returncode}):\n"
+                               f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
+        return done.stdout
+
+    def _json(self, *args: str) -> Any:
+        out = self.flwr(*args, "--format", "json")
+        start = out.find("{")
+        if start < 0:
+            raise ClusterError(f"flwr {' '.join(args)} printed no JSON: {out[-500:]!r}")
+        return json.loads(out[start:])
+
+    def online_nodes(self) -> int:
+        """How many SuperNodes the SuperLink lists as online."""
+        data = self._json("supernode", "ls", "local")
+        nodes = data.get("nodes", [])
+        return sum(1 for n in nodes if str(n.get("status", "")).lower() == "online")
+
+    def wait_nodes_online(self, count: int, *, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            for proc in self.supernodes:
+                if proc is not None:
+                    self._check_alive(proc)
+            if self.online_nodes() >= count:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"fewer than {count} SuperNodes online after {timeout:.0f} s")
+            time.sleep(0.5)
+
+    # ------------------------------------------------------------------ runs
+    def run_app(
+        self,
+        app_dir: str | Path,
+        *,
+        run_config: Mapping[str, Any] | None = None,
+        timeout: float = 300.0,
+        done_file: str | Path | None = None,
+        on_poll: Any = None,
+    ) -> RunOutcome:
+        """Submit the Flower app in ``app_dir`` and wait until the run has finished.
+
+        ``done_file``, when given, is a path the ServerApp writes at its end: the wait checks
+        for it often and asks the SuperLink for the run status less often (each ``flwr``
+        call is a Python start-up).  ``on_poll(cluster, seconds)`` is called on every poll;
+        tests use it to kill a SuperNode mid-run.
+        """
+        t0 = time.monotonic()
+        args = ["run", str(Path(app_dir).absolute()), "local", "--format", "json"]
+        if run_config:
+            path = self.workdir / f"run-config-{int(time.time() * 1000)}.toml"
+            path.write_text("".join(f"{k} = {toml_value(v)}\n" for k, v in run_config.items()),
+                            encoding="utf-8")
+            args += ["--run-config", str(path)]
+        data = self._json(*args)
+        if not data.get("success", True) or "run-id" not in data:
+            raise ClusterError(f"flwr run did not start a run: {data}")
+        run_id = int(data["run-id"])
+        deadline = t0 + timeout
+        # Each status query is a `flwr` process (a second or more of CPU): with a done file
+        # to watch, ask rarely, only to notice a ServerApp that died before writing it.
+        interval = 5.0 if done_file is None else 30.0
+        last_status = 0.0
+        status, details = "", ""
+        while True:
+            now = time.monotonic()
+            self.record_children()
+            if on_poll is not None:
+                on_poll(self, now - t0)
+            done = done_file is not None and Path(done_file).exists()
+            if (done and now - last_status > 1.0) or now - last_status > interval:
+                status, details = self.run_status(run_id)
+                last_status = time.monotonic()
+                if status.startswith("finished"):
+                    break
+            if now > deadline:
+                self.flwr("stop", str(run_id), "local")
+                raise ClusterError(f"run {run_id} did not finish within {timeout} s "
+                                   f"(last status {status!r})\n" + self.run_log(run_id))
+            time.sleep(0.3)
+        seconds = time.monotonic() - t0
+        log = "" if status == "finished:completed" else self.run_log(run_id)
+        return RunOutcome(run_id=run_id, status=status, details=details, seconds=seconds, log=log)
+
+    def run_status(self, run_id: int) -> tuple[str, str]:
+        data = self._json("ls", "local", "--run-id", str(run_id))
+        runs = data.get("runs", [])
+        if not runs:
+            return "", ""
+        run = runs[0]
+        return str(run.get("status", "")), str(run.get("status-details", ""))
+
+    def run_log(self, run_id: int) -> str:
+        try:
+            return self.flwr("log", str(run_id), "local", "--show", timeout=30)
+        except (ClusterError, subprocess.TimeoutExpired) as exc:
+            return f"(no log: {exc})"
+
+    # ------------------------------------------------------------------ processes
+    def _procs(self) -> list[_Proc]:
+        procs = [p for p in self.supernodes if p is not None]
+        if self.superlink is not None:
+            procs.append(self.superlink)
+        return procs
+
+    def record_children(self) -> None:
+        """Remember every live descendant of the processes we started (read from /proc)."""
+        for proc in self._procs():
+            if proc.popen.poll() is None:
+                proc.known |= descendants(proc.popen.pid)
+
+    def start_node(self, index: int) -> None:
+        """(Re)start SuperNode ``index`` with its node config, e.g. after :meth:`kill_node`."""
+        if self.supernodes[index] is not None:
+            raise ClusterError(f"SuperNode {index} is already running")
+        self.supernodes[index] = self._spawn_node(index)
+
+    def kill_node(self, index: int) -> None:
+        """SIGKILL SuperNode ``index`` and everything it started, as a crashed machine would."""
+        proc = self.supernodes[index]
+        if proc is None:
+            return
+        self.record_children()
+        pids = {proc.popen.pid} | proc.known | descendants(proc.popen.pid)
+        for pid in pids:
+            _signal(pid, signal.SIGKILL)
+        proc.popen.wait(timeout=10)
+        self.supernodes[index] = None
+
+    def all_pids(self) -> set[int]:
+        """Every PID started by this cluster that is still alive."""
+        self.record_children()
+        pids: set[int] = set()
+        for proc in self._procs():
+            pids |= {proc.popen.pid} | proc.known
+        return {p for p in pids if _alive(p)}
+
+    def stop(self) -> None:
+        """SIGTERM the SuperNodes, then the SuperLink; SIGKILL by PID what is left after a deadline."""
+        self.record_children()
+        nodes = [p for p in self.supernodes if p is not None]
+        for proc in nodes:
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        self._wait_exit(nodes, self.stop_timeout / 2)
+        if self.superlink is not None and self.superlink.popen.poll() is None:
+            self.superlink.popen.send_signal(signal.SIGTERM)
+            self._wait_exit([self.superlink], self.stop_timeout / 2)
+        leftovers = set()
+        for proc in self._procs():
+            leftovers |= {proc.popen.pid} | proc.known
+        for pid in leftovers:
+            if _alive(pid):
+                _signal(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline and any(_alive(p) for p in leftovers):
+            time.sleep(0.1)
+        for pid in leftovers:
+            if _alive(pid):
+                _signal(pid, signal.SIGKILL)
+        for proc in self._procs():
+            try:
+                proc.popen.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.supernodes = []
+        self.superlink = None
+
+    @staticmethod
+    def _wait_exit(procs: Sequence[_Proc], timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for proc in procs:
+            try:
+                proc.popen.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+
+    def tail(self, proc: _Proc, lines: int = 40) -> str:
+        try:
+            text = proc.log_path.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return ""
+        return f"--- last lines of {proc.log_path} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+    def logs(self) -> str:
+        """The tail of every process's log (for a failing test's message)."""
+        return "\n".join(self.tail(p) for p in self._procs())

@@ -1,0 +1,306 @@
+"""The ServerApp: the coordinator's side of a Flower deployment of securefed.
+
+It drives the same round as :func:`securefed.federated.run_federated`, phase by phase:
+``before_round`` -> ``configure`` -> (clients: ``local_train``, ``client_weight``,
+``client_process``) -> channel aggregation -> ``server_aggregate`` -> ``server_update``,
+with the same seeds, so that a deployment and a simulation with the same run config and seed
+end on the same model (bit for bit for the plain channel; within the quantisation tolerance
+under secure aggregation).
+
+The ServerApp receives only what the chosen channel lets through: under the plain channel
+each hospital's encoded weighted update; under secure aggregation masked vectors, public
+keys, encrypted key shares and, at the end, the sum.  It never receives patient rows.
+
+At the end it writes a JSON summary (final parameters, per-round figures, which hospitals
+contributed, and why any did not) to the run config's ``result-path`` when one is given.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from securefed.errors import ConfigurationError, ProtocolAbort
+from securefed.federated.channel import PlainChannel
+from securefed.federated.engine import _sample_clients, evaluate
+from securefed.federated.types import ChannelResult, DropoutPlan, LocalConfig, Upload
+from securefed.federated.wire import unpack
+from securefed.flower.clientapp import config_to_json
+from securefed.flower.settings import DeploymentSettings, build_model, build_strategy, seed_streams
+from securefed.flower.transport import exchange
+from securefed.models import get_flat_params, set_flat_params
+
+__all__ = ["app", "run_server", "run_plain", "plain_round", "RoundPlan", "ServerRun"]
+
+
+class RoundPlan:
+    """Everything a channel driver needs for one round."""
+
+    def __init__(self, *, grid: Any, round_index: int, params: np.ndarray, config: LocalConfig,
+                 selected: tuple[int, ...], nodes: Mapping[int, int], settings: DeploymentSettings,
+                 strategy: Any, rng: np.random.Generator, log: Callable[[str], None],
+                 run_config: Mapping[str, Any]) -> None:
+        self.grid = grid
+        self.round_index = round_index
+        self.params = params
+        self.config = config
+        self.selected = selected
+        self.nodes = nodes  # client id -> Flower node id
+        self.settings = settings
+        self.strategy = strategy
+        self.rng = rng
+        self.log = log
+        self.run_config = run_config
+        self.failures: dict[int, str] = {}
+        self.train_losses: list[float] = []
+
+    def train_fields(self) -> dict[str, Any]:
+        """The public part of a round's first message: model, config and seeding."""
+        return {
+            "round": self.round_index,
+            "seed": self.settings.seed,
+            "num_clients": self.settings.num_clients,
+            "params": np.asarray(self.params, dtype=np.float64),
+            "config": config_to_json(self.config),
+        }
+
+
+def plain_round(plan: RoundPlan) -> ChannelResult:
+    """One round of the plain channel: one message out, one reply back per hospital."""
+    fields = plan.train_fields()
+    outgoing = {plan.nodes[cid]: fields for cid in plan.selected}
+    replies, sent = exchange(plan.grid, outgoing, message_type="train",
+                             group_id=str(plan.round_index), timeout=plan.settings.round_timeout,
+                             straggler_timeout=plan.settings.straggler_timeout)
+    by_node = {node: cid for cid, node in plan.nodes.items()}
+    uploads: list[Upload] = []
+    for node_id, reply in replies.items():
+        cid = by_node[node_id]
+        if not reply.ok:
+            plan.failures[cid] = str(reply.error)
+            continue
+        got = reply.fields or {}
+        if int(got.get("client", -1)) != cid or int(got.get("round", -1)) != plan.round_index:
+            plan.failures[cid] = (f"reply for round {got.get('round')} from client {got.get('client')}, "
+                                  f"expected round {plan.round_index} from client {cid}")
+            continue
+        payload = unpack(got["payload"])
+        vector = plan.strategy.codec.decode(payload, dim=plan.params.shape[0])
+        uploads.append(Upload(client_id=cid, vector=vector, weight=float(got["weight"]),
+                              payload=payload))
+        plan.train_losses.append(float(got["train_loss"]))
+    if not uploads:
+        raise ProtocolAbort(f"round {plan.round_index}: no hospital answered "
+                            f"({dict(sorted(plan.failures.items()))})")
+    uploads.sort(key=lambda u: u.client_id)  # the simulation sums in client order
+    result = PlainChannel().aggregate(uploads, round_index=plan.round_index, dim=plan.params.shape[0],
+                                      codec=plan.strategy.codec, dropouts=DropoutPlan(),
+                                      rng=plan.rng)
+    down = {plan.nodes[cid]: 0 for cid in plan.selected}
+    down.update(sent)
+    return ChannelResult(
+        weighted_sum=result.weighted_sum, weight_sum=result.weight_sum,
+        contributors=result.contributors, bytes_up=result.bytes_up,
+        bytes_down={cid: down[plan.nodes[cid]] for cid in plan.selected},
+        received=result.received, timings=result.timings, revealed=result.revealed,
+    )
+
+
+def _wait_for_nodes(grid: Any, count: int, timeout: float) -> list[int]:
+    deadline = time.monotonic() + timeout
+    while True:
+        nodes = sorted(int(n) for n in grid.get_node_ids())
+        if len(nodes) >= count:
+            return nodes
+        if time.monotonic() > deadline:
+            raise ProtocolAbort(f"only {len(nodes)} SuperNodes connected after {timeout:.0f} s, "
+                                f"expected {count}")
+        time.sleep(0.5)
+
+
+def _test_data(settings: DeploymentSettings) -> tuple[np.ndarray, np.ndarray] | None:
+    if settings.eval_data in ("", "none"):
+        return None
+    if settings.eval_data == "pima-test":
+        from securefed.data import pima_federation
+
+        fed = pima_federation(seed=0, n_hospitals=1)
+        return fed.X_test, fed.y_test
+    raise ConfigurationError(f"eval-data must be 'pima-test' or 'none', got {settings.eval_data!r}")
+
+
+def _write_json(path: str, data: Mapping[str, Any]) -> None:
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(target.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1), encoding="utf-8")
+    os.replace(tmp, target)  # atomic: a watcher never reads half a file
+
+
+class ServerRun:
+    """The state of one deployed run on the server: model, strategy, generator, summary.
+
+    Channel drivers call :meth:`finish_round` with each round's :class:`ChannelResult`;
+    it applies the strategy's server phases and records the round, exactly as the engine.
+    """
+
+    def __init__(self, grid: Any, run_config: Mapping[str, Any],
+                 log: Callable[[str], None]) -> None:
+        self.grid = grid
+        self.run_config = dict(run_config)
+        self.log = log
+        self.settings = DeploymentSettings.from_run_config(run_config)
+        self.strategy = build_strategy(run_config)
+        self.spec = build_model(run_config)
+        init_seed, self.rng, _ = seed_streams(self.settings.seed, self.settings.num_clients)
+        self.net = self.spec.build(seed=init_seed)
+        self.params = get_flat_params(self.net)
+        self.test = _test_data(self.settings)
+        self.clients_per_round = self.run_config.get("clients-per-round", 0) or None
+        self.nodes: dict[int, int] = {}  # client id -> node id
+        self._last_finish = time.perf_counter()
+        self.summary: dict[str, Any] = {
+            "status": "running", "strategy": self.strategy.describe(),
+            "channel": self.settings.channel, "seed": self.settings.seed,
+            "num_clients": self.settings.num_clients, "rounds": [],
+            "final_params": [float(x) for x in self.params],
+        }
+
+    def sample(self) -> tuple[int, ...]:
+        """The clients of the next round, drawn as the engine draws them."""
+        return _sample_clients(self.settings.num_clients, self.clients_per_round, self.rng)
+
+    def plan(self, round_index: int, selected: tuple[int, ...]) -> RoundPlan:
+        """Start round ``round_index``: the strategy's ``before_round`` and ``configure``."""
+        self.strategy.before_round(round_index)
+        config = self.strategy.configure(round_index)
+        return RoundPlan(grid=self.grid, round_index=round_index, params=self.params,
+                         config=config, selected=selected, nodes=self.nodes,
+                         settings=self.settings, strategy=self.strategy, rng=self.rng,
+                         log=self.log, run_config=self.run_config)
+
+    def finish_round(self, plan: RoundPlan, result: ChannelResult) -> None:
+        """``server_aggregate`` -> ``server_update``, then evaluate and record the round.
+
+        A round's ``seconds`` run from the end of the previous round (or from the start of
+        the run), so they add up to the run's time even when rounds overlap.
+        """
+        r = plan.round_index
+        now = time.perf_counter()
+        seconds, self._last_finish = now - self._last_finish, now
+        mean_update = self.strategy.server_aggregate(result, rng=self.rng)
+        self.params = self.strategy.server_update(self.params, mean_update, round_index=r)
+        record: dict[str, Any] = {
+            "round": r, "selected": list(plan.selected), "contributors": list(result.contributors),
+            "failures": {str(k): v for k, v in sorted(plan.failures.items())},
+            "train_loss": float(np.mean(plan.train_losses)) if plan.train_losses else None,
+            "bytes_up": int(sum(result.bytes_up.values())),
+            "bytes_down": int(sum(result.bytes_down.values())),
+            "seconds": seconds,
+            **{k: float(v) for k, v in self.strategy.round_metrics(r).items()},
+        }
+        if result.revealed:  # what the secure channel revealed besides the sum
+            record["revealed"] = {
+                k: (list(v) if isinstance(v, tuple) else v) for k, v in result.revealed.items()
+                if k != "weighted_sum"
+            }
+        if self.test is not None:
+            set_flat_params(self.net, self.params)
+            loss, acc, auc = evaluate(self.net, self.test[0], self.test[1])
+            record.update(test_loss=loss, test_accuracy=acc, test_auc=auc)
+        self.summary["rounds"].append(record)
+        self.summary["final_params"] = [float(x) for x in self.params]
+        self.log(f"securefed: round {r + 1}/{self.settings.num_rounds} done in {seconds:.1f} s; "
+                 f"contributors {list(result.contributors)}"
+                 + (f"; failed {record['failures']}" if plan.failures else "")
+                 + (f"; test accuracy {record['test_accuracy']:.3f}" if self.test is not None else ""))
+
+    def connect(self, node_ids: list[int], replies: Mapping[int, Any]) -> None:
+        """Map client ids to node ids from the nodes' hello replies (checks the contract)."""
+        mapping: dict[int, int] = {}
+        for node_id, reply in sorted(replies.items()):
+            if node_id not in node_ids or not reply.ok or "num_features" not in (reply.fields or {}):
+                continue
+            cid = int(reply.fields["client"])
+            if cid in mapping:
+                raise ConfigurationError(f"two SuperNodes claim client id {cid}; each needs its own")
+            nf = int(reply.fields["num_features"])
+            if nf != self.spec.n_features:
+                raise ConfigurationError(
+                    f"client {cid} has {nf} features, the model expects {self.spec.n_features}")
+            mapping[cid] = node_id
+        missing = sorted(set(range(self.settings.num_clients)) - set(mapping))
+        if missing:
+            raise ProtocolAbort(f"no SuperNode answered for client ids {missing}; "
+                                f"connected clients: {sorted(mapping)}")
+        self.nodes.update({cid: mapping[cid] for cid in range(self.settings.num_clients)})
+        self.log(f"securefed: {len(self.nodes)} hospitals connected: "
+                 + ", ".join(f"client {c} = node {n}" for c, n in self.nodes.items()))
+
+    def wanted(self) -> Callable[[Mapping[int, Any]], bool]:
+        """A stop rule for the hello exchange: every client id has answered."""
+        want = set(range(self.settings.num_clients))
+
+        def enough(replies: Mapping[int, Any]) -> bool:
+            return want <= {int(r.fields["client"]) for r in replies.values()
+                            if r.ok and "client" in (r.fields or {})}
+
+        return enough
+
+
+def run_plain(run: ServerRun, node_ids: list[int]) -> None:
+    """Plain channel: a hello round trip, then one round trip per round."""
+    replies, _ = exchange(run.grid, {n: {"hello": 1} for n in node_ids},
+                          message_type="query.hello", group_id="hello",
+                          timeout=run.settings.round_timeout, enough=run.wanted())
+    run.connect(node_ids, replies)
+    for r in range(run.settings.num_rounds):
+        plan = run.plan(r, run.sample())
+        run.finish_round(plan, plain_round(plan))
+
+
+def run_server(grid: Any, run_config: Mapping[str, Any],
+               log: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run every round and return the JSON-ready summary (also written to ``result-path``)."""
+    run = ServerRun(grid, run_config, log)
+    settings = run.settings
+    try:
+        node_ids = _wait_for_nodes(grid, settings.num_clients, settings.node_wait_timeout)
+        if settings.channel == "secagg":
+            from securefed.flower.secagg_stages import run_secagg
+
+            run_secagg(run, node_ids)
+        else:
+            run_plain(run, node_ids)
+    except Exception as exc:
+        run.summary["status"] = "aborted"
+        run.summary["abort_reason"] = f"{type(exc).__name__}: {exc}"
+        if settings.result_path:
+            _write_json(settings.result_path, run.summary)
+        raise
+    run.summary["status"] = "completed"
+    if settings.result_path:
+        _write_json(settings.result_path, run.summary)
+    return run.summary
+
+
+def _build_app() -> Any:
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        run_server(grid, dict(context.run_config))
+
+    return server_app
+
+
+app = _build_app()

@@ -1,0 +1,316 @@
+"""Run settings of a Flower deployment, and the randomness they derive.
+
+A Flower run is configured by its *run config* (``[tool.flwr.app.config]`` of the app's
+``pyproject.toml``, overridable with ``flwr run --run-config``).  The ServerApp and every
+ClientApp read the same run config, so both sides build the same :class:`Strategy` and
+:class:`ModelSpec` from it with :func:`build_strategy` and :func:`build_model`; a test builds
+the in-process simulation from the very same mapping, so deployment and simulation compute
+the same thing.
+
+Randomness follows :func:`securefed.federated.run_federated` exactly: one root
+``numpy.random.SeedSequence(seed)`` spawns ``2 + num_clients`` children, in order the model
+initialisation, the server's generator and one generator per client (client ``k`` gets child
+``2 + k``).  A hospital node keeps its generator's state between messages (a new ClientApp
+process serves each message), so the stream it draws over a run is the one the simulation
+draws for that client.  Cryptographic secrets never come from these seeds.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from securefed.errors import ConfigurationError
+from securefed.federated.strategy import FedAvg, FedProx, Strategy
+from securefed.models import ModelSpec
+
+__all__ = [
+    "DeploymentSettings",
+    "STRATEGIES",
+    "register_strategy",
+    "app_run_config",
+    "parse_codec",
+    "build_strategy",
+    "build_model",
+    "seed_streams",
+    "client_generator",
+    "generator_to_json",
+    "generator_from_json",
+]
+
+#: Strategy classes by run-config name.  A strategy's keyword arguments are read from the
+#: run config under the same name with ``-`` for ``_`` (``learning-rate`` -> ``learning_rate``).
+STRATEGIES: dict[str, Callable[..., Strategy]] = {"fedavg": FedAvg, "fedprox": FedProx}
+
+#: Wrappers applied around the strategy, by run-config name (DP, compression ...): each is
+#: called as ``wrapper(strategy, run_config)`` and returns the wrapped strategy.
+WRAPPERS: dict[str, Callable[[Strategy, Mapping[str, Any]], Strategy]] = {}
+
+
+def parse_codec(name: str) -> Any:
+    """A compression codec from its name: ``quant8`` (8-bit stochastic quantisation),
+    ``top0.1`` (top-10% sparsification) or ``top0.1-q8`` (both); ``""``/``none``: ``None``."""
+    text = str(name).strip().lower()
+    if text in ("", "none"):
+        return None
+    from securefed import compression  # lands with the compression codecs
+
+    try:
+        if text.startswith("quant"):
+            return compression.StochasticQuantizer(bits=int(text[5:]))
+        if text.startswith("top"):
+            frac, _, q = text[3:].partition("-q")
+            return compression.TopKSparsifier(k_fraction=float(frac),
+                                              value_bits=int(q) if q else None)
+    except ValueError as exc:
+        raise ConfigurationError(f"cannot read compression {name!r}: {exc}") from exc
+    raise ConfigurationError(f"compression must be 'none', 'quantB', 'topF' or 'topF-qB', got {name!r}")
+
+
+def _none_if(text: Any) -> Any:
+    return None if isinstance(text, str) and text.strip().lower() in ("", "none") else text
+
+
+def _fedmedheter(**kwargs: Any) -> Strategy:
+    """FedMedHeter from run-config values (strings where the class takes ``None``/tuples/codecs)."""
+    from securefed.federated.fedmedheter import FedMedHeter
+
+    for key in ("adaptive_lr", "server_optimizer"):
+        if key in kwargs:
+            kwargs[key] = _none_if(kwargs[key])
+    if isinstance(kwargs.get("weight_bounds"), str):
+        try:
+            lo, hi = (float(x) for x in kwargs["weight_bounds"].split(","))
+        except ValueError as exc:
+            raise ConfigurationError(
+                f"weight-bounds must be 'low,high', got {kwargs['weight_bounds']!r}") from exc
+        kwargs["weight_bounds"] = (lo, hi)
+    if "compression" in kwargs:
+        kwargs["compression"] = parse_codec(kwargs["compression"])
+    return FedMedHeter(**kwargs)
+
+
+try:  # FedMedHeter and its options, where this version of securefed has them
+    from securefed.federated.fedmedheter import FedMedHeter as _FMH
+
+    _fedmedheter.__signature__ = inspect.signature(_FMH.__init__)  # type: ignore[attr-defined]
+    STRATEGIES["fedmedheter"] = _fedmedheter
+except ImportError:  # pragma: no cover - older layouts
+    pass
+
+
+def _dp_wrapper(kind: str) -> Callable[[Strategy, Mapping[str, Any]], Strategy]:
+    """``central-dp`` / ``local-dp`` from the run config's ``dp-*`` keys.
+
+    ``dp-secure`` (default true) draws the noise from the OS CSPRNG: in a deployment the
+    seed is public, so seeded noise could be subtracted again.  Set it to false only to
+    compare a deployment with a simulation.
+    """
+
+    def wrap(strategy: Strategy, cfg: Mapping[str, Any]) -> Strategy:
+        from securefed import dp
+
+        cls = {"central-dp": dp.CentralDP, "local-dp": dp.LocalDP}[kind]
+        clip = cfg.get("dp-clip-norm", "")
+        if clip == "":
+            raise ConfigurationError(f"{kind} needs dp-clip-norm (the L2 bound C), got none")
+        z = _none_if(cfg.get("dp-noise-multiplier", ""))
+        eps = _none_if(cfg.get("dp-target-epsilon", ""))
+        cpr = cfg.get("clients-per-round", 0) or None
+        return cls(strategy, clip_norm=float(clip),
+                   noise_multiplier=None if z is None else float(z),
+                   target_epsilon=None if eps is None else float(eps),
+                   delta=float(cfg.get("dp-delta", 1e-5) or 1e-5),
+                   num_clients=int(cfg.get("num-clients", 3)), clients_per_round=cpr,
+                   rounds=int(cfg.get("num-rounds", 1)),
+                   secure=bool(cfg.get("dp-secure", True)))
+
+    return wrap
+
+
+try:  # the DP wrappers, where this version of securefed has them
+    import securefed.dp  # noqa: F401
+
+    WRAPPERS["central-dp"] = _dp_wrapper("central-dp")
+    WRAPPERS["local-dp"] = _dp_wrapper("local-dp")
+except ImportError:  # pragma: no cover
+    pass
+
+
+def register_strategy(name: str, factory: Callable[..., Strategy]) -> None:
+    """Make ``factory`` available as ``strategy = "name"`` in the run config."""
+    STRATEGIES[name] = factory
+
+
+def _accepted_kwargs(factory: Callable[..., Any]) -> set[str] | None:
+    """Keyword names a strategy class accepts, following ``**kwargs`` up its bases."""
+    names: set[str] = set()
+    sig = getattr(factory, "__signature__", None)
+    if sig is not None:
+        return {p.name for p in sig.parameters.values()
+                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"}
+    classes = factory.__mro__ if isinstance(factory, type) else (factory,)
+    for cls in classes:
+        init = cls.__init__ if isinstance(cls, type) else cls
+        if isinstance(cls, type) and "__init__" not in vars(cls):
+            continue
+        try:
+            params = inspect.signature(init).parameters
+        except (TypeError, ValueError):
+            return None
+        has_var_kw = False
+        for p in params.values():
+            if p.kind == p.VAR_KEYWORD:
+                has_var_kw = True
+            elif p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self":
+                names.add(p.name)
+        if not has_var_kw:
+            break
+    return names
+
+
+def build_strategy(run_config: Mapping[str, Any]) -> Strategy:
+    """The strategy named by ``run_config["strategy"]``, with its hyper-parameters.
+
+    ``batch-size = 0`` means full batch (``None``).  Wrappers listed in
+    ``run_config["wrappers"]`` (comma separated, applied in order) are added around it.
+    """
+    name = str(run_config.get("strategy", "fedavg")).lower()
+    if name not in STRATEGIES:
+        raise ConfigurationError(f"unknown strategy {name!r}; valid: {sorted(STRATEGIES)}")
+    factory = STRATEGIES[name]
+    accepted = _accepted_kwargs(factory)
+    kwargs: dict[str, Any] = {}
+    for key, value in run_config.items():
+        arg = key.replace("-", "_")
+        if value == "":  # "" in the app's config: keep the strategy's own default
+            continue
+        if accepted is not None and arg in accepted:
+            kwargs[arg] = value
+    if "batch_size" in kwargs and kwargs["batch_size"] in (0, None):
+        kwargs["batch_size"] = None
+    strategy = factory(**kwargs)
+    for wrapper in [w.strip() for w in str(run_config.get("wrappers", "")).split(",") if w.strip()]:
+        if wrapper not in WRAPPERS:
+            raise ConfigurationError(f"unknown strategy wrapper {wrapper!r}; valid: {sorted(WRAPPERS)}")
+        strategy = WRAPPERS[wrapper](strategy, run_config)
+    return strategy
+
+
+def app_run_config(overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The run config a deployed run sees: the app's defaults with ``overrides`` applied.
+
+    Tests and scripts build the simulation from this same mapping to compare like with like.
+    """
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    from securefed.flower import APP_DIR
+
+    with open(APP_DIR / "pyproject.toml", "rb") as fh:
+        defaults = tomllib.load(fh)["tool"]["flwr"]["app"]["config"]
+    unknown = sorted(set(overrides or {}) - set(defaults))
+    if unknown:
+        raise ConfigurationError(f"unknown run-config keys {unknown}; valid: {sorted(defaults)}")
+    return {**defaults, **(overrides or {})}
+
+
+def build_model(run_config: Mapping[str, Any]) -> ModelSpec:
+    """The shared architecture: ``model`` (logreg|mlp), ``num-features``, ``hidden`` ("16,8")."""
+    hidden_raw = str(run_config.get("hidden", "")).strip()
+    try:
+        hidden = tuple(int(h) for h in hidden_raw.split(",") if h.strip()) if hidden_raw else ()
+    except ValueError as exc:
+        raise ConfigurationError(f"hidden must be comma-separated integers, got {hidden_raw!r}") from exc
+    return ModelSpec(str(run_config.get("model", "logreg")), n_features=int(run_config.get("num-features", 7)),
+                     hidden=hidden)
+
+
+@dataclass(frozen=True)
+class DeploymentSettings:
+    """The run-config values the ServerApp itself uses (typed, validated)."""
+
+    num_rounds: int
+    num_clients: int
+    seed: int
+    channel: str
+    round_timeout: float
+    straggler_timeout: float
+    node_wait_timeout: float
+    eval_data: str
+    result_path: str
+    secagg_threshold: int
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any]) -> DeploymentSettings:
+        def _int(key: str, default: int, minimum: int) -> int:
+            value = run_config.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigurationError(f"{key} must be an integer >= {minimum}, got {value!r}")
+            return value
+
+        def _float(key: str, default: float) -> float:
+            value = run_config.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+                raise ConfigurationError(f"{key} must be a number > 0, got {value!r}")
+            return float(value)
+
+        result_path = str(run_config.get("result-path", ""))
+        if result_path and not Path(result_path).is_absolute():
+            raise ConfigurationError(
+                f"result-path must be an absolute path (the ServerApp runs in its own folder), "
+                f"got {result_path!r}")
+        channel = str(run_config.get("channel", "plain"))
+        if channel not in ("plain", "secagg"):
+            raise ConfigurationError(f"channel must be 'plain' or 'secagg', got {channel!r}")
+        return cls(
+            num_rounds=_int("num-rounds", 3, 1),
+            num_clients=_int("num-clients", 3, 1),
+            seed=_int("seed", 0, 0),
+            channel=channel,
+            round_timeout=_float("round-timeout", 120.0),
+            straggler_timeout=_float("straggler-timeout", 30.0),
+            node_wait_timeout=_float("node-wait-timeout", 60.0),
+            eval_data=str(run_config.get("eval-data", "pima-test")),
+            result_path=result_path,
+            secagg_threshold=_int("secagg-threshold", 0, 0),
+        )
+
+
+def seed_streams(seed: int, num_clients: int) -> tuple[int, np.random.Generator,
+                                                       list[np.random.SeedSequence]]:
+    """``(model init seed, server generator, client seed sequences)`` as the engine makes them."""
+    root = np.random.SeedSequence(seed)
+    init_seq, server_seq, *client_seqs = root.spawn(2 + num_clients)
+    return int(init_seq.generate_state(1)[0]), np.random.default_rng(server_seq), client_seqs
+
+
+def client_generator(seed: int, client_id: int, num_clients: int) -> np.random.Generator:
+    """Client ``client_id``'s generator at the start of a run (child ``2 + client_id``)."""
+    if not 0 <= client_id < num_clients:
+        raise ConfigurationError(f"client id must be in [0, {num_clients}), got {client_id}")
+    return np.random.default_rng(seed_streams(seed, num_clients)[2][client_id])
+
+
+def generator_to_json(rng: np.random.Generator) -> str:
+    """The full state of ``rng`` (its bit generator's state) as JSON, to resume it later."""
+    return json.dumps(rng.bit_generator.state)
+
+
+def generator_from_json(text: str) -> np.random.Generator:
+    """Inverse of :func:`generator_to_json`."""
+    state = json.loads(text)
+    name = state.get("bit_generator")
+    bitgen_cls = getattr(np.random, str(name), None)
+    if bitgen_cls is None or not isinstance(bitgen_cls, type):
+        raise ConfigurationError(f"unknown bit generator {name!r} in saved state")
+    bitgen = bitgen_cls()
+    bitgen.state = state
+    return np.random.Generator(bitgen)

@@ -1,0 +1,207 @@
+"""The ServerApp and ClientApp logic through an in-process grid (no processes, no network).
+
+Every message still goes through the real ClientApp object and the real byte envelope, and
+each node's state is saved to and restored from bytes between messages, as on a SuperNode.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from securefed.data import pima_federation  # noqa: E402
+from securefed.errors import ProtocolAbort  # noqa: E402
+from securefed.federated import run_federated  # noqa: E402
+from securefed.flower.clientapp import app as client_app  # noqa: E402
+from securefed.flower.serverapp import run_server  # noqa: E402
+from securefed.flower.settings import app_run_config, build_model, build_strategy  # noqa: E402
+from securefed.flower.testing import InProcessGrid, plain_round_reference  # noqa: E402
+
+NODES = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
+FAST = {"round-timeout": 5.0, "straggler-timeout": 0.5, "eval-data": "none"}
+
+
+def simulate(cfg: dict, channel=None):
+    return run_federated(pima_federation(seed=0, n_hospitals=3), strategy=build_strategy(cfg),
+                         model=build_model(cfg), rounds=cfg["num-rounds"], seed=cfg["seed"],
+                         channel=channel)
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
+def test_plain_rounds_equal_the_simulation_bit_for_bit(strategy) -> None:
+    cfg = app_run_config({"strategy": strategy, "num-rounds": 2, "seed": 11, **FAST})
+    summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+    np.testing.assert_array_equal(summary["final_params"], simulate(cfg).final_params)
+
+
+def test_plain_round_goes_on_without_a_silent_node() -> None:
+    cfg = app_run_config({"num-rounds": 1, **FAST})
+    grid = InProcessGrid(client_app, NODES, cfg, silent=lambda i, t, f: i == 1 and t == "train")
+    summary = run_server(grid, cfg, log=quiet)
+    assert summary["rounds"][0]["contributors"] == [0, 2]
+    assert "1" in summary["rounds"][0]["failures"]
+
+
+def test_a_node_refuses_a_replayed_round() -> None:
+    from flwr.app import Message
+
+    from securefed.flower.transport import make_content
+
+    cfg = app_run_config({"num-rounds": 1, **FAST})
+    grid = InProcessGrid(client_app, NODES[:1], {**cfg, "num-clients": 1})
+    summary = run_server(grid, {**cfg, "num-clients": 1}, log=quiet)
+    assert summary["status"] == "completed"
+    ctx = next(iter(grid._contexts.values()))
+    msg = Message(content=make_content({"round": 0, "seed": 0, "num_clients": 1,
+                                        "params": np.zeros(8), "config": "{}"}),
+                  dst_node_id=ctx.node_id, message_type="train")
+    msg.metadata.__dict__["_message_id"] = "replay"
+    with pytest.raises(Exception, match="expected a round after 0"):
+        client_app(msg, ctx)
+
+
+def test_unknown_node_config_fails_the_run_with_the_reason() -> None:
+    cfg = app_run_config({"num-rounds": 1, **FAST})
+    grid = InProcessGrid(client_app, [{"partition-id": 0}, {"partition-id": 0}, {"partition-id": 2}], cfg)
+    with pytest.raises(Exception, match="two SuperNodes claim client id 0"):
+        run_server(grid, cfg, log=quiet)
+
+
+# ------------------------------------------------------------------ secure aggregation
+@pytest.fixture
+def secagg():
+    return pytest.importorskip("securefed.secagg")
+
+
+def _tolerance(summary: dict) -> float:
+    """Quantisation tolerance: each client's stochastic rounding moves the weighted sum by
+    less than one unit (1/scale) per coordinate, so the mean update by < n / (scale * W);
+    a generous factor covers the propagation through the next rounds' training."""
+    total = 0.0
+    for r in summary["rounds"]:
+        rev = r["revealed"]
+        total += len(r["contributors"]) / (rev["scale"] * rev["weight_sum"])
+    return 20.0 * total
+
+
+@pytest.mark.parametrize("strategy", ["fedavg", "fedmedheter"])
+def test_secagg_rounds_equal_the_simulation_within_quantisation(strategy, secagg) -> None:
+    if strategy == "fedmedheter":
+        pytest.importorskip("securefed.federated.fedmedheter")
+    from securefed.flower.secagg_stages import build_secagg_channel
+
+    cfg = app_run_config({"strategy": strategy, "channel": "secagg", "num-rounds": 3, "seed": 4,
+                          **FAST})
+    summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+    sim = simulate(cfg, channel=build_secagg_channel(cfg))
+    got = np.asarray(summary["final_params"])
+    tol = _tolerance(summary)
+    assert np.max(np.abs(got - sim.final_params)) <= tol
+    # and the tolerance is far below what a different seed changes
+    other = simulate({**cfg, "seed": 5}, channel=build_secagg_channel(cfg))
+    assert np.max(np.abs(other.final_params - sim.final_params)) > 100 * tol
+    assert [r["contributors"] for r in summary["rounds"]] == [[0, 1, 2]] * 3
+
+
+def test_secagg_round_completes_with_the_survivors_sum(secagg) -> None:
+    cfg = app_run_config({"channel": "secagg", "num-rounds": 1, "seed": 2, "secagg-threshold": 2,
+                          **FAST})
+
+    def node2_crashes(i, _t, fields):  # after sharing its keys, before its masked input
+        return i == 2 and "masked" in fields and fields["round"] == 0
+
+    summary = run_server(InProcessGrid(client_app, NODES, cfg, silent=node2_crashes), cfg, log=quiet)
+    (r0,) = summary["rounds"]
+    assert r0["contributors"] == [0, 1] and r0["revealed"]["dropped_after_sharing"] == [2]
+    assert "masked_input" in r0["failures"]["2"]
+    assert len(summary["rounds"]) == 1
+    expected = plain_round_reference(cfg, [0, 1])
+    got = np.asarray(summary["final_params"])
+    assert np.max(np.abs(got - expected)) <= _tolerance(summary)
+    assert np.max(np.abs(plain_round_reference(cfg, [0, 1, 2]) - expected)) > 100 * _tolerance(summary)
+
+
+def test_secagg_aborts_cleanly_below_the_threshold(tmp_path, secagg) -> None:
+    result = tmp_path / "out.json"
+    cfg = app_run_config({"channel": "secagg", "num-rounds": 2, "seed": 2, "secagg-threshold": 2,
+                          "result-path": str(result), **FAST})
+
+    def two_crash(i, _t, fields):  # node 2 before its masked input of round 0, node 1 of round 1
+        return "masked" in fields and (i, fields["round"]) in ((2, 0), (1, 1))
+
+    with pytest.raises(ProtocolAbort, match="below the threshold t = 2"):
+        run_server(InProcessGrid(client_app, NODES, cfg, silent=two_crash), cfg, log=quiet)
+    import json
+
+    saved = json.loads(result.read_text())
+    assert saved["status"] == "aborted" and "below the threshold" in saved["abort_reason"]
+    assert len(saved["rounds"]) == 1  # round 0 completed; its model is kept
+
+
+# ------------------------------------------------------------------ DP and compression
+@pytest.mark.parametrize("wrapper", ["central-dp", "local-dp"])
+def test_dp_wrappers_run_as_in_the_simulation(wrapper) -> None:
+    pytest.importorskip("securefed.dp")
+    cfg = app_run_config({"num-rounds": 1, "seed": 1, "wrappers": wrapper, "dp-clip-norm": 1.0,
+                          "dp-noise-multiplier": 0.5, "dp-secure": False, **FAST})
+    summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+    sim = simulate(cfg)
+    np.testing.assert_array_equal(summary["final_params"], sim.final_params)
+    assert summary["rounds"][-1]["epsilon"] == pytest.approx(sim.history[-1].extra["epsilon"])
+    # secure mode: noise from the OS, so the seed no longer determines (or reveals) it
+    secure = {**cfg, "dp-secure": True}
+    other = run_server(InProcessGrid(client_app, NODES, secure), secure, log=quiet)
+    assert np.max(np.abs(np.asarray(other["final_params"]) - sim.final_params)) > 1e-3
+
+
+def test_compressed_updates_travel_as_in_the_simulation() -> None:
+    pytest.importorskip("securefed.compression")
+    pytest.importorskip("securefed.federated.fedmedheter")
+    cfg = app_run_config({"strategy": "fedmedheter", "compression": "quant8", "num-rounds": 2,
+                          "seed": 6, **FAST})
+    summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+    sim = simulate(cfg)
+    np.testing.assert_array_equal(summary["final_params"], sim.final_params)
+    assert [r["bytes_up"] for r in summary["rounds"]] == [h.bytes_up for h in sim.history]
+
+
+def test_a_node_answers_one_unmask_request_per_round(secagg) -> None:
+    """After a round, the node has deleted that round's keys: a second (replayed) unmask
+    request, which could otherwise reveal both shares of a peer, gets an error."""
+    from flwr.app import Message
+
+    from securefed.flower.transport import make_content
+
+    cfg = app_run_config({"channel": "secagg", "num-rounds": 1, "seed": 3, **FAST})
+    grid = InProcessGrid(client_app, NODES, cfg)
+    run_server(grid, cfg, log=quiet)
+    ctx = next(iter(grid._contexts.values()))
+    assert not [k for k in ctx.state.config_records if k.startswith("securefed-secagg-client")]
+    msg = Message(content=make_content({"unmask": b"\x00" * 64, "unmask_round": 0}),
+                  dst_node_id=ctx.node_id, message_type="train.secagg")
+    msg.metadata.__dict__["_message_id"] = "replay"
+    with pytest.raises(Exception, match="holds no protocol state for that round"):
+        client_app(msg, ctx)
+
+
+def test_client_sampling_matches_the_engine() -> None:
+    cfg = app_run_config({"num-rounds": 3, "clients-per-round": 2, "seed": 9, **FAST})
+    summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+    sim = run_federated(pima_federation(seed=0, n_hospitals=3), strategy=build_strategy(cfg),
+                        model=build_model(cfg), rounds=3, seed=9, clients_per_round=2)
+    np.testing.assert_array_equal(summary["final_params"], sim.final_params)
+    assert [len(r["selected"]) for r in summary["rounds"]] == [2, 2, 2]
+
+
+def test_secagg_with_client_sampling_uses_only_the_selected(secagg) -> None:
+    cfg = app_run_config({"channel": "secagg", "num-rounds": 2, "clients-per-round": 2,
+                          "seed": 9, **FAST})
+    summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+    for r in summary["rounds"]:
+        assert len(r["selected"]) == 2 and r["contributors"] == r["selected"]

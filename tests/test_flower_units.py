@@ -1,0 +1,210 @@
+"""Fast checks of the Flower deployment's pieces (no processes started)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from cryptography import x509  # noqa: E402
+from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
+
+from securefed.data import pima_federation  # noqa: E402
+from securefed.errors import ConfigurationError, InvalidDataError  # noqa: E402
+from securefed.federated import FedAvg, FedProx, LocalConfig  # noqa: E402
+from securefed.flower.clientapp import config_from_json, config_to_json, local_round  # noqa: E402
+from securefed.flower.cluster import descendants, toml_value  # noqa: E402
+from securefed.flower.nodedata import load_csv_with_schema, load_node_data  # noqa: E402
+from securefed.flower.settings import (  # noqa: E402
+    DeploymentSettings,
+    build_model,
+    build_strategy,
+    client_generator,
+    generator_from_json,
+    generator_to_json,
+    seed_streams,
+)
+from securefed.flower.tls import write_tls_files  # noqa: E402
+from securefed.flower.transport import (  # noqa: E402
+    make_content,
+    pack_state,
+    read_content,
+    unpack_state,
+)
+
+
+def test_client_generator_is_the_engine_stream() -> None:
+    # run_federated: root.spawn(2 + n) -> init, server, client 0..n-1
+    root = np.random.SeedSequence(7)
+    _, _, *children = root.spawn(2 + 3)
+    for cid in range(3):
+        expected = np.random.default_rng(children[cid]).random(5)
+        np.testing.assert_array_equal(client_generator(7, cid, 3).random(5), expected)
+    assert seed_streams(7, 3)[0] == int(np.random.SeedSequence(7).spawn(5)[0].generate_state(1)[0])
+    with pytest.raises(ConfigurationError, match="client id must be in"):
+        client_generator(7, 3, 3)
+
+
+def test_generator_state_survives_a_round_trip() -> None:
+    rng = np.random.default_rng(123)
+    rng.random(17)
+    copy = generator_from_json(generator_to_json(rng))
+    np.testing.assert_array_equal(copy.permutation(50), rng.permutation(50))
+
+
+def test_build_strategy_reads_hyper_parameters() -> None:
+    s = build_strategy({"strategy": "fedprox", "learning-rate": 0.05, "local-epochs": 2,
+                        "batch-size": 0, "proximal-mu": 0.3, "unrelated": "x"})
+    assert isinstance(s, FedProx)
+    assert (s.learning_rate, s.local_epochs, s.batch_size, s.proximal_mu) == (0.05, 2, None, 0.3)
+    a = build_strategy({"strategy": "fedavg", "proximal-mu": 0.3})
+    assert type(a) is FedAvg
+    with pytest.raises(ConfigurationError, match="unknown strategy 'nope'; valid"):
+        build_strategy({"strategy": "nope"})
+    with pytest.raises(ConfigurationError, match="unknown strategy wrapper"):
+        build_strategy({"wrappers": "bogus"})
+    assert build_model({"model": "mlp", "hidden": "4,3", "num-features": 5}).hidden == (4, 3)
+    with pytest.raises(ConfigurationError, match="hidden must be"):
+        build_model({"hidden": "a,b"})
+
+
+def test_deployment_settings_validate() -> None:
+    s = DeploymentSettings.from_run_config({"num-rounds": 2, "channel": "plain"})
+    assert s.num_rounds == 2 and s.channel == "plain"
+    with pytest.raises(ConfigurationError, match="num-rounds must be an integer >= 1, got 0"):
+        DeploymentSettings.from_run_config({"num-rounds": 0})
+    with pytest.raises(ConfigurationError, match="channel must be"):
+        DeploymentSettings.from_run_config({"channel": "carrier-pigeon"})
+    with pytest.raises(ConfigurationError, match="result-path must be an absolute path"):
+        DeploymentSettings.from_run_config({"result-path": "out/run.json"})
+
+
+def test_message_envelope_and_client_state_round_trip() -> None:
+    fields = {"round": 3, "params": np.arange(4, dtype=np.float64), "config": "{}"}
+    back, nbytes = read_content(make_content(fields))
+    assert back["round"] == 3 and nbytes > 32
+    np.testing.assert_array_equal(back["params"], fields["params"])
+    state = {"a": np.ones(3), "n": 4, "hist": [1.0, 2.0], "meta": {"k": None}}
+    out = unpack_state(pack_state(state))
+    np.testing.assert_array_equal(out["a"], np.ones(3))
+    assert out["n"] == 4 and out["hist"] == [1.0, 2.0] and out["meta"] == {"k": None}
+    with pytest.raises(InvalidDataError, match="cannot be saved"):
+        pack_state({"bad": object()})
+
+
+def test_local_round_matches_the_engine_for_one_client() -> None:
+    """Two rounds at one node (state kept between them) draw the engine's client stream."""
+    from flwr.app import RecordDict
+
+    run_config = {"strategy": "fedavg", "learning-rate": 0.1, "local-epochs": 1, "batch-size": 8,
+                  "model": "logreg", "num-features": 7}
+    client = load_node_data({"partition-id": 1, "num-partitions": 3})
+    strategy = build_strategy(run_config)
+    spec = build_model(run_config)
+    params = np.linspace(-0.2, 0.2, spec.num_params())
+    state = RecordDict()
+    rng = client_generator(0, 1, 3)
+    for r in range(2):
+        fields = {"round": r, "seed": 0, "num_clients": 3, "params": params,
+                  "config": config_to_json(strategy.configure(r))}
+        vec, weight, payload, stats = local_round(run_config, client, fields, state)
+        local = strategy.local_train(spec.build(), client, params, strategy.configure(r), rng=rng,
+                                     client_state={})
+        w = strategy.client_weight(local, client_state={})
+        ref, _ = strategy.client_process(local.update, w, client_state={}, rng=rng)
+        np.testing.assert_array_equal(vec, ref)
+        assert weight == w and stats["num_examples"] == client.num_examples
+
+
+def test_config_json_round_trip() -> None:
+    c = LocalConfig(learning_rate=0.1, local_epochs=2, batch_size=None, proximal_mu=0.5,
+                    extra={"alpha": 0.3})
+    assert config_from_json(config_to_json(c)) == c
+
+
+def test_node_data_partition_and_csv(tmp_path) -> None:
+    fed = pima_federation(seed=0, n_hospitals=3)
+    part = load_node_data({"partition-id": 2, "num-partitions": 3})
+    np.testing.assert_array_equal(part.X, fed.clients[2].X)
+    with pytest.raises(ConfigurationError, match="partition-id must be in"):
+        load_node_data({"partition-id": 3, "num-partitions": 3})
+    with pytest.raises(ConfigurationError, match="expected 'client-id' or 'partition-id'"):
+        load_node_data({"data-path": "x.csv"})
+
+    csv = tmp_path / "h.csv"
+    csv.write_text("glu,bmi,type\n100,30,Yes\n120,25,No\n", encoding="utf-8")
+    schema = tmp_path / "schema.json"
+    schema.write_text(json.dumps({"features": ["glu", "bmi"], "label": "type", "positive": "Yes",
+                                  "mean": [110, 27.5], "std": [10, 2.5]}), encoding="utf-8")
+    c = load_csv_with_schema(csv, schema, client_id=4)
+    np.testing.assert_allclose(c.X, [[-1, 1], [1, -1]])
+    np.testing.assert_array_equal(c.y, [1, 0])
+    assert load_node_data({"client-id": 4, "data-path": str(csv), "schema-path": str(schema)}).client_id == 4
+    csv.write_text("glu,bmi,type\n100,,Yes\n120,25,No\n", encoding="utf-8")
+    with pytest.raises(InvalidDataError, match=r"row 2 of the file, column\(s\) \['bmi'\]"):
+        load_csv_with_schema(csv, schema, client_id=0)
+    csv.write_text("glu,type\n100,Yes\n", encoding="utf-8")
+    with pytest.raises(InvalidDataError, match=r"lacks columns \['bmi'\]"):
+        load_csv_with_schema(csv, schema, client_id=0)
+
+
+def test_tls_files(tmp_path) -> None:
+    files = write_tls_files(tmp_path, hosts=["superlink.example.org"])
+    ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
+    server = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"127.0.0.1"}
+    assert set(san.get_values_for_type(x509.DNSName)) == {"localhost", "superlink.example.org"}
+    # the CA really signed the server certificate
+    assert isinstance(ca.public_key(), ec.EllipticCurvePublicKey)
+    server.verify_directly_issued_by(ca)
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    assert oct(files.server_key.stat().st_mode & 0o777) == "0o600"
+    assert oct(files.ca_key.stat().st_mode & 0o777) == "0o600"
+    with pytest.raises(ConfigurationError, match="already exist"):
+        write_tls_files(tmp_path)
+
+
+def test_toml_values_and_descendants() -> None:
+    assert toml_value('a "b"') == '"a \\"b\\""' and toml_value(3) == "3" and toml_value(True) == "true"
+    with pytest.raises(ConfigurationError):
+        toml_value([1])
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import subprocess,sys,time; p=subprocess.Popen([sys.executable,'-c',"
+                               "'import time; time.sleep(30)']); time.sleep(30)"])
+    try:
+        deadline = time.monotonic() + 20
+        while not descendants(parent.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        kids = descendants(parent.pid)
+        assert len(kids) == 1 and os.getpid() not in kids
+    finally:
+        for pid in descendants(parent.pid):
+            os.kill(pid, 9)
+        parent.kill()
+        parent.wait()
+
+
+def test_fedmedheter_options_from_strings() -> None:
+    pytest.importorskip("securefed.federated.fedmedheter")
+    from securefed.flower.settings import app_run_config
+
+    s = build_strategy(app_run_config({
+        "strategy": "fedmedheter", "adaptive-lr": "none", "weight-bounds": "0.5,2",
+        "compression": "top0.1-q8", "server-optimizer": "adam", "proximal-mu": 0.2}))
+    assert s.adaptive_lr is None and s.weight_bounds == (0.5, 2.0)
+    assert s.server_optimizer == "adam" and s.proximal_mu == 0.2
+    assert s.codec.name == "top0.1-q8"
+    with pytest.raises(ConfigurationError, match="weight-bounds must be 'low,high'"):
+        build_strategy(app_run_config({"strategy": "fedmedheter", "weight-bounds": "1"}))
+    with pytest.raises(ConfigurationError, match="compression must be"):
+        build_strategy(app_run_config({"strategy": "fedmedheter", "compression": "zip"}))
+    with pytest.raises(ConfigurationError, match="unknown run-config keys"):
+        app_run_config({"no-such-key": 1})
