@@ -57,7 +57,7 @@ class AuditConfig:
     hidden: tuple[int, ...] = ()
     learning_rate: float = 0.1
     local_epochs: int = 1
-    batch_size: int | None = 16
+    batch_size: int | str | None = 16
     clients_per_round: int | None = None
     dropout_rate: float = 0.0
     target_fraction: float = 0.95
@@ -68,6 +68,8 @@ class AuditConfig:
     attack_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if self.batch_size == "full":  # TOML has no null: "full" means full-batch training
+            object.__setattr__(self, "batch_size", None)
         for name in ("algorithms", "defenses", "attacks", "hidden", "exclude"):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, (list, tuple)):

@@ -426,8 +426,10 @@ def write_report(results: AuditResults, *, command: str | None = None) -> Report
     try:
         import tomli_w
 
-        (out / "audit.toml").write_text(tomli_w.dumps(
-            {k: v for k, v in results.config.to_dict().items() if v is not None}))
+        cfg = results.config.to_dict()
+        if cfg["batch_size"] is None:
+            cfg["batch_size"] = "full"
+        (out / "audit.toml").write_text(tomli_w.dumps({k: v for k, v in cfg.items() if v is not None}))
     except ImportError:  # pragma: no cover - tomli-w is a dependency
         pass
 

@@ -115,3 +115,15 @@ def test_heterogeneity_setting_is_validated_and_reaches_the_data(tmp_path):
         _config(heterogeneity="strong")
     with pytest.raises(ConfigurationError, match="heterogeneity"):
         _config(heterogeneity={"quantity_skw": 0.5})
+
+
+def test_the_written_config_file_reproduces_the_audit(tmp_path):
+    from evaluation import write_report
+
+    cfg = _config(algorithms=("fedavg",), batch_size=None, attack_folds=None)
+    res = run_audit(cfg, tmp_path, progress=False)
+    write_report(res)
+    again = load_config(tmp_path / "audit.toml")
+    assert again.base_fingerprint() == cfg.base_fingerprint()
+    assert again.batch_size is None
+    assert run_audit(again, tmp_path, progress=False).resumed == len(res.cells)
