@@ -28,6 +28,7 @@ import dataclasses
 from typing import Any
 
 import numpy as np
+from scipy.optimize import linear_sum_assignment
 
 from attacks import AttributeInferenceWhiteBox, LossThreshold, TabularInversion
 from evaluation.privacy import AttackContext, AttackScore, AuditAttack, register_attack
@@ -95,11 +96,16 @@ def _gradient_inversion(ctx: AttackContext) -> list[AttackScore]:
         "label_accuracy": scored.attack.label_accuracy,
         "feature_accuracy": scored.attack.feature_accuracy,
     }
-    # for the figure: the first true rows, each beside its nearest reconstructed row
+    # for the figure: the first true rows beside the reconstructed rows a one-to-one pairing
+    # (least total squared distance) gives them; a nearest-row pick would flatter the attack
     rec_X = np.asarray(rec.X, dtype=np.float64)
-    shown = np.asarray(true_X[:3], dtype=np.float64)
-    nearest = [int(np.argmin(((rec_X - row) ** 2).sum(1))) for row in shown]
-    examples = {"truth": shown.tolist(), "reconstruction": rec_X[nearest].tolist(),
+    tX = np.asarray(true_X, dtype=np.float64)
+    cost = ((tX[:, None, :] - rec_X[None, :, :]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    partner = dict(zip(rows.tolist(), cols.tolist(), strict=True))
+    shown = [i for i in range(min(3, len(tX))) if i in partner]
+    examples = {"truth": tX[shown].tolist(),
+                "reconstruction": rec_X[[partner[i] for i in shown]].tolist(),
                 "features": list(ctx.fold.data.feature_names)}
     return [AttackScore("gradient-inversion", "server", "feature_accuracy",
                         scored.attack.mean_feature_accuracy,

@@ -339,8 +339,9 @@ def reconstructions(cells: Sequence[dict[str, Any]], out: Path, *, max_panels: i
                              fontsize=8)
             axes[0, 0].legend(fontsize=7)
         figs.append(_save(fig, out, f"reconstruction-{attack}", f"Reconstruction: {attack}",
-                          "A record the attacker reconstructed beside the true one, under each "
-                          "defense (standardised units)."))
+                          "A true record beside the reconstructed record paired with it one to "
+                          "one (least total squared distance), under each defense "
+                          "(standardised units)."))
     return figs
 
 
