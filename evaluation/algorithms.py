@@ -186,9 +186,9 @@ register_algorithm(Algorithm(
 
 register_algorithm(Algorithm(
     name="fedmedheter", kind="federated",
-    summary="FedMedHeter: proximal local objective, adaptive local step sizes, "
-            "heterogeneity-aware client-side weights, server momentum "
-            "(securefed.federated.fedmedheter)",
+    summary="FedMedHeter: proximal local objective, loss-scaled adaptive local step size, "
+            "heterogeneity-aware client-side weights, 2-bit stochastic quantisation with error "
+            "feedback (defaults of securefed.federated.fedmedheter; server optimiser off)",
     strategy_factory=FedMedHeter,
 ))
 
