@@ -204,3 +204,16 @@ def test_cli_train_writes_json(tmp_path, capsys):
     doc = json.loads(path.read_text())
     assert doc["algorithm"] == "fedprox" and len(doc["history"]) == 2
     assert cli_main(["train", "--rounds", "0", "--out", str(tmp_path), "--quiet"]) == 2
+
+
+def test_roc_auc_matches_scikit_learn():
+    from sklearn.metrics import roc_auc_score
+
+    from securefed.federated.metrics import roc_auc
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        y = rng.integers(0, 2, size=50)
+        s = np.round(rng.normal(size=50) + y, 1)  # rounding creates ties
+        assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
+    assert np.isnan(roc_auc(np.ones(4), np.arange(4.0)))

@@ -18,6 +18,7 @@ from torch import nn
 
 from securefed.errors import ConfigurationError, PrivacyBudgetExceeded
 from securefed.federated.channel import AggregationChannel, PlainChannel
+from securefed.federated.metrics import roc_auc
 from securefed.federated.strategy import Strategy
 from securefed.federated.types import (
     DropoutPlan,
@@ -36,10 +37,6 @@ ProgressCallback = Callable[[RoundRecord], None]
 
 def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """(log loss, accuracy at threshold 0.5, ROC AUC) of ``model`` on ``(X, y)``."""
-    # Imported here: scikit-learn takes seconds to import, and processes that never
-    # evaluate (a Flower ClientApp is started afresh for every message) should not pay it.
-    from sklearn.metrics import roc_auc_score
-
     model.eval()
     with torch.no_grad():
         logits = model(torch.as_tensor(X, dtype=torch.float32))
@@ -48,7 +45,7 @@ def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray) -> tuple[float, flo
         pred = (logits > 0).float()
         acc = float((pred == yt).float().mean())
     probs = torch.sigmoid(logits).numpy()
-    auc = float(roc_auc_score(y, probs)) if 0 < y.sum() < len(y) else float("nan")
+    auc = roc_auc(y, probs)
     return loss, acc, auc
 
 
