@@ -46,7 +46,7 @@ import torch
 from scipy import stats
 
 from securefed.compression import StochasticQuantizer, TopKSparsifier
-from securefed.data import pima_federation
+from securefed.data import Heterogeneity, pima_federation, synthetic_federation
 from securefed.errors import ConfigurationError
 from securefed.federated import ClientArrays, FedAvg, FederatedArrays, FedProx, run_federated
 from securefed.federated.centralized import run_centralized
@@ -140,25 +140,11 @@ def validation_split(data: FederatedArrays, *, fraction: float, seed: int) -> Fe
                            description=f"validation split of: {data.description}")
 
 
-def synthetic_available() -> bool:
-    try:
-        from securefed.data import Heterogeneity, synthetic_federation  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def make_synthetic(seed: int, *, n_hospitals: int, patients: int, strength: float) -> FederatedArrays:
-    from securefed.data import Heterogeneity, synthetic_federation
-
     het = Heterogeneity(quantity_skew=strength, covariate_shift=strength,
                         label_convention=strength, format_shift=strength)
     return synthetic_federation(n_hospitals=n_hospitals, patients_per_hospital=patients,
                                 heterogeneity=het, seed=seed, test_size=1000)
-
-
-def pima_has_heterogeneity() -> bool:
-    return "heterogeneity" in inspect.signature(pima_federation).parameters
 
 
 # ----------------------------------------------------------------------------- runs
@@ -575,10 +561,7 @@ def main(argv: list[str] | None = None) -> int:
     def make_pima(s: int) -> FederatedArrays:
         return pima_federation(seed=s)
 
-    notes = []
-    if not pima_has_heterogeneity():
-        notes.append("pima_federation has no heterogeneity knobs in this version: the Pima "
-                     "split is the IID placeholder.")
+    notes: list[str] = []
     if args.quick or args.no_tune:
         settings, log = library_defaults(), []
     else:
@@ -591,18 +574,13 @@ def main(argv: list[str] | None = None) -> int:
     pima = compare("pima", make_pima, spec_for, seeds=seeds, rounds=rounds, settings=settings,
                    ablation=True, progress=args.progress)
     print("## Pima, 3 hospitals\n\n" + comparison_table(pima) + "\n")
-    synthetic = None
-    if synthetic_available():
-        synthetic = compare(
-            "synthetic", lambda s: make_synthetic(s, n_hospitals=syn_h, patients=syn_n,
-                                                  strength=args.synthetic_strength),
-            spec_for, seeds=seeds, rounds=rounds, settings=settings, ablation=True,
-            progress=args.progress, clients_per_round=syn_cpr)
-        print(f"## Synthetic, {syn_h} hospitals, {syn_cpr} per round\n\n"
-              + comparison_table(synthetic) + "\n")
-    else:
-        notes.append("securefed.data.synthetic_federation is not available in this version: "
-                     "the synthetic experiment was not run.")
+    synthetic = compare(
+        "synthetic", lambda s: make_synthetic(s, n_hospitals=syn_h, patients=syn_n,
+                                              strength=args.synthetic_strength),
+        spec_for, seeds=seeds, rounds=rounds, settings=settings, ablation=True,
+        progress=args.progress, clients_per_round=syn_cpr)
+    print(f"## Synthetic, {syn_h} hospitals, {syn_cpr} per round\n\n"
+          + comparison_table(synthetic) + "\n")
     claim_rows = claims(pima)
     print("## Seed claims vs measured (Pima)\n\n" + claims_table(claim_rows) + "\n")
     for n in notes:
@@ -615,7 +593,7 @@ def main(argv: list[str] | None = None) -> int:
     payload = {
         "command": command, "seconds": elapsed, "cpu_seconds": cpu, "notes": notes, "settings": settings.to_json(),
         "selection": log, "pima": _strip_curves(pima),
-        "synthetic": None if synthetic is None else _strip_curves(synthetic),
+        "synthetic": _strip_curves(synthetic),
         "claims": claim_rows, "target_fraction": TARGET_FRACTION, "model": args.model,
         "torch": torch.__version__,
     }
@@ -627,12 +605,10 @@ def main(argv: list[str] | None = None) -> int:
     if log:
         md.append("## Selection\n\n" + tuning_table(log) + "\n")
     md.append("## Pima (3 hospitals)\n\n" + comparison_table(pima) + "\n")
-    if synthetic is not None:
-        md.append(f"## Synthetic ({syn_h} hospitals, {syn_cpr} sampled per round, "
-                  f"heterogeneity {args.synthetic_strength:g})\n\n" + comparison_table(synthetic) + "\n")
+    md.append(f"## Synthetic ({syn_h} hospitals, {syn_cpr} sampled per round, "
+              f"heterogeneity {args.synthetic_strength:g})\n\n" + comparison_table(synthetic) + "\n")
     md.append("## Seed claims vs measured (Pima)\n\n" + claims_table(claim_rows) + "\n")
-    if synthetic is not None:
-        md.append("## Seed claims vs measured (synthetic)\n\n" + claims_table(claims(synthetic)) + "\n")
+    md.append("## Seed claims vs measured (synthetic)\n\n" + claims_table(claims(synthetic)) + "\n")
     (out / "results.md").write_text("\n".join(md))
     plot({"pima": pima, "synthetic": synthetic}, out / "curves.png")
     print(f"wrote {out / 'results.json'}, {out / 'results.md'}, {out / 'curves.png'} "
