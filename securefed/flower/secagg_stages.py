@@ -51,7 +51,6 @@ import numpy as np
 
 from securefed.errors import InvalidDataError, MessageRejected, ProtocolAbort
 from securefed.federated.types import ChannelResult
-from securefed.federated.wire import pack, unpack
 from securefed.flower.transport import exchange, load_blob, save_blob
 
 __all__ = [
@@ -91,58 +90,14 @@ def client_to_bytes(client: Any) -> bytes:
     The blob holds the node's private keys and the shares it holds: it is written only to
     the node's own ``context.state`` and never sent.
     """
-    fields: dict[str, Any] = {
-        "client_id": client.client_id, "session": client.session,
-        "round_index": client.round_index, "bits": client.bits, "length": client.length,
-        "stage": client.stage, "threshold": int(client._threshold),
-    }
-    if hasattr(client, "_c_sk"):
-        fields["c_sk"] = client._c_sk.private_bytes_raw()
-        fields["s_sk"] = client._s_sk_raw
-    if hasattr(client, "_b"):
-        fields["b"] = client._b
-    held = sorted(client._held)
-    fields["held_ids"] = np.asarray(held, dtype=np.int64)
-    if held:
-        fields["held"] = np.stack([np.asarray(client._held[v]) for v in held])
-    enc = sorted(client._enc_keys)
-    fields["enc_ids"] = np.asarray(enc, dtype=np.int64)
-    fields["enc_keys"] = b"".join(client._enc_keys[v] for v in enc)
-    peers = sorted(client._peers)
-    fields["peer_ids"] = np.asarray(peers, dtype=np.int64)
-    fields["peer_keys"] = b"".join(client._peers[v][0] + client._peers[v][1] for v in peers)
-    fields["partners"] = np.asarray(sorted(client._partners), dtype=np.int64)
-    return pack(fields)
+    return client.export_state()
 
 
 def client_from_bytes(blob: bytes) -> Any:
     """Inverse of :func:`client_to_bytes`."""
-    from securefed.secagg import SecAggClient, crypto
+    from securefed.secagg import SecAggClient
 
-    f = unpack(blob)
-    client = SecAggClient(int(f["client_id"]), session=f["session"], round_index=int(f["round_index"]),
-                          bits=int(f["bits"]), length=int(f["length"]))
-    client.stage = str(f["stage"])
-    client._threshold = int(f["threshold"])
-    if "c_sk" in f:
-        client._c_sk = crypto.private_from_bytes(f["c_sk"])
-        client._s_sk_raw = f["s_sk"]
-        client._s_sk = crypto.private_from_bytes(f["s_sk"])
-        client._c_pk = crypto.public_bytes(client._c_sk)
-        client._s_pk = crypto.public_bytes(client._s_sk)
-    if "b" in f:
-        client._b = f["b"]
-    held_ids = [int(v) for v in f["held_ids"]]
-    client._held = {v: f["held"][i].copy() for i, v in enumerate(held_ids)}
-    enc_ids = [int(v) for v in f["enc_ids"]]
-    n_enc = len(f["enc_keys"]) // max(len(enc_ids), 1)
-    client._enc_keys = {v: f["enc_keys"][i * n_enc:(i + 1) * n_enc] for i, v in enumerate(enc_ids)}
-    peer_ids = [int(v) for v in f["peer_ids"]]
-    raw = f["peer_keys"]
-    client._peers = {v: (raw[64 * i:64 * i + 32], raw[64 * i + 32:64 * i + 64])
-                     for i, v in enumerate(peer_ids)}
-    client._partners = {int(v) for v in f["partners"]}
-    return client
+    return SecAggClient.restore_state(blob)
 
 
 # ---------------------------------------------------------------------------- node side

@@ -44,11 +44,13 @@ import os
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from securefed.errors import ConfigurationError, InvalidDataError, MessageRejected, ProtocolAbort
 from securefed.federated.types import ReceivedMessage
+from securefed.federated.wire import pack, unpack
 from securefed.secagg import crypto, shamir
 from securefed.secagg.encoding import uint_dtype, wire_dtype
 from securefed.secagg.graph import complete_graph
@@ -300,6 +302,66 @@ class SecAggClient:
             np.asarray(alive, dtype=np.uint32), seed.reshape(len(alive), -1),
             np.asarray(dead, dtype=np.uint32), keys.reshape(len(dead), KEY_SHARE_ELEMENTS),
         ).to_bytes()
+
+    # ------------------------------------------------------------- state between messages
+    def export_state(self) -> bytes:
+        """This client's whole state (private keys, held shares) as bytes, so that a node that
+        runs each protocol message in a fresh process can keep it between messages.
+
+        The blob is secret: it must stay in the node's own storage and never be sent.
+        """
+        fields: dict[str, Any] = {
+            "client_id": self.client_id, "session": self.session,
+            "round_index": self.round_index, "bits": self.bits, "length": self.length,
+            "stage": self.stage, "threshold": int(self._threshold),
+        }
+        if hasattr(self, "_c_sk"):
+            fields["c_sk"] = self._c_sk.private_bytes_raw()
+            fields["s_sk"] = self._s_sk_raw
+        if hasattr(self, "_b"):
+            fields["b"] = self._b
+        held = sorted(self._held)
+        fields["held_ids"] = np.asarray(held, dtype=np.int64)
+        if held:
+            fields["held"] = np.stack([np.asarray(self._held[v]) for v in held])
+        enc = sorted(self._enc_keys)
+        fields["enc_ids"] = np.asarray(enc, dtype=np.int64)
+        fields["enc_keys"] = b"".join(self._enc_keys[v] for v in enc)
+        peers = sorted(self._peers)
+        fields["peer_ids"] = np.asarray(peers, dtype=np.int64)
+        fields["peer_keys"] = b"".join(self._peers[v][0] + self._peers[v][1] for v in peers)
+        fields["partners"] = np.asarray(sorted(self._partners), dtype=np.int64)
+        return pack(fields)
+
+    @classmethod
+    def restore_state(cls, blob: bytes) -> SecAggClient:
+        """Inverse of :meth:`export_state`."""
+        f = unpack(blob)
+        client = cls(int(f["client_id"]), session=f["session"],
+                     round_index=int(f["round_index"]), bits=int(f["bits"]),
+                     length=int(f["length"]))
+        client.stage = str(f["stage"])
+        client._threshold = int(f["threshold"])
+        if "c_sk" in f:
+            client._c_sk = crypto.private_from_bytes(f["c_sk"])
+            client._s_sk_raw = f["s_sk"]
+            client._s_sk = crypto.private_from_bytes(f["s_sk"])
+            client._c_pk = crypto.public_bytes(client._c_sk)
+            client._s_pk = crypto.public_bytes(client._s_sk)
+        if "b" in f:
+            client._b = f["b"]
+        held_ids = [int(v) for v in f["held_ids"]]
+        client._held = {v: f["held"][i].copy() for i, v in enumerate(held_ids)}
+        enc_ids = [int(v) for v in f["enc_ids"]]
+        n_enc = len(f["enc_keys"]) // max(len(enc_ids), 1)
+        client._enc_keys = {v: f["enc_keys"][i * n_enc:(i + 1) * n_enc]
+                            for i, v in enumerate(enc_ids)}
+        peer_ids = [int(v) for v in f["peer_ids"]]
+        raw = f["peer_keys"]
+        client._peers = {v: (raw[64 * i:64 * i + 32], raw[64 * i + 32:64 * i + 64])
+                         for i, v in enumerate(peer_ids)}
+        client._partners = {int(v) for v in f["partners"]}
+        return client
 
 
 class SecAggServer:
