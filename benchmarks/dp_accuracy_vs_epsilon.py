@@ -56,14 +56,6 @@ def _one(job: tuple[str, float | None, int, int, float]) -> dict:
             "seconds": time.perf_counter() - t0}
 
 
-def _secagg_available() -> bool:
-    try:
-        import securefed.secagg  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 seeds, 3 noise levels, 8 rounds")
@@ -76,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.quick:
         args.seeds, args.rounds, args.noise = 2, 8, [1.0, 4.0, 16.0]
-    mechanisms = [m for m in MECHANISMS if m != "distributed" or _secagg_available()]
+    mechanisms = list(MECHANISMS)
     missing = sorted(set(MECHANISMS) - set(mechanisms))
     jobs: list[tuple[str, float | None, int, int, float]] = [
         ("none", None, s, args.rounds, args.clip_norm) for s in range(args.seeds)]

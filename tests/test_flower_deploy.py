@@ -92,7 +92,6 @@ def _tolerance(summary: dict) -> float:
 
 @full_only
 def test_secure_aggregation_three_rounds_equal_the_simulation(cluster, tmp_path) -> None:
-    pytest.importorskip("securefed.secagg")
     from securefed.flower.secagg_stages import build_secagg_channel
     from securefed.flower.settings import STRATEGIES
 
@@ -136,7 +135,6 @@ def test_killed_supernodes_survivors_then_abort(cluster, tmp_path) -> None:
     """Round 0: node 2 dies after sharing its keys, when the masked-input message reaches it;
     2 >= t = 2 remain, so the round completes with the survivors' sum.  Round 1: node 1 dies
     the same way; 1 < t, so the run aborts cleanly.  (Runs last: it kills shared nodes.)"""
-    pytest.importorskip("securefed.secagg")
     config = {"channel": "secagg", "num-rounds": 2, "seed": 2, "secagg-threshold": 2,
               "straggler-timeout": 20.0}
     on_poll, killed = _killer(cluster, {2: "0.masked_input", 1: "1.masked_input"})

@@ -76,7 +76,9 @@ def test_unknown_node_config_fails_the_run_with_the_reason() -> None:
 # ------------------------------------------------------------------ secure aggregation
 @pytest.fixture
 def secagg():
-    return pytest.importorskip("securefed.secagg")
+    import securefed.secagg
+
+    return securefed.secagg
 
 
 def _tolerance(summary: dict) -> float:
@@ -92,8 +94,6 @@ def _tolerance(summary: dict) -> float:
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedmedheter"])
 def test_secagg_rounds_equal_the_simulation_within_quantisation(strategy, secagg) -> None:
-    if strategy == "fedmedheter":
-        pytest.importorskip("securefed.federated.fedmedheter")
     from securefed.flower.secagg_stages import build_secagg_channel
 
     cfg = app_run_config({"strategy": strategy, "channel": "secagg", "num-rounds": 3, "seed": 4,
@@ -147,7 +147,6 @@ def test_secagg_aborts_cleanly_below_the_threshold(tmp_path, secagg) -> None:
 # ------------------------------------------------------------------ DP and compression
 @pytest.mark.parametrize("wrapper", ["central-dp", "local-dp"])
 def test_dp_wrappers_run_as_in_the_simulation(wrapper) -> None:
-    pytest.importorskip("securefed.dp")
     cfg = app_run_config({"num-rounds": 1, "seed": 1, "wrappers": wrapper, "dp-clip-norm": 1.0,
                           "dp-noise-multiplier": 0.5, "dp-secure": False, **FAST})
     summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
@@ -161,8 +160,6 @@ def test_dp_wrappers_run_as_in_the_simulation(wrapper) -> None:
 
 
 def test_compressed_updates_travel_as_in_the_simulation() -> None:
-    pytest.importorskip("securefed.compression")
-    pytest.importorskip("securefed.federated.fedmedheter")
     cfg = app_run_config({"strategy": "fedmedheter", "compression": "quant8", "num-rounds": 2,
                           "seed": 6, **FAST})
     summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)

@@ -6,7 +6,6 @@ a sum of ``k`` fresh ciphertexts is within ``k`` times it, and the revealed valu
 to a grid ``g < 2 k B_clean / scale``, adding at most ``g / 2``.
 """
 
-import importlib.util
 
 import numpy as np
 import pytest
@@ -172,12 +171,10 @@ class _WeightRecorder(PlainChannel):
 
 
 def _strategies():
-    out = [("fedavg", FedAvg()), ("fedprox", FedProx(proximal_mu=0.1))]
-    if importlib.util.find_spec("securefed.federated.fedmedheter") is not None:
-        from securefed.federated.fedmedheter import FedMedHeter
+    from securefed.federated.fedmedheter import FedMedHeter
 
-        out.append(("fedmedheter", FedMedHeter()))
-    return out
+    return [("fedavg", FedAvg()), ("fedprox", FedProx(proximal_mu=0.1)),
+            ("fedmedheter", FedMedHeter())]
 
 
 @pytest.mark.parametrize("name, strategy", _strategies(), ids=[n for n, _ in _strategies()])

@@ -127,12 +127,10 @@ def test_secagg_plus_mode_in_channel():
 
 
 def _strategies():
-    import securefed.federated as fed
+    from securefed.federated import FedMedHeter
 
-    out = [("fedavg", FedAvg()), ("fedprox", FedProx(proximal_mu=0.1))]
-    if hasattr(fed, "FedMedHeter"):  # present once the FedMedHeter strategy is merged
-        out.append(("fedmedheter", fed.FedMedHeter()))
-    return out
+    return [("fedavg", FedAvg()), ("fedprox", FedProx(proximal_mu=0.1)),
+            ("fedmedheter", FedMedHeter())]
 
 
 @pytest.mark.parametrize("name,strategy", _strategies(), ids=[n for n, _ in _strategies()])

@@ -370,11 +370,8 @@ def secagg_channel_for(dp: DistributedDP, *, bits: int = 32, tail: float = 8.0, 
     group except with probability about ``exp(-tail^2 / 2)`` per coordinate.  Weights are
     uniform, so ``max_weight=1``.  Extra keyword arguments go to ``SecAggChannel``.
     """
-    try:
-        from securefed.secagg import SecAggChannel
-    except ImportError as exc:  # pragma: no cover - depends on the installed tree
-        raise ConfigurationError(
-            "distributed DP needs securefed.secagg.SecAggChannel, which is not available") from exc
+    from securefed.secagg import SecAggChannel
+
     if not tail > 0:
         raise ConfigurationError(f"tail must be > 0, got {tail!r}")
     z_eff = dp.noise_multiplier / math.sqrt(1.0 - dp.integer_noise.dropout_tolerance)

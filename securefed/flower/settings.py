@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from securefed.errors import ConfigurationError
+from securefed.federated.fedmedheter import FedMedHeter
 from securefed.federated.strategy import FedAvg, FedProx, Strategy
 from securefed.models import ModelSpec
 
@@ -79,7 +80,6 @@ def _none_if(text: Any) -> Any:
 
 def _fedmedheter(**kwargs: Any) -> Strategy:
     """FedMedHeter from run-config values (strings where the class takes ``None``/tuples/codecs)."""
-    from securefed.federated.fedmedheter import FedMedHeter
 
     for key in ("adaptive_lr", "server_optimizer"):
         if key in kwargs:
@@ -96,13 +96,8 @@ def _fedmedheter(**kwargs: Any) -> Strategy:
     return FedMedHeter(**kwargs)
 
 
-try:  # FedMedHeter and its options, where this version of securefed has them
-    from securefed.federated.fedmedheter import FedMedHeter as _FMH
-
-    _fedmedheter.__signature__ = inspect.signature(_FMH.__init__)  # type: ignore[attr-defined]
-    STRATEGIES["fedmedheter"] = _fedmedheter
-except ImportError:  # pragma: no cover - older layouts
-    pass
+_fedmedheter.__signature__ = inspect.signature(FedMedHeter.__init__)  # type: ignore[attr-defined]
+STRATEGIES["fedmedheter"] = _fedmedheter
 
 
 def _dp_wrapper(kind: str) -> Callable[[Strategy, Mapping[str, Any]], Strategy]:
@@ -134,13 +129,8 @@ def _dp_wrapper(kind: str) -> Callable[[Strategy, Mapping[str, Any]], Strategy]:
     return wrap
 
 
-try:  # the DP wrappers, where this version of securefed has them
-    import securefed.dp  # noqa: F401
-
-    WRAPPERS["central-dp"] = _dp_wrapper("central-dp")
-    WRAPPERS["local-dp"] = _dp_wrapper("local-dp")
-except ImportError:  # pragma: no cover
-    pass
+WRAPPERS["central-dp"] = _dp_wrapper("central-dp")
+WRAPPERS["local-dp"] = _dp_wrapper("local-dp")
 
 
 def register_strategy(name: str, factory: Callable[..., Strategy]) -> None:
