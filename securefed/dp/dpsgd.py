@@ -35,7 +35,7 @@ from securefed.dp.accounting import RoundAccountant
 from securefed.dp.clipping import check_clip_norm, check_delta, check_noise_multiplier
 from securefed.dp.noise import GaussianNoise
 from securefed.errors import ConfigurationError
-from securefed.federated.strategy import Strategy, StrategyWrapper
+from securefed.federated.strategy import Strategy, StrategyWrapper, local_loss
 from securefed.federated.types import ClientArrays, LocalConfig, LocalResult
 from securefed.models import get_flat_params, set_flat_params
 
@@ -132,8 +132,7 @@ class DPSGD(StrategyWrapper):
         n = X.shape[0]
         if n == 0:
             raise ConfigurationError(f"client {client.name!r} has no training examples")
-        with torch.no_grad():
-            initial_loss = float(nn.functional.binary_cross_entropy_with_logits(model(X), y))
+        initial_loss = local_loss(model, client)
         lot = n if config.batch_size is None else min(config.batch_size, n)
         q = lot / n
         steps_per_epoch = max(1, math.ceil(n / lot))

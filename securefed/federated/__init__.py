@@ -9,6 +9,7 @@ from securefed.federated.strategy import (
     FedProx,
     Strategy,
     StrategyWrapper,
+    local_loss,
     proximal_term,
     train_local,
     weighted_mean,
@@ -30,7 +31,7 @@ from securefed.federated.types import (
 __all__ = [
     "AggregationChannel", "PlainChannel", "check_uploads", "Codec", "Float32Codec",
     "evaluate", "run_federated", "FedAvg", "FedMedHeter", "FedProx", "Strategy", "StrategyWrapper",
-    "proximal_term", "train_local", "weighted_mean", "ChannelResult", "ClientArrays",
+    "proximal_term", "local_loss", "train_local", "weighted_mean", "ChannelResult", "ClientArrays",
     "DropoutPlan", "FederatedArrays", "LocalConfig", "LocalResult", "ReceivedMessage",
     "RoundRecord", "RoundTranscript", "RunResult", "Upload",
 ]

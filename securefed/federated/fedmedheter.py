@@ -102,7 +102,7 @@ from torch import nn
 from securefed.compression import StochasticQuantizer, error_feedback_step
 from securefed.errors import ConfigurationError
 from securefed.federated.codec import Codec, Float32Codec
-from securefed.federated.strategy import Strategy, train_local
+from securefed.federated.strategy import Strategy, local_loss, train_local
 from securefed.federated.types import ClientArrays, LocalConfig, LocalResult
 from securefed.models import set_flat_params
 
@@ -185,13 +185,6 @@ class AdaGradNorm(torch.optim.Optimizer):
             for p in group["params"]:
                 if p.grad is not None:
                     p.add_(p.grad, alpha=-group["lr"] / b)
-
-
-def _local_loss(model: nn.Module, client: ClientArrays) -> float:
-    with torch.no_grad():
-        logits = model(torch.as_tensor(client.X, dtype=torch.float32))
-        y = torch.as_tensor(client.y, dtype=torch.float32)
-        return float(nn.functional.binary_cross_entropy_with_logits(logits, y))
 
 
 class FedMedHeter(Strategy):
@@ -393,11 +386,12 @@ class FedMedHeter(Strategy):
             return super().local_train(model, client, global_params, config, rng=rng,
                                        client_state=client_state)
         set_flat_params(model, global_params)
-        loss_now = _local_loss(model, client)
+        loss_now = local_loss(model, client)
         first = client_state.setdefault("first_loss", loss_now)
         ratio = min(max(loss_now / first if first > 0 else 1.0, self.loss_ratio_floor), 1.0)
         opt = torch.optim.SGD(model.parameters(), lr=config.learning_rate * ratio)
-        return train_local(model, client, global_params, config, rng=rng, optimizer=opt)
+        return train_local(model, client, global_params, config, rng=rng, optimizer=opt,
+                           initial_loss=loss_now)
 
     def client_weight(self, result: LocalResult, *, client_state: dict[str, Any]) -> float:
         if self.client_weighting == "samples":

@@ -37,6 +37,7 @@ __all__ = [
     "train_local",
     "weighted_mean",
     "proximal_term",
+    "local_loss",
 ]
 
 
@@ -61,6 +62,13 @@ def _bce(model: nn.Module, X: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return nn.functional.binary_cross_entropy_with_logits(model(X), y)
 
 
+def local_loss(model: nn.Module, client: ClientArrays) -> float:
+    """Mean binary cross-entropy of ``model`` on all of ``client``'s rows (no gradient)."""
+    with torch.no_grad():
+        return float(_bce(model, torch.as_tensor(client.X, dtype=torch.float32),
+                          torch.as_tensor(client.y, dtype=torch.float32)))
+
+
 def train_local(
     model: nn.Module,
     client: ClientArrays,
@@ -69,11 +77,14 @@ def train_local(
     *,
     rng: np.random.Generator,
     optimizer: torch.optim.Optimizer,
+    initial_loss: float | None = None,
 ) -> LocalResult:
     """Run ``config.local_epochs`` epochs of mini-batch training from ``global_params``.
 
     The loss is mean binary cross-entropy plus, when ``config.proximal_mu > 0``, the
     proximal term.  Mini-batches are drawn by a permutation from ``rng`` each epoch.
+    ``initial_loss`` is the incoming model's loss on the client's rows when the caller has
+    already computed it (:func:`local_loss`); otherwise it is computed here.
     Returns the update ``w_local - w_global`` and the client's local statistics.
     """
     set_flat_params(model, global_params)
@@ -82,8 +93,8 @@ def train_local(
     n = X.shape[0]
     if n == 0:
         raise ConfigurationError(f"client {client.name!r} has no training examples")
-    with torch.no_grad():
-        initial_loss = float(_bce(model, X, y))
+    if initial_loss is None:
+        initial_loss = local_loss(model, client)
     global_tensors = [p.detach().clone() for p in model.parameters()]
     bs = n if config.batch_size is None else min(config.batch_size, n)
     losses: list[float] = []
