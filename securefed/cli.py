@@ -18,17 +18,15 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from securefed.federated.centralized import run_centralized
     from securefed.models import ModelSpec
 
-    args.lr_default = args.lr is None
-    if args.lr is None:
-        args.lr = 0.1
     s = args.heterogeneity
     het = Heterogeneity(quantity_skew=s, covariate_shift=s, label_convention=s, format_shift=s)
     data = pima_federation(seed=args.seed, n_hospitals=args.hospitals, heterogeneity=het)
     spec = ModelSpec(args.model, n_features=data.num_features)
-    common = dict(learning_rate=args.lr, local_epochs=args.local_epochs, batch_size=args.batch_size)
+    # --lr unset: 0.1, except for FedMedHeter, whose default belongs to its adaptive rule
+    lr = {} if args.lr is None and args.algorithm == "fedmedheter" else {
+        "learning_rate": 0.1 if args.lr is None else args.lr}
+    common = dict(**lr, local_epochs=args.local_epochs, batch_size=args.batch_size)
     if args.algorithm == "centralized" and args.dp != "none":
-        from securefed.errors import ConfigurationError
-
         raise ConfigurationError(
             f"--dp {args.dp} applies to federated algorithms; got --algorithm centralized")
     if args.algorithm == "centralized":
@@ -38,9 +36,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         if args.algorithm == "fedmedheter":
             from securefed.federated.fedmedheter import FedMedHeter
 
-            # FedMedHeter's own learning-rate default belongs to its adaptive rule
-            strategy = FedMedHeter(**{k: v for k, v in common.items()
-                                      if not (k == "learning_rate" and args.lr_default)})
+            strategy = FedMedHeter(**common)
         elif args.algorithm == "fedavg":
             strategy = FedAvg(**common)
         else:
@@ -62,7 +58,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
             return 3
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tag = args.algorithm if getattr(args, "dp", "none") == "none" else f"{args.algorithm}-dp-{args.dp}"
+    tag = args.algorithm if args.dp == "none" else f"{args.algorithm}-dp-{args.dp}"
     path = out / f"{tag}-seed{args.seed}.json"
     path.write_text(json.dumps(result.to_dict(), indent=2))
     f = result.final
