@@ -19,8 +19,8 @@ import numpy as np
 from attacks import TabularInversion
 from evaluation.scoring import score_reconstruction
 from securefed import FedAvg, ModelSpec, run_federated
+from securefed.arrays import ClientArrays, FederatedArrays
 from securefed.data import pima_federation
-from securefed.federated.types import ClientArrays, FederatedArrays
 from securefed.observation import PriorKnowledge, observe
 
 GOAL_S = 10.0

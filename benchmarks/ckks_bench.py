@@ -118,9 +118,9 @@ def bench_training(*, epochs: int, lr: float, seed: int, baseline_patients: int,
     from sklearn.linear_model import LogisticRegression
 
     from securefed.data import pima_federation
-    from securefed.federated.wire import pack
     from securefed.he import train_encrypted_logreg, train_plain_logreg
     from securefed.he.encrypted_lr import accuracy
+    from securefed.wire import pack
 
     data = pima_federation(seed=seed)
     X, y = data.pooled()

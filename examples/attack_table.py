@@ -38,9 +38,9 @@ from evaluation.scoring import (
     score_reconstruction,
 )
 from securefed import FedAvg, ModelSpec, run_federated
+from securefed.arrays import ClientArrays, FederatedArrays
 from securefed.data import pima_federation
 from securefed.dp import CentralDP, LocalDP
-from securefed.federated.types import ClientArrays, FederatedArrays
 from securefed.he import CKKSChannel
 from securefed.observation import PriorKnowledge, observe
 from securefed.secagg import SecAggChannel

@@ -1,10 +1,16 @@
-"""The ``securefed`` command line."""
+"""The ``securefed`` command line: the core commands (``train``, ``keys``).
+
+The installed ``securefed`` program adds the commands of the upper layers (``audit``, from
+:mod:`evaluation.cli`) to this parser; nothing here imports them, so the core stays usable on
+its own.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from securefed.errors import ConfigurationError, PrivacyBudgetExceeded, SecurefedError
@@ -70,83 +76,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def _names(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
-
-
-def _cmd_audit(args: argparse.Namespace) -> int:
-    import dataclasses
-    import shlex
-
-    from evaluation import load_config, profile, run_audit, write_report
-    from evaluation.report import summary_rows
-
-    if args.list:
-        from defenses import defense_names, get_defense
-        from evaluation import algorithm_names, attack_names, get_algorithm, get_attack
-
-        print("algorithms:")
-        for n in algorithm_names():
-            print(f"  {n:24s}{get_algorithm(n).summary}")
-        print("defenses:")
-        for n in defense_names():
-            print(f"  {n:24s}{get_defense(n).summary}")
-        print("attacks:")
-        for n in attack_names():
-            print(f"  {n:24s}{get_attack(n).summary}")
-        return 0
-    if args.config and args.quick:
-        raise ConfigurationError("--quick and --config exclude each other; give one")
-    config = load_config(args.config) if args.config else profile("quick" if args.quick else "default")
-    overrides = {k: v for k, v in {
-        "algorithms": args.algorithms, "defenses": args.defenses, "attacks": args.attacks,
-        "folds": args.folds, "rounds": args.rounds, "seed": args.seed,
-    }.items() if v is not None}
-    if overrides:
-        for key in ("algorithm_params", "defense_params", "attack_params"):
-            listed = {"algorithm_params": "algorithms", "defense_params": "defenses",
-                      "attack_params": "attacks"}[key]
-            if listed in overrides:
-                kept = {n: p for n, p in getattr(config, key).items() if n in overrides[listed]}
-                overrides[key] = kept
-        config = dataclasses.replace(config, **overrides)
-    out = Path(args.out) if args.out else Path("runs") / f"audit-{config.profile}"
-    if not args.quiet:
-        print(f"securefed audit: profile '{config.profile}', {config.folds} folds x "
-              f"{config.rounds} rounds; algorithms {', '.join(config.algorithms)}; defenses "
-              f"{', '.join(config.defenses)}; attacks {', '.join(config.attacks) or '(none)'}",
-              file=sys.stderr)
-    try:
-        results = run_audit(config, out, overwrite=args.overwrite, progress=not args.quiet)
-    except KeyboardInterrupt:
-        from evaluation.runner import CELLS
-
-        store = out / CELLS
-        saved = len(store.read_text().splitlines()) if store.exists() else 0
-        print(f"\ninterrupted: {saved} finished cell(s) are saved in {store}; run the same "
-              "command again to resume", file=sys.stderr)
-        return 130
-    if results.resumed and not args.quiet:
-        print(f"reused {results.resumed} finished cell(s) from {out}", file=sys.stderr)
-    argv = ["securefed", "audit", *(args.argv or [])]
-    files = write_report(results, command=" ".join(shlex.quote(a) for a in argv))
-    head, rows = summary_rows(files.summary)
-    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
-    print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
-    for r in rows:
-        print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True)))
-    held = sum(c.verdict == "holds" for c in files.claims)
-    print(f"seed claims: {held} hold, "
-          f"{sum(c.verdict == 'does not hold' for c in files.claims)} do not hold, "
-          f"{sum(c.verdict == 'not measured' for c in files.claims)} not measured")
-    failed = len(files.summary.failed)
-    if failed:
-        print(f"{failed} cell(s) failed; see the report's 'Failed cells'", file=sys.stderr)
-    print(f"figures, Markdown, JSON and CSV: {out}")
-    print(files.html)
-    return 1 if failed else 0
-
-
 def _dp_setup(args: argparse.Namespace, strategy, *, num_clients: int):
     """Wrap ``strategy`` with the DP mechanism named by ``--dp`` (and its channel)."""
     from securefed.dp import make_dp_strategy, secagg_channel_for
@@ -177,8 +106,13 @@ def _cmd_keys_ckks(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="securefed", description=__doc__)
+def build_parser(
+    extensions: Sequence[Callable[[argparse._SubParsersAction], None]] = (),
+) -> argparse.ArgumentParser:
+    """The parser of the core commands; each of ``extensions`` adds commands of its own."""
+    parser = argparse.ArgumentParser(
+        prog="securefed",
+        description="securefed: privacy-preserving federated learning for medical records.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train one algorithm on the bundled Pima hospitals")
     p.add_argument("--algorithm", choices=ALGORITHMS, default="fedavg")
@@ -207,29 +141,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="draw DP noise from the OS CSPRNG (not reproducible from --seed)")
     p.set_defaults(func=_cmd_train)
 
-    a = sub.add_parser(
-        "audit", help="the main job: algorithms x defenses x attacks, cross-validated, with a report",
-        description="Train every algorithm under every defense on the bundled Pima hospitals "
-                    "with k-fold cross-validation, attack what each party observes, test "
-                    "significance, and write an HTML/Markdown/JSON/CSV report. Results are "
-                    "saved cell by cell; re-running the same command resumes.",
-    )
-    a.add_argument("--quick", action="store_true", help="the quick profile (about 30 s)")
-    a.add_argument("--config", help="a TOML file describing a custom audit matrix")
-    a.add_argument("--out", help="output directory (default: runs/audit-PROFILE)")
-    a.add_argument("--overwrite", action="store_true",
-                   help="replace another audit's results in --out instead of refusing")
-    a.add_argument("--algorithms", type=_names, help="comma-separated algorithm names")
-    a.add_argument("--defenses", type=_names, help="comma-separated defense names")
-    a.add_argument("--attacks", type=_names, help="comma-separated attack names")
-    a.add_argument("--folds", type=int, help="cross-validation folds")
-    a.add_argument("--rounds", type=int, help="training rounds per run")
-    a.add_argument("--seed", type=int, help="root seed")
-    a.add_argument("--quiet", action="store_true", help="no progress bars")
-    a.add_argument("--list", action="store_true",
-                   help="list the available algorithms, defenses and attacks, then exit")
-    a.set_defaults(func=_cmd_audit)
-
     k = sub.add_parser("keys", help="generate key material")
     ksub = k.add_subparsers(dest="scheme", required=True)
     kc = ksub.add_parser("ckks", help="CKKS keys: a public context for the server, a secret "
@@ -238,11 +149,14 @@ def build_parser() -> argparse.ArgumentParser:
     kc.add_argument("--preset", choices=("aggregation", "training"), default="aggregation",
                     help="aggregation: depth 0, N=4096; training: depth 4, N=8192, rotation keys")
     kc.set_defaults(func=_cmd_keys_ckks)
+    for extend in extensions:
+        extend(sub)
     return parser
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, parser: argparse.ArgumentParser | None = None) -> int:
+    """Run one command; exit status 2 for a :class:`SecurefedError` (bad input or settings)."""
+    parser = parser or build_parser()
     args = parser.parse_args(argv)
     args.argv = list(sys.argv[2:] if argv is None else argv[1:])
     try:

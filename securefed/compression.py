@@ -1,7 +1,7 @@
 """Compressed uploads: unbiased stochastic quantisation, top-k sparsification, error feedback.
 
-Each codec implements the :class:`securefed.federated.codec.Codec` protocol: ``encode``
-turns a float vector into named wire fields (what :func:`securefed.federated.wire.pack`
+Each codec implements the :class:`securefed.codec.Codec` protocol: ``encode``
+turns a float vector into named wire fields (what :func:`securefed.wire.pack`
 serialises and the plain channel counts), ``decode`` turns them back into floats.
 
 Codecs
@@ -38,8 +38,8 @@ from typing import Any
 
 import numpy as np
 
+from securefed.codec import Codec
 from securefed.errors import ConfigurationError, InvalidDataError
-from securefed.federated.codec import Codec
 
 __all__ = [
     "StochasticQuantizer",
@@ -171,10 +171,10 @@ class StochasticQuantizer:
 
     Wire fields: ``q_lo``, ``q_hi`` (float64 scalars holding float32 values) and ``q_codes``
     (``ceil(d * bits / 8)`` bytes).  With ``bits = 8`` a ``d``-vector costs ``d`` bytes
-    instead of the ``4 d`` of :class:`~securefed.federated.codec.Float32Codec`.
+    instead of the ``4 d`` of :class:`~securefed.codec.Float32Codec`.
 
     >>> import numpy as np
-    >>> from securefed.federated.wire import pack
+    >>> from securefed.wire import pack
     >>> q = StochasticQuantizer(bits=4)
     >>> fields = q.encode(np.linspace(-1, 1, 100), rng=np.random.default_rng(0))
     >>> fields["q_codes"].nbytes            # 100 values x 4 bits

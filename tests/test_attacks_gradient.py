@@ -11,10 +11,10 @@ from sklearn.datasets import load_digits
 from attacks import AnalyticFirstLayer, TabularInversion, get_attack, infer_label_count
 from evaluation.scoring import matched_psnr, score_reconstruction
 from securefed import FedAvg, ModelSpec, run_federated
+from securefed.arrays import ClientArrays, FederatedArrays
 from securefed.data import pima_federation
 from securefed.dp import LocalDP
 from securefed.errors import ConfigurationError
-from securefed.federated.types import ClientArrays, FederatedArrays
 from securefed.observation import PriorKnowledge, observe
 
 PIMA = pima_federation(seed=0)

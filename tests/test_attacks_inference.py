@@ -15,9 +15,9 @@ from attacks import (
 )
 from evaluation.scoring import score_attribute, score_class_representatives, score_membership
 from securefed import FedAvg, ModelSpec, run_federated
+from securefed.arrays import ClientArrays, FederatedArrays
 from securefed.data import pima_federation
 from securefed.dp import CentralDP
-from securefed.federated.types import ClientArrays, FederatedArrays
 from securefed.observation import PriorKnowledge, observe
 
 PIMA = pima_federation(seed=0)

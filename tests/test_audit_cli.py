@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from evaluation.cli import main
 from evaluation.render_check import find_chromium, screenshot, screenshot_stats
-from securefed.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from securefed.codec import Codec
 from securefed.compression import (
     StochasticQuantizer,
     TopKSparsifier,
@@ -15,8 +16,7 @@ from securefed.compression import (
     unpack_bits,
 )
 from securefed.errors import ConfigurationError, InvalidDataError
-from securefed.federated.codec import Codec
-from securefed.federated.wire import pack, unpack
+from securefed.wire import pack, unpack
 
 
 def test_codecs_implement_protocol():

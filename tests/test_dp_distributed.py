@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from securefed import FedAvg, ModelSpec, PlainChannel, run_federated
+from securefed.channel import AggregationChannel, ChannelResult, Upload, check_uploads
 from securefed.data import pima_federation
 from securefed.dp import (
     DiscreteGaussianNoise,
@@ -17,8 +18,6 @@ from securefed.dp import (
     secure_discrete_gaussian,
 )
 from securefed.errors import ConfigurationError, ProtocolAbort
-from securefed.federated.channel import AggregationChannel, check_uploads
-from securefed.federated.types import ChannelResult, Upload
 
 torch.set_num_threads(1)
 
@@ -122,7 +121,7 @@ def test_noisy_aggregate_has_configured_variance():
     channel = IntegerSumChannel(dp.integer_noise, scale=2.0 ** 14)
     dim = 20_000
     uploads = [Upload(client_id=i, vector=np.zeros(dim), weight=1.0, payload={}) for i in range(3)]
-    from securefed.federated.types import DropoutPlan
+    from securefed.channel import DropoutPlan
     res = channel.aggregate(uploads, round_index=0, dim=dim, codec=None, dropouts=DropoutPlan(),
                             rng=np.random.default_rng(0))
     expected_std = 1.2 * (0.5 + math.sqrt(dim) / 2.0 ** 14)

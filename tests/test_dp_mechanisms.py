@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from securefed import FedAvg, ModelSpec, PrivacyBudgetExceeded, run_federated
+from securefed.channel import ChannelResult
 from securefed.data import pima_federation
 from securefed.dp import (
     CentralDP,
@@ -20,7 +21,7 @@ from securefed.dp import (
     save_partial_result,
 )
 from securefed.errors import ConfigurationError
-from securefed.federated.types import ChannelResult, LocalResult
+from securefed.federated.types import LocalResult
 
 torch.set_num_threads(1)
 

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from securefed import FedAvg, ModelSpec, run_federated
+from securefed.channel import DropoutPlan, Upload
+from securefed.codec import Float32Codec
 from securefed.data import pima_federation
 from securefed.dp import DistributedDP, secagg_channel_for
-from securefed.federated.codec import Float32Codec
-from securefed.federated.types import DropoutPlan, Upload
 from securefed.secagg import SecAggChannel
 
 torch.set_num_threads(1)

@@ -24,8 +24,8 @@ from securefed.federated import (
     Upload,
 )
 from securefed.federated.centralized import run_centralized
-from securefed.federated.wire import pack, unpack
 from securefed.models import get_flat_params, set_flat_params
+from securefed.wire import pack, unpack
 
 
 def toy_data(n_clients=3, rows=40, d=5, seed=0) -> FederatedArrays:

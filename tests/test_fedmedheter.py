@@ -17,7 +17,7 @@ from securefed.federated.fedmedheter import (
     FedMedHeter,
     heterogeneity_weight,
 )
-from securefed.federated.wire import pack
+from securefed.wire import pack
 
 
 @pytest.fixture(scope="module", autouse=True)

@@ -16,7 +16,6 @@ from securefed import FedAvg, FedProx, ModelSpec, run_federated
 from securefed.data import pima_federation
 from securefed.errors import InvalidDataError, KeyMaterialError, MessageRejected
 from securefed.federated import DropoutPlan, Float32Codec, PlainChannel, Upload
-from securefed.federated.wire import pack, unpack
 from securefed.he import (
     CKKSChannel,
     CKKSKeyHolder,
@@ -25,6 +24,7 @@ from securefed.he import (
     parse_upload,
 )
 from securefed.he.channel import reveal_grid
+from securefed.wire import pack, unpack
 
 
 @pytest.fixture(scope="module")

@@ -148,8 +148,8 @@ def test_truncated_ciphertext_blob_is_refused(training_keys):
 
 
 def test_rotation_keys_travel_with_the_public_context(training_keys, server_keys):
-    from securefed.federated.wire import pack, unpack
     from securefed.he import CKKSPublicContext
+    from securefed.wire import pack, unpack
 
     assert server_keys.has_rotation_keys and training_keys.has_rotation_keys
     assert not server_keys.context.has_secret_key()

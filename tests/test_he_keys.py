@@ -92,7 +92,7 @@ def test_damaged_key_files_are_refused(holder, tmp_path):
         load_public_context(bad)
     other = CKKSKeyHolder.generate(CKKSParameters.aggregation())
     # A record whose key id names another key pair (spliced from two key sets).
-    from securefed.federated.wire import pack, unpack
+    from securefed.wire import pack, unpack
 
     rec = unpack(blob)
     rec["key_id"] = other.key_id

@@ -4,7 +4,7 @@ federated standardisation, a synthetic EHR generator and a loader for user CSV f
 The sources return a :class:`FederatedDataset` (each hospital's raw table in its own export
 format); :meth:`FederatedDataset.prepare` harmonises each hospital into the agreed
 :class:`Schema` and standardises from shared sums into
-:class:`~securefed.federated.types.FederatedArrays`.  See ``docs/data.md``.
+:class:`~securefed.arrays.FederatedArrays`.  See ``docs/data.md``.
 """
 
 from securefed.data.csvio import load_csv_federation

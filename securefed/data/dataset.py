@@ -2,7 +2,7 @@
 
 :class:`FederatedDataset` is what the data sources return (Pima split, synthetic generator,
 user CSV files).  :meth:`FederatedDataset.prepare` turns it into model-ready
-:class:`~securefed.federated.types.FederatedArrays` the way a real federation would:
+:class:`~securefed.arrays.FederatedArrays` the way a real federation would:
 
 1. each hospital harmonises its own table into the agreed :class:`Schema`
    (:func:`securefed.data.formats.harmonise_table`);
@@ -21,12 +21,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from securefed.arrays import ClientArrays, FederatedArrays
 from securefed.data.formats import harmonise_table
 from securefed.data.heterogeneity import Heterogeneity
 from securefed.data.schema import ExportFormat, Schema
 from securefed.data.standardise import FederatedStandardiser, encode
 from securefed.errors import ConfigurationError
-from securefed.federated.types import ClientArrays, FederatedArrays
 
 __all__ = ["Hospital", "FederatedDataset", "DataWarning", "SingleClassWarning"]
 

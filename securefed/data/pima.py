@@ -14,6 +14,7 @@ from importlib import resources
 import numpy as np
 import pandas as pd
 
+from securefed.arrays import FederatedArrays
 from securefed.data.dataset import FederatedDataset, Hospital
 from securefed.data.formats import FORMAT_STYLES, export_table, simulated_format
 from securefed.data.heterogeneity import (
@@ -28,7 +29,6 @@ from securefed.data.heterogeneity import (
 )
 from securefed.data.schema import ExportFormat, Feature, Schema
 from securefed.errors import ConfigurationError
-from securefed.federated.types import FederatedArrays
 
 __all__ = [
     "load_pima",

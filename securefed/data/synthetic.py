@@ -31,6 +31,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from securefed.arrays import FederatedArrays
 from securefed.data.dataset import FederatedDataset, Hospital
 from securefed.data.formats import FORMAT_STYLES, export_table, simulated_format
 from securefed.data.heterogeneity import (
@@ -43,7 +44,6 @@ from securefed.data.heterogeneity import (
 )
 from securefed.data.schema import ExportFormat, Feature, Schema
 from securefed.errors import ConfigurationError
-from securefed.federated.types import FederatedArrays
 
 __all__ = [
     "synthetic_hospitals",

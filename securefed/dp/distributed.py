@@ -49,11 +49,11 @@ import numpy as np
 from dp_accounting import NeighboringRelation
 from dp_accounting.dp_event import DpEvent
 
+from securefed.channel import ChannelResult
 from securefed.dp.accounting import calibrate_noise_multiplier
 from securefed.dp.clipping import check_clip_norm, check_noise_multiplier
 from securefed.dp.mechanisms import ClientLevelDP
 from securefed.errors import ConfigurationError, ProtocolAbort
-from securefed.federated.types import ChannelResult
 
 __all__ = [
     "DiscreteGaussianNoise",

@@ -31,12 +31,13 @@ from dp_accounting import NeighboringRelation
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
+from securefed.arrays import ClientArrays
 from securefed.dp.accounting import RoundAccountant
 from securefed.dp.clipping import check_clip_norm, check_delta, check_noise_multiplier
 from securefed.dp.noise import GaussianNoise
 from securefed.errors import ConfigurationError
 from securefed.federated.strategy import Strategy, StrategyWrapper, local_loss
-from securefed.federated.types import ClientArrays, LocalConfig, LocalResult
+from securefed.federated.types import LocalConfig, LocalResult
 from securefed.models import get_flat_params, set_flat_params
 
 __all__ = ["DPSGD", "per_example_gradients", "clip_and_noise"]

@@ -40,6 +40,7 @@ import numpy as np
 from dp_accounting import NeighboringRelation
 from dp_accounting.dp_event import DpEvent
 
+from securefed.channel import ChannelResult
 from securefed.dp.accounting import (
     ACCOUNTANTS,
     SAMPLINGS,
@@ -51,7 +52,7 @@ from securefed.dp.clipping import check_clip_norm, check_delta, check_noise_mult
 from securefed.dp.noise import GaussianNoise
 from securefed.errors import ConfigurationError, PrivacyBudgetExceeded
 from securefed.federated.strategy import Strategy, StrategyWrapper
-from securefed.federated.types import ChannelResult, LocalResult
+from securefed.federated.types import LocalResult
 
 __all__ = ["ClientLevelDP", "CentralDP", "LocalDP", "save_partial_result"]
 

@@ -1,37 +1,76 @@
-"""The federated core: strategies, aggregation channels and the round engine."""
+"""The federated core: strategies and the round engine.
 
-from securefed.federated.channel import AggregationChannel, PlainChannel, check_uploads
-from securefed.federated.codec import Codec, Float32Codec
-from securefed.federated.engine import evaluate, run_federated
-from securefed.federated.fedmedheter import FedMedHeter
-from securefed.federated.strategy import (
-    FedAvg,
-    FedProx,
-    Strategy,
-    StrategyWrapper,
-    local_loss,
-    proximal_term,
-    train_local,
-    weighted_mean,
-)
-from securefed.federated.types import (
-    ChannelResult,
-    ClientArrays,
-    DropoutPlan,
-    FederatedArrays,
-    LocalConfig,
-    LocalResult,
-    ReceivedMessage,
-    RoundRecord,
-    RoundTranscript,
-    RunResult,
-    Upload,
-)
+Public names are imported on first use (see :func:`securefed._compat.lazy`), so importing a
+submodule such as :mod:`securefed.federated.types` does not load the engine or torch.
+"""
 
-__all__ = [
-    "AggregationChannel", "PlainChannel", "check_uploads", "Codec", "Float32Codec",
-    "evaluate", "run_federated", "FedAvg", "FedMedHeter", "FedProx", "Strategy", "StrategyWrapper",
-    "proximal_term", "local_loss", "train_local", "weighted_mean", "ChannelResult", "ClientArrays",
-    "DropoutPlan", "FederatedArrays", "LocalConfig", "LocalResult", "ReceivedMessage",
-    "RoundRecord", "RoundTranscript", "RunResult", "Upload",
-]
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from securefed._compat import lazy
+
+_EXPORTS = {
+    "AggregationChannel": "securefed.channel",
+    "PlainChannel": "securefed.channel",
+    "check_uploads": "securefed.channel",
+    "ChannelResult": "securefed.channel",
+    "DropoutPlan": "securefed.channel",
+    "ReceivedMessage": "securefed.channel",
+    "Upload": "securefed.channel",
+    "Codec": "securefed.codec",
+    "Float32Codec": "securefed.codec",
+    "ClientArrays": "securefed.arrays",
+    "FederatedArrays": "securefed.arrays",
+    "evaluate": "securefed.federated.engine",
+    "run_federated": "securefed.federated.engine",
+    "FedMedHeter": "securefed.federated.fedmedheter",
+    "FedAvg": "securefed.federated.strategy",
+    "FedProx": "securefed.federated.strategy",
+    "Strategy": "securefed.federated.strategy",
+    "StrategyWrapper": "securefed.federated.strategy",
+    "local_loss": "securefed.federated.strategy",
+    "proximal_term": "securefed.federated.strategy",
+    "train_local": "securefed.federated.strategy",
+    "weighted_mean": "securefed.federated.strategy",
+    "LocalConfig": "securefed.federated.types",
+    "LocalResult": "securefed.federated.types",
+    "RoundRecord": "securefed.federated.types",
+    "RoundTranscript": "securefed.federated.types",
+    "RunResult": "securefed.federated.types",
+}
+
+__all__ = list(_EXPORTS)
+__getattr__, __dir__ = lazy(__name__, _EXPORTS)
+
+if TYPE_CHECKING:  # what a type checker and an IDE see; nothing is imported at run time
+    from securefed.arrays import ClientArrays, FederatedArrays
+    from securefed.channel import (
+        AggregationChannel,
+        ChannelResult,
+        DropoutPlan,
+        PlainChannel,
+        ReceivedMessage,
+        Upload,
+        check_uploads,
+    )
+    from securefed.codec import Codec, Float32Codec
+    from securefed.federated.engine import evaluate, run_federated
+    from securefed.federated.fedmedheter import FedMedHeter
+    from securefed.federated.strategy import (
+        FedAvg,
+        FedProx,
+        Strategy,
+        StrategyWrapper,
+        local_loss,
+        proximal_term,
+        train_local,
+        weighted_mean,
+    )
+    from securefed.federated.types import (
+        LocalConfig,
+        LocalResult,
+        RoundRecord,
+        RoundTranscript,
+        RunResult,
+    )

@@ -13,18 +13,13 @@ import time
 import numpy as np
 import torch
 
+from securefed.arrays import ClientArrays, FederatedArrays
 from securefed.errors import ConfigurationError
 from securefed.federated.engine import ProgressCallback, evaluate
 from securefed.federated.strategy import train_local
-from securefed.federated.types import (
-    ClientArrays,
-    FederatedArrays,
-    LocalConfig,
-    RoundRecord,
-    RunResult,
-)
-from securefed.federated.wire import pack
+from securefed.federated.types import LocalConfig, RoundRecord, RunResult
 from securefed.models import ModelSpec, get_flat_params
+from securefed.wire import pack
 
 __all__ = ["run_centralized"]
 

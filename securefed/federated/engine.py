@@ -16,18 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from securefed.arrays import FederatedArrays
+from securefed.channel import AggregationChannel, DropoutPlan, PlainChannel, Upload
 from securefed.errors import ConfigurationError, PrivacyBudgetExceeded
-from securefed.federated.channel import AggregationChannel, PlainChannel
 from securefed.federated.metrics import roc_auc
 from securefed.federated.strategy import Strategy
-from securefed.federated.types import (
-    DropoutPlan,
-    FederatedArrays,
-    RoundRecord,
-    RoundTranscript,
-    RunResult,
-    Upload,
-)
+from securefed.federated.types import RoundRecord, RoundTranscript, RunResult
 from securefed.models import ModelSpec, get_flat_params, set_flat_params
 
 __all__ = ["run_federated", "evaluate", "ProgressCallback"]

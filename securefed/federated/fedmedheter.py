@@ -99,11 +99,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from securefed.arrays import ClientArrays
+from securefed.codec import Codec, Float32Codec
 from securefed.compression import StochasticQuantizer, error_feedback_step
 from securefed.errors import ConfigurationError
-from securefed.federated.codec import Codec, Float32Codec
 from securefed.federated.strategy import Strategy, local_loss, train_local
-from securefed.federated.types import ClientArrays, LocalConfig, LocalResult
+from securefed.federated.types import LocalConfig, LocalResult
 from securefed.models import set_flat_params
 
 __all__ = [
@@ -203,7 +204,7 @@ class FedMedHeter(Strategy):
     loss_power, balance_power, reference_examples, weight_bounds:
         :math:`q`, :math:`\\gamma`, :math:`n_{ref}`, :math:`(\\rho_{min}, \\rho_{max})`.
     compression:
-        a :class:`~securefed.federated.codec.Codec` [``None``: float32].
+        a :class:`~securefed.codec.Codec` [``None``: float32].
     error_feedback:
         keep the compression residual at the client (only used with ``compression``).
     server_optimizer:

@@ -24,9 +24,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from securefed.arrays import ClientArrays
+from securefed.channel import ChannelResult
+from securefed.codec import Codec, Float32Codec
 from securefed.errors import ConfigurationError
-from securefed.federated.codec import Codec, Float32Codec
-from securefed.federated.types import ChannelResult, ClientArrays, LocalConfig, LocalResult
+from securefed.federated.types import LocalConfig, LocalResult
 from securefed.models import get_flat_params, set_flat_params
 
 __all__ = [

@@ -1,71 +1,46 @@
-"""Typed values that travel between the layers of securefed.
+"""Typed values of the round engine.
 
-These frozen dataclasses are the contracts of the round engine: what a client hands to an
-aggregation channel (:class:`Upload`), what a channel hands back (:class:`ChannelResult`),
-what the server saw in a round (:class:`RoundTranscript`) and what a whole run produced
-(:class:`RunResult`).  Attacks read transcripts; evaluation reads run results.
+What local training produced at a client (:class:`LocalResult`), the public configuration of
+a round (:class:`LocalConfig`), what the server saw in a round (:class:`RoundTranscript`) and
+what a whole run produced (:class:`RunResult`).  Attacks read transcripts; evaluation reads
+run results.  The hospital arrays live in :mod:`securefed.arrays` and the channel contract
+(``Upload``, ``ChannelResult``, ...) in :mod:`securefed.channel`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from securefed.channel import ReceivedMessage
+
 __all__ = [
-    "ClientArrays",
-    "FederatedArrays",
     "LocalConfig",
     "LocalResult",
-    "Upload",
-    "DropoutPlan",
-    "ReceivedMessage",
-    "ChannelResult",
     "RoundTranscript",
     "RoundRecord",
     "RunResult",
 ]
 
-
-@dataclass(frozen=True)
-class ClientArrays:
-    """One hospital's training data, harmonised and standardised, as float32 arrays.
-
-    ``X`` has shape ``(n, d)``; ``y`` holds 0/1 labels of shape ``(n,)``.
-    """
-
-    client_id: int
-    name: str
-    X: np.ndarray
-    y: np.ndarray
-
-    @property
-    def num_examples(self) -> int:
-        return int(self.X.shape[0])
+# Names that moved below the engine; importing them from here still works, with a warning.
+_MOVED = {
+    "ClientArrays": "securefed.arrays",
+    "FederatedArrays": "securefed.arrays",
+    "Upload": "securefed.channel",
+    "DropoutPlan": "securefed.channel",
+    "ReceivedMessage": "securefed.channel",
+    "ChannelResult": "securefed.channel",
+}
 
 
-@dataclass(frozen=True)
-class FederatedArrays:
-    """Training data of every hospital plus held-out test data, ready for a model."""
+def __getattr__(name: str) -> Any:
+    from securefed._compat import moved
 
-    clients: tuple[ClientArrays, ...]
-    X_test: np.ndarray
-    y_test: np.ndarray
-    feature_names: tuple[str, ...]
-    description: str = ""
-
-    @property
-    def num_features(self) -> int:
-        return int(self.X_test.shape[1])
-
-    def pooled(self) -> tuple[np.ndarray, np.ndarray]:
-        """All training rows stacked (only the centralised baseline may use this)."""
-        return (
-            np.concatenate([c.X for c in self.clients]),
-            np.concatenate([c.y for c in self.clients]),
-        )
+    return moved(__name__, name, _MOVED)
 
 
 @dataclass(frozen=True)
@@ -92,61 +67,12 @@ class LocalResult:
     steps: int
 
 
-@dataclass(frozen=True)
-class Upload:
-    """What one client hands to the aggregation channel.
-
-    ``vector`` is the client's update pre-scaled by its weight (after any clipping, noise and
-    compression, in decoded float form); ``payload`` is the encoded form of the same vector
-    that a plain channel transmits (see :mod:`securefed.federated.codec`); ``weight`` is the
-    client-side weight, which the channel sums alongside.
-    """
-
-    client_id: int
-    vector: np.ndarray
-    weight: float
-    payload: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class DropoutPlan:
-    """Which clients drop out of a round, and before which stage of the channel's protocol.
-
-    ``drops`` maps a client id to the name of the first stage whose message it never sends.
-    A client not in ``drops`` stays to the end.
-    """
-
-    drops: Mapping[int, str] = field(default_factory=dict)
-
-    def alive_at(self, client_id: int, stage: str, stages: tuple[str, ...]) -> bool:
-        """True when ``client_id`` still sends its message of ``stage``."""
-        if client_id not in self.drops:
-            return True
-        return stages.index(stage) < stages.index(self.drops[client_id])
 
 
-@dataclass(frozen=True)
-class ReceivedMessage:
-    """One message as the server received it (what an honest-but-curious server observes)."""
-
-    stage: str
-    sender: int
-    nbytes: int
-    content: Mapping[str, Any]
 
 
-@dataclass(frozen=True)
-class ChannelResult:
-    """What an aggregation channel returns for one round."""
-
-    weighted_sum: np.ndarray  # sum of contributors' weighted vectors, float64
-    weight_sum: float
-    contributors: tuple[int, ...]
-    bytes_up: Mapping[int, int]
-    bytes_down: Mapping[int, int]
-    received: tuple[ReceivedMessage, ...]
-    timings: Mapping[str, float]
-    revealed: Mapping[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

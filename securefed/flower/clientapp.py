@@ -22,9 +22,9 @@ from typing import Any
 
 import numpy as np
 
+from securefed.arrays import ClientArrays
 from securefed.errors import ConfigurationError, MessageRejected
-from securefed.federated.types import ClientArrays, LocalConfig
-from securefed.federated.wire import pack
+from securefed.federated.types import LocalConfig
 from securefed.flower.nodedata import load_node_data, node_client_id
 from securefed.flower.settings import (
     build_model,
@@ -41,6 +41,7 @@ from securefed.flower.transport import (
     save_blob,
     unpack_state,
 )
+from securefed.wire import pack
 
 __all__ = ["app", "local_round", "check_round", "config_to_json", "config_from_json"]
 

@@ -38,9 +38,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from securefed.arrays import ClientArrays
 from securefed.data import pima_federation
 from securefed.errors import ConfigurationError, InvalidDataError
-from securefed.federated.types import ClientArrays
 
 __all__ = ["load_node_data", "node_client_id", "load_csv_with_schema"]
 

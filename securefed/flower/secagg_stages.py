@@ -49,8 +49,8 @@ from typing import Any
 
 import numpy as np
 
+from securefed.channel import ChannelResult
 from securefed.errors import InvalidDataError, MessageRejected, ProtocolAbort
-from securefed.federated.types import ChannelResult
 from securefed.flower.transport import exchange, load_blob, save_blob
 
 __all__ = [

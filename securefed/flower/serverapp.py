@@ -26,15 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from securefed.channel import ChannelResult, DropoutPlan, PlainChannel, Upload
 from securefed.errors import ConfigurationError, ProtocolAbort
-from securefed.federated.channel import PlainChannel
 from securefed.federated.engine import _sample_clients, evaluate
-from securefed.federated.types import ChannelResult, DropoutPlan, LocalConfig, Upload
-from securefed.federated.wire import unpack
+from securefed.federated.types import LocalConfig
 from securefed.flower.clientapp import config_to_json
 from securefed.flower.settings import DeploymentSettings, build_model, build_strategy, seed_streams
 from securefed.flower.transport import exchange
 from securefed.models import get_flat_params, set_flat_params
+from securefed.wire import unpack
 
 __all__ = ["app", "run_server", "run_plain", "plain_round", "RoundPlan", "ServerRun"]
 

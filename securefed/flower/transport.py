@@ -1,6 +1,6 @@
 """How securefed's messages ride on Flower messages, and how a node keeps state between them.
 
-Every securefed message is serialised with :func:`securefed.federated.wire.pack` (the same
+Every securefed message is serialised with :func:`securefed.wire.pack` (the same
 bytes the simulation counts) and carried as one ``bytes`` value of a Flower ``ConfigRecord``
 named ``"securefed"``.  So what travels is exactly what the simulation measures, plus
 Flower's own framing, and the protocol code never depends on Flower's record types.
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from securefed.errors import InvalidDataError
-from securefed.federated.wire import pack, unpack
+from securefed.wire import pack, unpack
 
 __all__ = [
     "RECORD",

@@ -41,12 +41,18 @@ from typing import Any
 import numpy as np
 import tenseal as ts
 
+from securefed.channel import (
+    AggregationChannel,
+    ChannelResult,
+    DropoutPlan,
+    ReceivedMessage,
+    Upload,
+    check_uploads,
+)
+from securefed.codec import Codec
 from securefed.errors import ConfigurationError, InvalidDataError, KeyMaterialError, MessageRejected
-from securefed.federated.channel import AggregationChannel, check_uploads
-from securefed.federated.codec import Codec
-from securefed.federated.types import ChannelResult, DropoutPlan, ReceivedMessage, Upload
-from securefed.federated.wire import pack, unpack
 from securefed.he.keys import CKKSKeyHolder, CKKSParameters, CKKSPublicContext
+from securefed.wire import pack, unpack
 
 __all__ = [
     "CKKSChannel",

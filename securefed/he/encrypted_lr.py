@@ -72,8 +72,8 @@ from typing import Any
 import numpy as np
 from tenseal import sealapi as seal
 
+from securefed.arrays import FederatedArrays
 from securefed.errors import ConfigurationError, InvalidDataError, KeyMaterialError
-from securefed.federated.types import FederatedArrays
 from securefed.he.keys import CKKSKeyHolder, CKKSParameters, CKKSPublicContext
 
 __all__ = [

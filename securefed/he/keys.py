@@ -80,7 +80,7 @@ import tenseal as ts
 from tenseal import sealapi as seal  # also registers SEAL's types (e.g. Modulus) with Python
 
 from securefed.errors import ConfigurationError, InvalidDataError, KeyMaterialError
-from securefed.federated.wire import pack, unpack
+from securefed.wire import pack, unpack
 
 __all__ = [
     "HE_STANDARD_128",

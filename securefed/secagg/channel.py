@@ -9,10 +9,9 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from securefed.channel import AggregationChannel, ChannelResult, DropoutPlan, Upload, check_uploads
+from securefed.codec import Codec
 from securefed.errors import ConfigurationError, InvalidDataError
-from securefed.federated.channel import AggregationChannel, check_uploads
-from securefed.federated.codec import Codec
-from securefed.federated.types import ChannelResult, DropoutPlan, Upload
 from securefed.secagg.encoding import FixedPointEncoder, choose_scale
 from securefed.secagg.graph import choose_degree_and_threshold, complete_graph, harary_graph
 from securefed.secagg.protocol import STAGES, run_round

@@ -1,4 +1,4 @@
-"""Typed protocol messages and their byte encoding (via :mod:`securefed.federated.wire`).
+"""Typed protocol messages and their byte encoding (via :mod:`securefed.wire`).
 
 Every message names its kind, the session, the round and the party it comes from (client
 uploads) or goes to (server downloads).  Parsing checks the kind first, so a message of the
@@ -28,9 +28,9 @@ from typing import Any, ClassVar
 import numpy as np
 
 from securefed.errors import InvalidDataError, MessageRejected
-from securefed.federated.wire import pack, unpack
 from securefed.secagg import shamir
 from securefed.secagg.crypto import NONCE_BYTES, TAG_BYTES
+from securefed.wire import pack, unpack
 
 __all__ = [
     "KEY_SHARE_ELEMENTS",

@@ -6,7 +6,7 @@ consistency-check round 3 guards against an actively malicious server and is not
 here), over a communication graph that is either complete or the sparse SecAgg+ graph of
 Bell et al., CCS 2020 (see :mod:`securefed.secagg.graph`).
 
-Stages, in order (the names the engine's :class:`~securefed.federated.types.DropoutPlan`
+Stages, in order (the names the engine's :class:`~securefed.channel.DropoutPlan`
 uses):
 
 ``advertise_keys``
@@ -48,9 +48,8 @@ from typing import Any
 
 import numpy as np
 
+from securefed.channel import ReceivedMessage
 from securefed.errors import ConfigurationError, InvalidDataError, MessageRejected, ProtocolAbort
-from securefed.federated.types import ReceivedMessage
-from securefed.federated.wire import pack, unpack
 from securefed.secagg import crypto, shamir
 from securefed.secagg.encoding import uint_dtype, wire_dtype
 from securefed.secagg.graph import complete_graph
@@ -67,6 +66,7 @@ from securefed.secagg.messages import (
     pack_share_plaintext,
     unpack_share_plaintext,
 )
+from securefed.wire import pack, unpack
 
 __all__ = ["STAGES", "SecAggClient", "SecAggServer", "RoundOutcome", "run_round"]
 
