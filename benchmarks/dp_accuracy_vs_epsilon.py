@@ -34,7 +34,8 @@ def _one(job: tuple[str, float | None, int, int, float]) -> dict:
     torch.set_num_threads(1)
     from securefed import FedAvg, ModelSpec, run_federated
     from securefed.data import pima_federation
-    from securefed.dp import make_dp_strategy, secagg_channel_for
+    from securefed.dp import make_dp_strategy
+    from securefed.secagg import secagg_channel_for
 
     mechanism, z, seed, rounds, clip_norm = job
     data = pima_federation(seed=seed)

@@ -20,8 +20,9 @@ from typing import Any
 
 from defenses.base import Defense, PartyView, RunContext, register_defense
 from defenses.secagg import secagg_views
-from securefed.dp import CentralDP, DistributedDP, LocalDP, secagg_channel_for
+from securefed.dp import CentralDP, DistributedDP, LocalDP
 from securefed.federated import AggregationChannel, PlainChannel, Strategy
+from securefed.secagg import secagg_channel_for
 
 __all__: list[str] = []
 
@@ -92,7 +93,7 @@ def _distributed(*, clip_norm: float = 0.5, noise_multiplier: float | None = 1.0
                                              ctx))
 
     def channel(strategy: Strategy) -> AggregationChannel:
-        # the channel's range is widened for the noise shares (securefed.dp.secagg_channel_for)
+        # the channel's range is widened for the noise shares (securefed.secagg.secagg_channel_for)
         return secagg_channel_for(strategy, bits=bits)  # type: ignore[arg-type]
 
     return Defense(

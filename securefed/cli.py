@@ -78,7 +78,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 def _dp_setup(args: argparse.Namespace, strategy, *, num_clients: int):
     """Wrap ``strategy`` with the DP mechanism named by ``--dp`` (and its channel)."""
-    from securefed.dp import make_dp_strategy, secagg_channel_for
+    from securefed.dp import make_dp_strategy
+    from securefed.secagg import secagg_channel_for
 
     dp = make_dp_strategy(
         args.dp, strategy, clip_norm=args.clip_norm, noise_multiplier=args.noise_multiplier,

@@ -11,8 +11,8 @@ from securefed import FedAvg, ModelSpec, run_federated
 from securefed.channel import DropoutPlan, Upload
 from securefed.codec import Float32Codec
 from securefed.data import pima_federation
-from securefed.dp import DistributedDP, secagg_channel_for
-from securefed.secagg import SecAggChannel
+from securefed.dp import DistributedDP
+from securefed.secagg import SecAggChannel, secagg_channel_for
 
 torch.set_num_threads(1)
 

@@ -19,8 +19,9 @@ from cryptography.hazmat.primitives.asymmetric import ec  # noqa: E402
 from securefed.data import pima_federation  # noqa: E402
 from securefed.errors import ConfigurationError, InvalidDataError  # noqa: E402
 from securefed.federated import FedAvg, FedProx, LocalConfig  # noqa: E402
-from securefed.flower.clientapp import config_from_json, config_to_json, local_round  # noqa: E402
+from securefed.federated.round import seed_streams  # noqa: E402
 from securefed.flower.cluster import descendants, toml_value  # noqa: E402
+from securefed.flower.node import config_from_json, config_to_json, local_round  # noqa: E402
 from securefed.flower.nodedata import load_csv_with_schema, load_node_data  # noqa: E402
 from securefed.flower.settings import (  # noqa: E402
     DeploymentSettings,
@@ -29,7 +30,6 @@ from securefed.flower.settings import (  # noqa: E402
     client_generator,
     generator_from_json,
     generator_to_json,
-    seed_streams,
 )
 from securefed.flower.tls import write_tls_files  # noqa: E402
 from securefed.flower.transport import (  # noqa: E402
@@ -47,7 +47,7 @@ def test_client_generator_is_the_engine_stream() -> None:
     for cid in range(3):
         expected = np.random.default_rng(children[cid]).random(5)
         np.testing.assert_array_equal(client_generator(7, cid, 3).random(5), expected)
-    assert seed_streams(7, 3)[0] == int(np.random.SeedSequence(7).spawn(5)[0].generate_state(1)[0])
+    assert seed_streams(7, 3).init_seed == int(np.random.SeedSequence(7).spawn(5)[0].generate_state(1)[0])
     with pytest.raises(ConfigurationError, match="client id must be in"):
         client_generator(7, 3, 3)
 

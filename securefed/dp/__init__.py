@@ -21,7 +21,6 @@ from securefed.dp.distributed import (
     DistributedDP,
     distributed_discrete_gaussian_rho,
     sample_discrete_gaussian,
-    secagg_channel_for,
     secure_discrete_gaussian,
 )
 from securefed.dp.dpsgd import DPSGD, per_example_gradients
@@ -32,7 +31,6 @@ from securefed.dp.registry import DP_MECHANISMS, make_dp_strategy
 __all__ = [
     "DP_MECHANISMS",
     "make_dp_strategy",
-    "secagg_channel_for",
     "CentralDP",
     "ClientLevelDP",
     "DPSGD",
@@ -52,3 +50,10 @@ __all__ = [
     "save_partial_result",
     "secure_discrete_gaussian",
 ]
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    from securefed._compat import moved
+
+    # securefed.dp builds no channel: the secure-aggregation channel lives above it.
+    return moved(__name__, name, {"secagg_channel_for": "securefed.secagg.channel"})

@@ -61,7 +61,6 @@ __all__ = [
     "sample_discrete_gaussian",
     "secure_discrete_gaussian",
     "distributed_discrete_gaussian_rho",
-    "secagg_channel_for",
 ]
 
 
@@ -359,22 +358,17 @@ class DistributedDP(ClientLevelDP):
         d["dp"].update(self.integer_noise.describe())
         return d
 
+    def secagg_clip_range(self, *, tail: float = 8.0) -> float:
+        """The overflow range a secure-aggregation channel needs for these updates plus noise.
 
-def secagg_channel_for(dp: DistributedDP, *, bits: int = 32, tail: float = 8.0, **kwargs: Any):
-    """A ``securefed.secagg.SecAggChannel`` that adds ``dp``'s integer noise, with room for it.
-
-    The channel's overflow check covers ``clip_range`` only, so the range is widened to
-    ``C * (1 + 2 * tail * z' / m)`` (``z'`` the noise multiplier after the dropout
-    allowance, ``m`` the clients per round): the sum of the noise shares, of standard
-    deviation ``z' (C + sqrt(d) / scale) <= 2 z' C`` in float units, then stays inside the
-    group except with probability about ``exp(-tail^2 / 2)`` per coordinate.  Weights are
-    uniform, so ``max_weight=1``.  Extra keyword arguments go to ``SecAggChannel``.
-    """
-    from securefed.secagg import SecAggChannel
-
-    if not tail > 0:
-        raise ConfigurationError(f"tail must be > 0, got {tail!r}")
-    z_eff = dp.noise_multiplier / math.sqrt(1.0 - dp.integer_noise.dropout_tolerance)
-    clip_range = dp.clip_norm * (1.0 + 2.0 * tail * z_eff / dp.clients_per_round)
-    return SecAggChannel(clip_range=clip_range, max_weight=1.0, bits=bits,
-                         integer_noise=dp.integer_noise, **kwargs)
+        The channel's overflow check covers ``clip_range`` only, so the range is widened to
+        ``C * (1 + 2 * tail * z' / m)`` (``z'`` the noise multiplier after the dropout
+        allowance, ``m`` the clients per round): the sum of the noise shares, of standard
+        deviation ``z' (C + sqrt(d) / scale) <= 2 z' C`` in float units, then stays inside the
+        group except with probability about ``exp(-tail^2 / 2)`` per coordinate.
+        :func:`securefed.secagg.secagg_channel_for` builds the channel with it.
+        """
+        if not tail > 0:
+            raise ConfigurationError(f"tail must be > 0, got {tail!r}")
+        z_eff = self.noise_multiplier / math.sqrt(1.0 - self.integer_noise.dropout_tolerance)
+        return self.clip_norm * (1.0 + 2.0 * tail * z_eff / self.clients_per_round)

@@ -20,6 +20,7 @@ from securefed.arrays import FederatedArrays
 from securefed.channel import AggregationChannel, DropoutPlan, PlainChannel, Upload
 from securefed.errors import ConfigurationError, PrivacyBudgetExceeded
 from securefed.federated.metrics import roc_auc
+from securefed.federated.round import client_step, sample_clients, seed_streams
 from securefed.federated.strategy import Strategy
 from securefed.federated.types import RoundRecord, RoundTranscript, RunResult
 from securefed.models import ModelSpec, get_flat_params, set_flat_params
@@ -41,14 +42,6 @@ def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray) -> tuple[float, flo
     probs = torch.sigmoid(logits).numpy()
     auc = roc_auc(y, probs)
     return loss, acc, auc
-
-
-def _sample_clients(
-    n_clients: int, clients_per_round: int | None, rng: np.random.Generator
-) -> tuple[int, ...]:
-    if clients_per_round is None or clients_per_round >= n_clients:
-        return tuple(range(n_clients))
-    return tuple(sorted(int(i) for i in rng.choice(n_clients, size=clients_per_round, replace=False)))
 
 
 def _dropout_plan(
@@ -114,11 +107,10 @@ def run_federated(
             f"dropout_stage {dropout_stage!r} is not a stage of channel {channel.name!r}; "
             f"valid: {list(channel.stages)}"
         )
-    root = np.random.SeedSequence(seed)
-    init_seq, server_seq, *client_seqs = root.spawn(2 + len(data.clients))
-    client_rngs = [np.random.default_rng(s) for s in client_seqs]
-    server_rng = np.random.default_rng(server_seq)
-    net = model.build(seed=int(init_seq.generate_state(1)[0]))
+    streams = seed_streams(seed, len(data.clients))
+    client_rngs = [streams.client_rng(i) for i in range(len(data.clients))]
+    server_rng = streams.server_rng()
+    net = model.build(seed=streams.init_seed)
     params = get_flat_params(net) if initial_params is None else np.asarray(initial_params, np.float64)
     dim = params.shape[0]
     client_states: list[dict] = [{} for _ in data.clients]
@@ -157,7 +149,7 @@ def run_federated(
             except PrivacyBudgetExceeded as exc:
                 raise PrivacyBudgetExceeded(str(exc), partial=_result()) from exc
             config = strategy.configure(r)
-            selected = _sample_clients(len(data.clients), clients_per_round, server_rng)
+            selected = sample_clients(len(data.clients), clients_per_round, server_rng)
             plan = _dropout_plan(selected, dropout_rate=dropout_rate, stage=dropout_stage,
                                  stages=channel.stages, rng=server_rng)
             bytes_down_model = channel.broadcast_bytes(params, round_index=r)
@@ -166,20 +158,12 @@ def run_federated(
             t_train = 0.0
             t_process = 0.0
             for cid in selected:
-                client = data.clients[cid]
-                t0 = time.perf_counter()
-                local = strategy.local_train(net, client, params, config, rng=client_rngs[cid],
-                                             client_state=client_states[cid])
-                t1 = time.perf_counter()
-                weight = strategy.client_weight(local, client_state=client_states[cid])
-                vector, payload = strategy.client_process(
-                    local.update, weight, client_state=client_states[cid], rng=client_rngs[cid]
-                )
-                t2 = time.perf_counter()
-                t_train += t1 - t0
-                t_process += t2 - t1
-                losses.append(local.train_loss)
-                uploads.append(Upload(client_id=cid, vector=vector, weight=weight, payload=payload))
+                step = client_step(strategy, net, data.clients[cid], params, config,
+                                   rng=client_rngs[cid], client_state=client_states[cid])
+                t_train += step.train_seconds
+                t_process += step.process_seconds
+                losses.append(step.local.train_loss)
+                uploads.append(step.upload)
             t0 = time.perf_counter()
             result = channel.aggregate(uploads, round_index=r, dim=dim, codec=strategy.codec,
                                        dropouts=plan, rng=server_rng)

@@ -221,9 +221,8 @@ class LocalCluster:
                 if not (self.tls_dir / name).is_file():
                     raise ConfigurationError(f"TLS file {self.tls_dir / name} is missing")
         if pythonpath is None:
-            import securefed
-
-            pythonpath = [str(Path(securefed.__file__).resolve().parent.parent)]
+            # the folder that holds the securefed package
+            pythonpath = [str(Path(__file__).resolve().parents[2])]
         self.pythonpath = list(pythonpath)
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout

@@ -150,7 +150,7 @@ def client_stage(run_config: dict[str, Any], client_id: int, load_data: Any,
         reply["unmask"] = sa.unmask(fields["unmask"])
         _forget_client(state, r)
     if "masked" in fields:
-        from securefed.flower.clientapp import local_round
+        from securefed.flower.node import local_round
 
         r = int(fields["round"])
         sa = _load_client(state, r, "masked_input")
@@ -172,7 +172,7 @@ def client_stage(run_config: dict[str, Any], client_id: int, load_data: Any,
                   flush=True)
         _save_client(state, sa)
     if "advertise" in fields:
-        from securefed.flower.clientapp import check_round
+        from securefed.flower.node import check_round
 
         r = int(fields["advertise_round"])
         check_round({"round": r}, state, kind="secagg")

@@ -28,10 +28,11 @@ import numpy as np
 
 from securefed.channel import ChannelResult, DropoutPlan, PlainChannel, Upload
 from securefed.errors import ConfigurationError, ProtocolAbort
-from securefed.federated.engine import _sample_clients, evaluate
+from securefed.federated.engine import evaluate
+from securefed.federated.round import sample_clients, seed_streams
 from securefed.federated.types import LocalConfig
-from securefed.flower.clientapp import config_to_json
-from securefed.flower.settings import DeploymentSettings, build_model, build_strategy, seed_streams
+from securefed.flower.node import config_to_json
+from securefed.flower.settings import DeploymentSettings, build_model, build_strategy
 from securefed.flower.transport import exchange
 from securefed.models import get_flat_params, set_flat_params
 from securefed.wire import unpack
@@ -158,8 +159,9 @@ class ServerRun:
         self.settings = DeploymentSettings.from_run_config(run_config)
         self.strategy = build_strategy(run_config)
         self.spec = build_model(run_config)
-        init_seed, self.rng, _ = seed_streams(self.settings.seed, self.settings.num_clients)
-        self.net = self.spec.build(seed=init_seed)
+        streams = seed_streams(self.settings.seed, self.settings.num_clients)
+        self.rng = streams.server_rng()
+        self.net = self.spec.build(seed=streams.init_seed)
         self.params = get_flat_params(self.net)
         self.test = _test_data(self.settings)
         self.clients_per_round = self.run_config.get("clients-per-round", 0) or None
@@ -174,7 +176,7 @@ class ServerRun:
 
     def sample(self) -> tuple[int, ...]:
         """The clients of the next round, drawn as the engine draws them."""
-        return _sample_clients(self.settings.num_clients, self.clients_per_round, self.rng)
+        return sample_clients(self.settings.num_clients, self.clients_per_round, self.rng)
 
     def plan(self, round_index: int, selected: tuple[int, ...]) -> RoundPlan:
         """Start round ``round_index``: the strategy's ``before_round`` and ``configure``."""

@@ -28,6 +28,7 @@ import numpy as np
 
 from securefed.errors import ConfigurationError
 from securefed.federated.fedmedheter import FedMedHeter
+from securefed.federated.round import seed_streams
 from securefed.federated.strategy import FedAvg, FedProx, Strategy
 from securefed.models import ModelSpec
 
@@ -39,7 +40,6 @@ __all__ = [
     "parse_codec",
     "build_strategy",
     "build_model",
-    "seed_streams",
     "client_generator",
     "generator_to_json",
     "generator_from_json",
@@ -274,19 +274,9 @@ class DeploymentSettings:
         )
 
 
-def seed_streams(seed: int, num_clients: int) -> tuple[int, np.random.Generator,
-                                                       list[np.random.SeedSequence]]:
-    """``(model init seed, server generator, client seed sequences)`` as the engine makes them."""
-    root = np.random.SeedSequence(seed)
-    init_seq, server_seq, *client_seqs = root.spawn(2 + num_clients)
-    return int(init_seq.generate_state(1)[0]), np.random.default_rng(server_seq), client_seqs
-
-
 def client_generator(seed: int, client_id: int, num_clients: int) -> np.random.Generator:
     """Client ``client_id``'s generator at the start of a run (child ``2 + client_id``)."""
-    if not 0 <= client_id < num_clients:
-        raise ConfigurationError(f"client id must be in [0, {num_clients}), got {client_id}")
-    return np.random.default_rng(seed_streams(seed, num_clients)[2][client_id])
+    return seed_streams(seed, num_clients).client_rng(client_id)
 
 
 def generator_to_json(rng: np.random.Generator) -> str:

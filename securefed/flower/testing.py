@@ -101,20 +101,18 @@ def plain_round_reference(run_config: Mapping[str, Any], survivors: Sequence[int
     import numpy as np
 
     from securefed.data import pima_federation
-    from securefed.flower.settings import build_model, build_strategy, seed_streams
+    from securefed.federated.round import client_step, seed_streams
+    from securefed.flower.settings import build_model, build_strategy
     from securefed.models import get_flat_params
 
     fed = pima_federation(seed=0, n_hospitals=num_clients)
     strategy, spec = build_strategy(run_config), build_model(run_config)
-    init_seed, _, seqs = seed_streams(int(run_config["seed"]), num_clients)
-    p0 = get_flat_params(spec.build(seed=init_seed))
+    streams = seed_streams(int(run_config["seed"]), num_clients)
+    p0 = get_flat_params(spec.build(seed=streams.init_seed))
     total, weights = np.zeros_like(p0), 0.0
     for cid in survivors:
-        rng = np.random.default_rng(seqs[cid])
-        local = strategy.local_train(spec.build(), fed.clients[cid], p0, strategy.configure(0),
-                                     rng=rng, client_state={})
-        w = strategy.client_weight(local, client_state={})
-        vec, _ = strategy.client_process(local.update, w, client_state={}, rng=rng)
-        total += vec
-        weights += w
+        step = client_step(strategy, spec.build(), fed.clients[cid], p0, strategy.configure(0),
+                           rng=streams.client_rng(cid), client_state={})
+        total += step.upload.vector
+        weights += step.upload.weight
     return strategy.server_update(p0, total / weights, round_index=0)

@@ -12,7 +12,7 @@ Floors: :mod:`~securefed.secagg.encoding`, :mod:`~securefed.secagg.shamir`,
 :class:`SecAggChannel` wires them into the round engine.
 """
 
-from securefed.secagg.channel import IntegerNoise, SecAggChannel
+from securefed.secagg.channel import IntegerNoise, SecAggChannel, secagg_channel_for
 from securefed.secagg.encoding import FixedPointEncoder, choose_scale
 from securefed.secagg.graph import choose_degree_and_threshold, complete_graph, harary_graph
 from securefed.secagg.protocol import STAGES, RoundOutcome, SecAggClient, SecAggServer, run_round

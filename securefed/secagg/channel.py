@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -230,3 +230,15 @@ class SecAggChannel(AggregationChannel):
                 "bits": self.bits,
             },
         )
+
+
+def secagg_channel_for(dp: Any, *, bits: int = 32, tail: float = 8.0, **kwargs: Any) -> SecAggChannel:
+    """A :class:`SecAggChannel` that adds a distributed-DP mechanism's integer noise shares.
+
+    ``dp`` is a :class:`securefed.dp.DistributedDP` (anything with ``integer_noise`` and
+    ``secagg_clip_range``): its :meth:`~securefed.dp.DistributedDP.secagg_clip_range` widens
+    the overflow range so the noise fits.  Weights are uniform, so ``max_weight=1``.  Extra
+    keyword arguments go to :class:`SecAggChannel`.
+    """
+    return SecAggChannel(clip_range=dp.secagg_clip_range(tail=tail), max_weight=1.0, bits=bits,
+                         integer_noise=dp.integer_noise, **kwargs)
