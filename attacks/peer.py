@@ -40,6 +40,7 @@ class UpdateEstimate:
     round_index: int
     update: np.ndarray
     participants: int
+    fallback: bool = False
 
 
 @register_attack("peer-subtraction")
@@ -48,11 +49,15 @@ class PeerSubtraction(Attack):
     """Subtract one's own upload from the revealed aggregate (see the module docstring).
 
     ``round_index``: the round attacked; ``server_learning_rate``: the server's public step
-    ``eta_s`` (the aggregate is the model change divided by it).
+    ``eta_s`` (the aggregate is the model change divided by it); ``max_norm_ratio``: an
+    estimate longer than that many times the peer's own update is judged to be noise (DP
+    noise added to the aggregate), and the peer falls back to its own update as its guess,
+    the no-observation baseline.
     """
 
     round_index: int = 0
     server_learning_rate: float = 1.0
+    max_norm_ratio: float = 3.0
 
     name = "peer-subtraction"
     threat_model = ThreatModel(
@@ -63,9 +68,10 @@ class PeerSubtraction(Attack):
         goal="recover the other participants' update")
 
     def __post_init__(self) -> None:
-        if not self.server_learning_rate > 0:
+        if not self.server_learning_rate > 0 or not self.max_norm_ratio > 0:
             raise ConfigurationError(
-                f"server_learning_rate must be > 0, got {self.server_learning_rate!r}")
+                f"server_learning_rate and max_norm_ratio must be > 0, got "
+                f"{self.server_learning_rate!r} and {self.max_norm_ratio!r}")
 
     def run(self, observation: Observation, prior: PriorKnowledge | None = None, *,
             rng: np.random.Generator | None = None, own_vector: np.ndarray, own_weight: float,
@@ -87,4 +93,8 @@ class PeerSubtraction(Attack):
             raise ConfigurationError(
                 f"total_weight {total_weight!r} must exceed the own weight {own_weight!r}")
         others = (float(total_weight) * agg.update / self.server_learning_rate - own) / rest
+        own_update = own / float(own_weight) if own_weight > 0 else own
+        if np.linalg.norm(others) > self.max_norm_ratio * np.linalg.norm(own_update):
+            return UpdateEstimate(self.name, self.round_index, own_update, len(agg.contributors),
+                                  fallback=True)
         return UpdateEstimate(self.name, self.round_index, others, len(agg.contributors))

@@ -9,6 +9,7 @@ files) is refused unless ``overwrite=True``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -35,7 +36,10 @@ from securefed.models import ModelSpec
 
 __all__ = [
     "Cell",
+    "ThreatCell",
     "AuditResults",
+    "plan_threat_cells",
+    "code_fingerprint",
     "plan_cells",
     "audit_dataset",
     "audit_hospitals",
@@ -47,7 +51,7 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 CELLS = "cells.jsonl"
-FORMAT = "securefed-audit/1"
+FORMAT = "securefed-audit/2"
 #: Files and folders an audit writes; ``overwrite`` removes only these.
 OWNED = (MANIFEST, CELLS, "report.html", "report.md", "summary.json", "summary.csv",
          "cells.csv", "figures")
@@ -81,12 +85,82 @@ class AuditResults:
     out_dir: Path
     resumed: int = 0
     elapsed: float = 0.0
+    threat_cells: tuple[dict[str, Any], ...] = ()
+    cpu_time: float = 0.0
+
+
+#: Modules that only present stored cells: editing them does not invalidate results.
+_PRESENTATION = ("report.py", "figures.py", "claims.py", "summary.py", "render_check.py", "cli.py",
+                 "verdicts.py")
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the code that produces cells: every Python file of ``securefed``, ``attacks``,
+    ``defenses`` and ``evaluation`` (the report's presentation modules left out), with the
+    versions of numpy and torch.
+
+    Stored cells are keyed by it as well as by the configuration, so after an upgrade (or any
+    edit of the code that trains, attacks or scores) the audit runs the cells again instead of
+    reusing results of other code.
+    """
+    import importlib
+
+    h = hashlib.sha256()
+    for pkg in ("securefed", "attacks", "defenses", "evaluation"):
+        root = Path(importlib.import_module(pkg).__file__).parent
+        for f in sorted(root.rglob("*.py")):
+            if pkg == "evaluation" and f.name in _PRESENTATION:
+                continue
+            h.update(f"{pkg}/{f.relative_to(root).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+    import torch
+
+    h.update(f"numpy {np.__version__} torch {torch.__version__}".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ThreatCell:
+    """One replicate of one threat scenario under one (algorithm, defense)."""
+
+    threat: str
+    algorithm: str
+    defense: str
+    replicate: int
+    cell_id: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.threat} / {self.algorithm} / {self.defense} / seed {self.replicate + 1}"
+
+
+def plan_threat_cells(config: AuditConfig) -> list[ThreatCell]:
+    """Every (threat, algorithm, defense, replicate) cell, in a stable order."""
+    from evaluation.threats import get_threat
+
+    out: list[ThreatCell] = []
+    for t in config.threats:
+        scen = get_threat(t)
+        raw = dict(config.threat_params.get(t, {}))
+        params = scen.check_params(raw)
+        for a in config.threat_algorithms:
+            for d in scen.defenses_for(raw):
+                dparams = scen.defense_settings(d, config.defense_params, raw)
+                for r in range(config.replicates_for(t)):
+                    spec = {"base": config.base_fingerprint(), "code": code_fingerprint(),
+                            "threat": t, "params": params, "algorithm": a, "defense": d,
+                            "defense_params": dparams, "replicate": r}
+                    cid = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str)
+                                         .encode()).hexdigest()[:16]
+                    out.append(ThreatCell(t, a, d, r, cid))
+    return out
 
 
 def _cell_id(config: AuditConfig, algorithm: str, defense: str, fold: int,
              attacks: tuple[str, ...]) -> str:
     spec = {
-        "base": config.base_fingerprint(),
+        "base": config.base_fingerprint(), "code": code_fingerprint(),
         "algorithm": algorithm, "algorithm_params": dict(config.algorithm_params.get(algorithm, {})),
         "defense": defense, "defense_params": dict(config.defense_params.get(defense, {})),
         "attacks": {a: dict(config.attack_params.get(a, {})) for a in attacks},
@@ -171,7 +245,8 @@ def _prepare_out_dir(out: Path, config: AuditConfig, *, overwrite: bool) -> None
                                 and k not in ("profile", "algorithms", "defenses", "attacks",
                                               "algorithm_params", "defense_params",
                                               "attack_params", "target_fraction", "exclude",
-                                              "attack_folds"))
+                                              "attack_folds", "threats", "threat_algorithms",
+                                              "replicates", "threat_params"))
                 raise ConfigurationError(
                     f"{str(out)!r} holds the results of another audit (created "
                     f"{manifest.get('created', '?')}; settings that differ: "
@@ -195,6 +270,7 @@ def _prepare_out_dir(out: Path, config: AuditConfig, *, overwrite: bool) -> None
         "format": FORMAT,
         "securefed_version": securefed.__version__,
         "base_fingerprint": config.base_fingerprint(),
+        "code_fingerprint": code_fingerprint(),
         "created": previous.get("created", datetime.now(timezone.utc).isoformat(timespec="seconds")),
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": config.to_dict(),
@@ -327,6 +403,39 @@ def run_cell(cell: Cell, config: AuditConfig, fold: Fold, *, model: ModelSpec) -
     return record
 
 
+def run_threat_cell(cell: ThreatCell, config: AuditConfig, data: FederatedArrays, *,
+                    schema: Any = None, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
+    """Run one replicate of a threat scenario; returns its JSON-ready record."""
+    from evaluation.threats import ThreatContext, get_threat
+
+    scen = get_threat(cell.threat)
+    raw = dict(config.threat_params.get(cell.threat, {}))
+    ctx = ThreatContext(
+        data=data, public_X=data.X_test, public_y=data.y_test, schema=schema,
+        algorithm=cell.algorithm, defense=cell.defense,
+        defense_params=scen.defense_settings(cell.defense, config.defense_params, raw),
+        replicate=cell.replicate, seed=config.seed, params=scen.check_params(raw),
+        cache=cache if cache is not None else {})
+    record: dict[str, Any] = {
+        "kind": "threat", "cell_id": cell.cell_id, "threat": cell.threat,
+        "algorithm": cell.algorithm, "defense": cell.defense, "replicate": cell.replicate,
+        "defense_params": dict(ctx.defense_params), "error": None,
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        out = scen.run(ctx)
+    except SecurefedError as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    else:
+        record.update({"metric": out.metric, "value": out.value, "baseline": out.baseline,
+                       "gain": out.gain, "details": dict(out.details), "accuracy": out.accuracy,
+                       "epsilon": out.epsilon})
+    record["wall_time"] = time.perf_counter() - t0
+    record["cpu_time"] = time.process_time() - c0
+    return record
+
+
 def _warm_up(data: FederatedArrays, model: ModelSpec) -> None:
     """One untimed round, so the first cell's times do not include torch's lazy start-up."""
     from securefed.federated import FedAvg, run_federated
@@ -371,41 +480,61 @@ def _run_audit(
     progress: bool,
     on_cell: Callable[[Cell, dict[str, Any]], None] | None,
 ) -> AuditResults:
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), time.process_time()
     out = Path(out_dir)
     cells = plan_cells(config)
+    tcells = plan_threat_cells(config)
     _prepare_out_dir(out, config, overwrite=overwrite)
     store = out / CELLS
     done = {r["cell_id"]: r for r in _read_cells(store)}
     todo = [c for c in cells if c.cell_id not in done]
-    resumed = len(cells) - len(todo)
-    if todo:
-        data = audit_dataset(config)
-        folds = stratified_hospital_folds(data, n_folds=config.folds, seed=config.seed)
-        model = ModelSpec(config.model, n_features=data.num_features, hidden=config.hidden)
-        _warm_up(folds[0].data, model)
+    ttodo = [c for c in tcells if c.cell_id not in done]
+    resumed = len(cells) + len(tcells) - len(todo) - len(ttodo)
+    if todo or ttodo:
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(cells), initial=resumed, desc="audit", unit="cell")
+            bar = tqdm(total=len(cells) + len(tcells), initial=resumed, desc="audit", unit="cell")
         try:
-            for cell in todo:
-                if bar is not None:
-                    bar.set_postfix_str(cell.label)
-                record = run_cell(cell, config, folds[cell.fold], model=model)
-                _append(store, record)
-                done[cell.cell_id] = record
-                if on_cell is not None:
-                    on_cell(cell, record)
-                if bar is not None:
-                    bar.update(1)
+            if todo:
+                data = audit_dataset(config)
+                folds = stratified_hospital_folds(data, n_folds=config.folds, seed=config.seed)
+                model = ModelSpec(config.model, n_features=data.num_features, hidden=config.hidden)
+                _warm_up(folds[0].data, model)
+                for cell in todo:
+                    if bar is not None:
+                        bar.set_postfix_str(cell.label)
+                    record = run_cell(cell, config, folds[cell.fold], model=model)
+                    _append(store, record)
+                    done[cell.cell_id] = record
+                    if on_cell is not None:
+                        on_cell(cell, record)
+                    if bar is not None:
+                        bar.update(1)
+            if ttodo:
+                ds = audit_hospitals(config)
+                data = ds.prepare()
+                cache: dict[Any, Any] = {}
+                for tcell in ttodo:
+                    if bar is not None:
+                        bar.set_postfix_str(tcell.label)
+                    record = run_threat_cell(tcell, config, data,
+                                             schema=getattr(ds, "schema", None), cache=cache)
+                    _append(store, record)
+                    done[tcell.cell_id] = record
+                    if on_cell is not None:
+                        on_cell(tcell, record)  # type: ignore[arg-type]
+                    if bar is not None:
+                        bar.update(1)
         finally:
             if bar is not None:
                 bar.close()
     ordered = tuple(done[c.cell_id] for c in cells)
+    threats = tuple(done[c.cell_id] for c in tcells)
     return AuditResults(config=config, cells=ordered, out_dir=out, resumed=resumed,
-                        elapsed=time.perf_counter() - started)
+                        elapsed=time.perf_counter() - started, threat_cells=threats,
+                        cpu_time=time.process_time() - cpu0)
 
 
 def load_results(out_dir: str | Path, *, config: AuditConfig | None = None) -> AuditResults:
@@ -422,7 +551,9 @@ def load_results(out_dir: str | Path, *, config: AuditConfig | None = None) -> A
     cells = plan_cells(config)
     stored = {r["cell_id"]: r for r in _read_cells(out / CELLS)}
     return AuditResults(config=config, cells=tuple(stored[c.cell_id] for c in cells
-                                                   if c.cell_id in stored), out_dir=out)
+                                                   if c.cell_id in stored), out_dir=out,
+                        threat_cells=tuple(stored[c.cell_id] for c in plan_threat_cells(config)
+                                           if c.cell_id in stored))
 
 
 def iter_metric(cells: Iterable[dict[str, Any]], key: str) -> list[float]:

@@ -156,16 +156,19 @@ class ThreatScenario:
     run: Callable[[ThreatContext], ThreatOutcome]
     defaults: Mapping[str, Any] = field(default_factory=dict)
     defense_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    replicates: int = 3
     shared_run: str | None = None  # scenarios with the same key share one trained model
 
+    _META = ("defenses", "defense_params", "replicates")
+
     def check_params(self, params: Mapping[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(params) - set(self.defaults) - {"defenses", "defense_params"})
+        """The scenario's parameters (defaults updated by ``params``); unknown keys refused."""
+        unknown = sorted(set(params) - set(self.defaults) - set(self._META))
         if unknown:
             raise ConfigurationError(
                 f"threat {self.name!r}: unknown parameter {unknown[0]!r}; valid: "
-                f"{sorted([*self.defaults, 'defenses', 'defense_params'])}")
-        return {**self.defaults, **{k: v for k, v in params.items()
-                                    if k not in ("defenses", "defense_params")}}
+                f"{sorted([*self.defaults, *self._META])}")
+        return {**self.defaults, **{k: v for k, v in params.items() if k not in self._META}}
 
     def defenses_for(self, params: Mapping[str, Any]) -> tuple[str, ...]:
         d = params.get("defenses", self.defenses)
@@ -364,7 +367,7 @@ def _curious_server(ctx: ThreatContext) -> ThreatOutcome:
     scored = score_reconstruction(rec.X, rec.y, Xp[pick], yp[pick], prior=prior, rng=ctx.rng(3))
     details = {
         "scope": scope, "replay": replay, "clinic_patients": n_clinic,
-        "rows_reconstructed": int(len(rec.X)), "attack_note": rec.note, "fell_back": rec.fallback,
+        "rows_reconstructed": 0 if rec.fallback else int(len(rec.X)), "attack_note": rec.note, "fell_back": rec.fallback,
         "matching_loss": rec.loss, "exact_row_rate": scored.attack.exact_row_rate,
         "baseline_exact_row_rate": scored.baseline.exact_row_rate,
         "label_accuracy": scored.attack.label_accuracy,
@@ -468,9 +471,11 @@ def _peer_once(ctx: ThreatContext, k: int, tag: int) -> dict[str, Any]:
         total = own_w + float(counts[1:].sum()) / ref
         knows = "a guess: the others' weights as counts / reference_examples"
     server_lr = float(getattr(t.recorder, "server_learning_rate", 1.0))
-    est = PeerSubtraction(server_learning_rate=server_lr).run(
-        obs, own_vector=own_vec, own_weight=own_w, total_weight=total).update
+    res = PeerSubtraction(server_learning_rate=server_lr).run(
+        obs, own_vector=own_vec, own_weight=own_w, total_weight=total)
+    est = res.update
     return {"value": _cosine(est, target), "baseline": _cosine(own, target),
+            "fell_back": res.fallback,
             "relative_error": float(np.linalg.norm(est - target) / max(np.linalg.norm(target), 1e-30)),
             "knows": knows, "epsilon": epsilon_of(t.run)}
 
@@ -490,6 +495,7 @@ def _curious_peer(ctx: ThreatContext) -> ThreatOutcome:
         series[str(k)] = {"value": r["value"], "baseline": r["baseline"],
                           "gain": r["value"] - r["baseline"], "relative_error": r["relative_error"]}
     details = {"participants": int(p["participants"]), "relative_error": head["relative_error"],
+               "fell_back": head["fell_back"],
                "peer_knows": head["knows"], "series": series}
     return ThreatOutcome("update_cosine", head["value"], head["baseline"], details,
                          epsilon=head["epsilon"])
@@ -604,7 +610,8 @@ def _outsider_attribute(ctx: ThreatContext) -> ThreatOutcome:
     rng = ctx.rng(22)
     mem = np.flatnonzero(o["member"])
     non = np.flatnonzero(~o["member"])
-    n = min(int(p["targets"]), len(mem), len(non))
+    cap = min(len(mem), len(non))
+    n = cap if p["targets"] == "all" else min(int(p["targets"]), cap)
     groups = {"members": rng.choice(mem, n, replace=False), "non_members": rng.choice(non, n, replace=False)}
     attack = AttributeInferenceWhiteBox(feature=f.name, starts=int(p["starts"]),
                                         iterations=int(p["iterations"]))
@@ -659,7 +666,7 @@ register_threat("curious-peer", ThreatScenario(
     knows="the participants' weights (patient counts under FedAvg, 1 under DP)",
     setting="participants hospitals share one round (the audit's patients dealt among them)",
     metric="update_cosine", defenses=("none", "secagg", "secagg+dp"),
-    run=_curious_peer,
+    run=_curious_peer, replicates=8,
     defaults={"participants": 2, "series": [2, 3, 5, 8], "hidden": 16, "learning_rate": 0.1},
 ))
 register_threat("outsider-membership", ThreatScenario(
@@ -681,7 +688,7 @@ register_threat("outsider-attribute", ThreatScenario(
             "non-member control group",
     metric="attribute_accuracy", defenses=("none", "dp-central"),
     run=_outsider_attribute, shared_run="outsider",
-    defaults={**_OUTSIDER, "feature": "auto", "targets": 100, "starts": 8, "iterations": 150},
+    defaults={**_OUTSIDER, "feature": "auto", "targets": "all", "starts": 8, "iterations": 150},
     defense_params=_OUTSIDER_DP,
 ))
 
