@@ -30,12 +30,12 @@ from attacks.gradient import (
 )
 from attacks.imprint import ImprintAttack, ImprintModel, imprint_model
 from attacks.membership import LossThreshold, ShadowLiRA, label_logit
-from attacks.peer import PeerSubtraction, UpdateEstimate
 from attacks.model_inversion import (
     AttributeInferenceBlackBox,
     AttributeInferenceWhiteBox,
     ClassRepresentative,
 )
+from attacks.peer import PeerSubtraction, UpdateEstimate
 
 __all__ = [
     "Attack", "ThreatModel", "register_attack", "attack_names", "get_attack", "ATTACKS",

@@ -25,7 +25,6 @@ Wainakh et al., PETS 2022, for counting labels in a batch).
 from __future__ import annotations
 
 import math
-
 from dataclasses import dataclass
 
 import numpy as np
@@ -308,7 +307,7 @@ class TabularInversion(Attack):
     target: str = "auto"
     tolerance: float = 1e-10
     min_improvement: float | None = 0.1
-    patience: int = 300
+    patience: int = 150
     max_unknowns: float = 1.0
     pool_ratio: float = 10.0
     num_threads: int | None = 1

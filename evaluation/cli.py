@@ -71,7 +71,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
               f"{', '.join(config.defenses)}; threats {', '.join(config.threats) or '(none)'} "
               f"with {', '.join(config.threat_algorithms)}", file=sys.stderr)
     try:
-        results = run_audit(config, out, overwrite=args.overwrite, progress=not args.quiet)
+        results = run_audit(config, out, overwrite=args.overwrite, progress=not args.quiet,
+                            workers=args.workers)
     except KeyboardInterrupt:
         from evaluation.runner import CELLS
 
@@ -139,6 +140,8 @@ def add_audit_command(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--rounds", type=int, help="training rounds per run")
     a.add_argument("--seed", type=int, help="root seed")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.add_argument("--workers", type=int,
+                   help="processes that run cells side by side (default: min(2, CPUs))")
     a.add_argument("--list", action="store_true",
                    help="list the available algorithms, defenses and attacks, then exit")
     a.set_defaults(func=_cmd_audit)

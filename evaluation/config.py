@@ -241,9 +241,9 @@ def profile(name: str) -> AuditConfig:
     plain model up to rounding), FedAvg keeps central DP for the "same privacy strength"
     comparison, FedProx runs without defenses, and encrypted-centralised training runs 5
     epochs, since each costs about a second of homomorphic arithmetic.  The quick profile
-    uses 3 folds of 8 rounds, runs the defenses with FedMedHeter only, leaves
+    uses 3 folds of 8 rounds, runs the defenses with FedMedHeter only, leaves CKKS and
     encrypted-centralised training out, and runs the threats with FedAvg on 2 replicates
-    (the curious peer, which costs little, on 6); the default one uses 5 folds of 20 rounds
+    (the curious peer, which costs little, on 6; LiRA with 8 shadow models); the default one uses 5 folds of 20 rounds
     and runs the threats with FedAvg and FedMedHeter on each scenario's own number of
     replicates.  The per-cell attacks of earlier versions (``attacks``) are not in the
     profiles: the threat scenarios replace them.
@@ -257,11 +257,13 @@ def profile(name: str) -> AuditConfig:
     if name == "quick":
         defended = "fedmedheter" if "fedmedheter" in algos else "fedavg"
         quick_exclude = tuple(f"{a}/{d}" for a in algos for d in defs
-                              if d != "none" and a != defended)
+                              if (d != "none" and a != defended) or d == "ckks")
         return AuditConfig(profile="quick", algorithms=algos, defenses=defs, threats=threats,
                            threat_algorithms=("fedavg",), replicates=2,
-                           threat_params=({"curious-peer": {"replicates": 6}}
-                                          if "curious-peer" in threats else {}),
+                           threat_params={k: v for k, v in {
+                               "curious-peer": {"replicates": 6},
+                               "outsider-membership": {"shadows": 8},
+                           }.items() if k in threats},
                            folds=3, rounds=8, exclude=quick_exclude,
                            )
     if name == "default":

@@ -633,7 +633,7 @@ def _outsider_attribute(ctx: ThreatContext) -> ThreatOutcome:
                          epsilon=epsilon_of(t.run))
 
 
-_OUTSIDER = {"hidden": 64, "rounds": 30, "local_epochs": 10, "learning_rate": 0.5}
+_OUTSIDER = {"hidden": 64, "rounds": 10, "local_epochs": 30, "learning_rate": 0.5}
 #: DP settings of the outsider scenarios: epsilon <= 8 (hospital level, delta 1e-5)
 _OUTSIDER_DP = {"dp-central": {"noise_multiplier": None, "target_epsilon": 8.0},
                 "dp-local": {"noise_multiplier": None, "target_epsilon": 8.0},
