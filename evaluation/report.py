@@ -528,7 +528,11 @@ def write_report(results: AuditResults, *, command: str | None = None) -> Report
     """Summarise ``results``, draw the figures and write every report file into its folder."""
     out = results.out_dir
     summary = summarize(results.cells, target_fraction=results.config.target_fraction)
-    claims = evaluate_claims(summary)
+    cfg = results.config
+    claims = evaluate_claims(
+        summary, results.threat_cells,
+        setting=f"the cross-validated utility runs ({cfg.model}, {cfg.folds} folds x {cfg.rounds} "
+                "rounds, FedMedHeter at its library defaults)")
     figs = make_figures(results.cells, summary, out / "figures")
     verdicts = threat_verdicts(results.threat_cells, summary)
     heat = verdict_heatmap(verdicts, out / "figures")

@@ -570,6 +570,12 @@ def _outsider_membership(ctx: ThreatContext) -> ThreatOutcome:
         "scores": np.round(scores.scores, 6).tolist(), "is_member": o["member"].astype(int).tolist(),
         "saturated_fraction": saturated, "train_accuracy_gap": _gap(obs, o),
         "shadows": int(p["shadows"]), "run_note": t.note, **_dp_bound(t),
+        # for the seed-claims table: communication on a model where compression matters
+        "bytes_up": t.run.total_bytes_up(),
+        "bytes_down": int(sum(r.bytes_down for r in t.run.history)),
+        "rounds_run": len(t.run.history), "model_parameters": int(spec.num_params()),
+        "model": f"mlp 7-{int(p['hidden'])}-1" if spec.n_features == 7 else
+                 f"mlp {spec.n_features}-{int(p['hidden'])}-1",
     }
     return ThreatOutcome("auc", s.auc, 0.5, details, accuracy=_accuracy(t.run), epsilon=eps)
 
