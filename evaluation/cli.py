@@ -92,7 +92,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         vw = max(len(f"{r['threat']}/{r['defense']}/{r['algorithm']}") for r in files.threats)
         for r in files.threats:
             name = f"{r['threat']}/{r['defense']}/{r['algorithm']}"
-            print(f"  {name.ljust(vw)}  {'LEAKS' if r['leaks'] else 'no   '}  "
+            word = "LEAKS" if r["leaks"] else ("incon" if r.get("inconclusive") else "no   ")
+            print(f"  {name.ljust(vw)}  {word}  "
                   f"{str(r.get('metric')):<19s}{_gain_ci(r)}")
     head, rows = summary_rows(files.summary)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]

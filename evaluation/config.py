@@ -239,7 +239,8 @@ def profile(name: str) -> AuditConfig:
     stated in the report's configuration: the defenses' utility runs use FedMedHeter (a
     defense's cost hardly depends on the local objective; the secure channels reproduce the
     plain model up to rounding), FedAvg keeps central DP for the "same privacy strength"
-    comparison, FedProx runs without defenses, and encrypted-centralised training runs 5
+    comparison and, in the default profile, the defenses of the threat scenarios (so that
+    their verdicts carry an accuracy and a cost), FedProx runs without defenses, and encrypted-centralised training runs 5
     epochs, since each costs about a second of homomorphic arithmetic.  The quick profile
     uses 3 folds of 8 rounds, runs the defenses with FedMedHeter only, leaves CKKS and
     encrypted-centralised training out, and runs the threats with FedAvg on 2 replicates
@@ -267,8 +268,10 @@ def profile(name: str) -> AuditConfig:
                            folds=3, rounds=8, exclude=quick_exclude,
                            )
     if name == "default":
-        if "fedmedheter" in algos:  # FedAvg keeps one defense: the DP-only comparison
-            exclude += tuple(f"fedavg/{d}" for d in defs if d not in ("none", "dp-central"))
+        if "fedmedheter" in algos:  # FedAvg keeps the DP-only comparison and the threats'
+            # defenses, so that every verdict row has its accuracy and cost
+            keep = ("none", "dp-central", "secagg", "dp-local", "secagg+dp")
+            exclude += tuple(f"fedavg/{d}" for d in defs if d not in keep)
         threat_algos = tuple(a for a in ("fedavg", "fedmedheter") if a in algos)
         return AuditConfig(profile="default", algorithms=algos, defenses=defs, threats=threats,
                            threat_algorithms=threat_algos, folds=5, rounds=20, exclude=exclude,

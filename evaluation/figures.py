@@ -358,9 +358,10 @@ def verdict_heatmap(rows: Sequence[dict[str, Any]], out: Path) -> FigureFile | N
     defenses = list(dict.fromkeys(r["defense"] for r in rows))
     by = {(r["algorithm"], r["threat"], r["defense"]): r for r in rows}
     red = LinearSegmentedColormap.from_list("leak", ["#fde2e1", "#b42318"])
-    fig, axes = plt.subplots(1, len(algos), figsize=(1.9 * len(defenses) * len(algos) + 2.5,
-                                                       0.75 * len(threats) + 1.6), squeeze=False)
-    for ax, algo in zip(axes[0], algos, strict=True):
+    fig, axes = plt.subplots(len(algos), 1, figsize=(1.9 * len(defenses) + 2.5,
+                                                    (0.75 * len(threats) + 1.0) * len(algos)),
+                             squeeze=False)
+    for ax, algo in zip(axes[:, 0], algos, strict=True):
         ax.set_xlim(0, len(defenses))
         ax.set_ylim(0, len(threats))
         ax.invert_yaxis()
@@ -377,6 +378,8 @@ def verdict_heatmap(rows: Sequence[dict[str, Any]], out: Path) -> FigureFile | N
                         colour = red(min(1.0, 0.25 + 0.75 * g / 0.8))
                         tc = "white" if g > 0.3 else "#1d2433"
                         word = "LEAKS"
+                    elif r.get("inconclusive"):
+                        colour, tc, word = "#fdf0c8", "#1d2433", "not shown (inconclusive)"
                     else:
                         colour, tc, word = "#d3f0dc", "#1d2433", "no leak"
                     text = f"{word}\n{g:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
@@ -392,8 +395,9 @@ def verdict_heatmap(rows: Sequence[dict[str, Any]], out: Path) -> FigureFile | N
     return _save(fig, out, "verdicts", "Verdicts: which defense stops which attack",
                  "Each cell: does the threat's attack beat its no-observation baseline under "
                  "the defense? Red (LEAKS): the 95% interval of the mean gain over the "
-                 "replicates lies above 0, shaded by the gain; green: it does not. Numbers: "
-                 "gain (floored at 0) and its interval. Grey: not run for this defense.")
+                 "replicates lies above 0, shaded by the gain; green: it does not; amber: the "
+                 "mean gain is above 0.02 but its interval reaches 0 (more seeds would tell). "
+                 "Numbers: gain (floored at 0) and its interval. Grey: not run for this defense.")
 
 
 def make_figures(cells: Sequence[dict[str, Any]], summary: AuditSummary, out: Path) -> list[FigureFile]:

@@ -199,7 +199,8 @@ def _verdict_table(rows: list[dict[str, Any]]) -> Table:
     out = []
     for r in rows:
         out.append([r["threat"], r["defense"], r["algorithm"],
-                    "LEAKS" if r["leaks"] else "no", str(r.get("metric")), _f(r["attack"]),
+                    "LEAKS" if r["leaks"] else ("inconclusive" if r.get("inconclusive") else "no"),
+                    str(r.get("metric")), _f(r["attack"]),
                     _f(r["baseline"]), _gain_ci(r), str(r["replicates"]), _f(r["accuracy"]),
                     _bytes(r.get("bytes_per_run", float("nan"))), _f(r.get("train_time"), 2),
                     epsilon_text(r.get("epsilon")), _verdict_notes(r)])
@@ -221,13 +222,15 @@ def _scenario_table(config: Any) -> Table:
 
 
 def _peer_series_table(rows: list[dict[str, Any]]) -> Table:
-    head = ["algorithm", "defense", "participants", "gain (cosine over the own-update guess)",
-            "95% CI", "seeds"]
+    head = ["algorithm", "defense", "participants", "cosine with the target's update",
+            "relative error", "gain over the own-update guess [95% CI]", "leaks", "seeds"]
     out = []
     for r in rows:
         for k, v in (r.get("series") or {}).items():
-            out.append([r["algorithm"], r["defense"], k, f"{v['gain']:+.3f}",
-                        f"[{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]", str(v["replicates"])])
+            out.append([r["algorithm"], r["defense"], k, f"{v['cosine']:.3f}",
+                        f"{v['relative_error']:.3g}",
+                        f"{v['gain']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]",
+                        "LEAKS" if v["leaks"] else "no", str(v["replicates"])])
     return head, out
 
 

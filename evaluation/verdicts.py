@@ -10,6 +10,8 @@ the peer scenario) and fresh training randomness.  Over the replicates of a comb
   replicates (``n - 1`` degrees of freedom);
 * ``leaks``: **true when the interval's lower end is above 0**, i.e. the attack beat its
   no-observation baseline at the 2.5% one-sided level;
+* ``inconclusive``: not ``leaks``, but the mean gain exceeds 0.02: the attack may leak and
+  the seeds run cannot tell; the report marks it instead of calling it safe;
 * ``gain``: the mean gain floored at 0 (``floored`` says when the raw mean was below 0:
   an attack that does worse than its baseline learned nothing, and a negative number would
   read as protection the defense does not give).  The interval is of the raw mean.
@@ -32,8 +34,13 @@ from evaluation.summary import AuditSummary
 
 __all__ = ["threat_verdicts", "VERDICT_RULE"]
 
+#: a mean gain above this whose interval still reaches 0 is flagged as inconclusive
+INCONCLUSIVE = 0.02
+
 VERDICT_RULE = ("leaks = the lower end of the 95% Student-t interval of the mean gain over the "
-                "replicates is above 0; gain is the mean floored at 0")
+                "replicates is above 0; gain is the mean floored at 0; a row that does not leak "
+                f"but whose mean gain exceeds {INCONCLUSIVE} is marked inconclusive (more seeds "
+                "would decide it)")
 
 
 def _num(x: Any) -> float:
@@ -85,6 +92,7 @@ def threat_verdicts(threat_cells: Sequence[dict[str, Any]],
             "gain": max(raw, 0.0), "gain_raw": raw, "floored": raw < 0,
             "ci_low": lo, "ci_high": hi,
             "leaks": bool(not math.isnan(lo) and lo > 0),
+            "inconclusive": bool(not (not math.isnan(lo) and lo > 0) and raw > INCONCLUSIVE),
             "replicates": len(cells),
             "per_replicate_gain": gains.tolist(),
         }
@@ -134,13 +142,19 @@ def _extras(threat: str, cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if k in d0:
             out[k] = d0[k]
     if threat == "curious-peer":
-        series: dict[str, list[float]] = {}
+        series: dict[str, list[dict[str, float]]] = {}
         for c in cells:
             for k, v in (c["details"].get("series") or {}).items():
-                series.setdefault(k, []).append(float(v["gain"]))
-        out["series"] = {k: {"gain": float(np.mean(v)), "replicates": len(v),
-                             "ci_low": _ci(np.asarray(v))[0], "ci_high": _ci(np.asarray(v))[1]}
-                         for k, v in sorted(series.items(), key=lambda kv: int(kv[0]))}
+                series.setdefault(k, []).append(v)
+        out["series"] = {}
+        for k, vs in sorted(series.items(), key=lambda kv: int(kv[0])):
+            g = np.asarray([float(v["gain"]) for v in vs])
+            lo, hi = _ci(g)
+            out["series"][k] = {
+                "cosine": float(np.mean([v["value"] for v in vs])),
+                "relative_error": float(np.mean([v["relative_error"] for v in vs])),
+                "gain": max(float(g.mean()), 0.0), "ci_low": lo, "ci_high": hi,
+                "leaks": bool(not math.isnan(lo) and lo > 0), "replicates": len(vs)}
         out["participants"] = d0.get("participants")
     if threat == "curious-server":
         out["clinic_patients"] = d0.get("clinic_patients")

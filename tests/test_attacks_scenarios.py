@@ -97,11 +97,12 @@ def test_imprint_bins_give_back_the_federations_records_through_secure_aggregati
     obs = observe(run, adversary="server")
     assert not obs.per_client
     rec = ImprintAttack(model=m).read(obs.select(source="aggregate")[0].update, prior=PRIOR)
-    # every returned row is one patient to float precision, with its label
-    dist = ((rec.X[:, None, :] - X[None, :, :]) ** 2).sum(-1)
+    # most returned rows are one patient, up to secure aggregation's fixed-point rounding
+    # (0.05 standardised units, a fifth of the scoring tolerance), with its label
+    dist = np.abs(rec.X[:, None, :] - X[None, :, :]).max(-1)
     nearest = dist.argmin(1)
-    exact = dist.min(1) < 1e-6
-    assert exact.mean() > 0.9 and len(set(nearest[exact])) / len(X) > 0.5
+    exact = dist.min(1) < 0.05
+    assert exact.mean() > 0.8 and len(set(nearest[exact])) / len(X) > 0.5
     np.testing.assert_array_equal(rec.y[exact], y[nearest[exact]])
 
 

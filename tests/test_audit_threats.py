@@ -115,7 +115,7 @@ def test_membership_reports_low_fpr_rates_with_sample_sizes_and_the_exact_dp_bou
 def test_cells_are_keyed_by_the_code_that_produced_them(monkeypatch):
     import evaluation.runner as runner
 
-    cfg = dataclasses.replace(profile("quick"), threats=("curious-peer",))
+    cfg = dataclasses.replace(profile("quick"), threats=("curious-peer",), threat_params={})
     before = [c.cell_id for c in plan_threat_cells(cfg)]
     monkeypatch.setattr(runner, "code_fingerprint", lambda: "0" * 16)
     after = [c.cell_id for c in plan_threat_cells(cfg)]
