@@ -29,7 +29,11 @@ from securefed.dp import CentralDP, DistributedDP, LocalDP
 from securefed.federated import AggregationChannel, PlainChannel, Strategy
 from securefed.secagg import secagg_channel_for
 
-__all__: list[str] = []
+__all__ = ["MECHANISM_OF_DEFENSE"]
+
+#: The securefed.dp mechanism name (``central``, ``local``, ``distributed``) of each DP defense,
+#: for ``securefed.dp.audit_one_run`` and reports.
+MECHANISM_OF_DEFENSE = {"dp-central": "central", "dp-local": "local", "secagg+dp": "distributed"}
 
 
 def _dp_kwargs(clip_norm: float, noise_multiplier: float | None, target_epsilon: float | None,

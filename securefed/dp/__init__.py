@@ -16,7 +16,13 @@ from securefed.dp.accounting import (
     max_rounds_within,
     sampled_gaussian_event,
 )
-from securefed.dp.audit import OneRunAudit, audit_one_run, epsilon_lower_bound, one_run_p_value
+from securefed.dp.audit import (
+    OneRunAudit,
+    audit_for_run,
+    audit_one_run,
+    epsilon_lower_bound,
+    one_run_p_value,
+)
 from securefed.dp.clipping import bound_release, clip_l2
 from securefed.dp.distributed import (
     DiscreteGaussianNoise,
@@ -39,6 +45,7 @@ __all__ = [
     "OneRunAudit",
     "PrivacyLedger",
     "PrivacyReport",
+    "audit_for_run",
     "audit_one_run",
     "bound_release",
     "epsilon_lower_bound",

@@ -70,6 +70,7 @@ __all__ = [
     "one_run_p_value",
     "epsilon_lower_bound",
     "audit_one_run",
+    "audit_for_run",
 ]
 
 
@@ -188,7 +189,7 @@ class _IntegerSum:
 
 
 def _guess_sizes(m: int) -> tuple[int, ...]:
-    sizes = sorted({max(1, int(round(f * m / 2))) for f in (0.02, 0.05, 0.1, 0.2, 0.5)})
+    sizes = sorted({max(1, int(round(f * m / 2))) for f in (0.02, 0.05, 0.1, 0.2, 0.5, 1.0)})
     return tuple(s for s in sizes if 2 * s <= m)
 
 
@@ -291,3 +292,45 @@ def audit_one_run(
                        rounds=rounds, clip_norm=float(wrapper.clip_norm),
                        noise_multiplier=float(wrapper.noise_multiplier), delta=delta,
                        noise_source=noise_source)
+
+
+def _find_dp_settings(described: Any) -> dict[str, Any] | None:
+    """The ``"dp"`` table of a strategy's ``describe()``, however deeply it is nested."""
+    if isinstance(described, dict):
+        if isinstance(described.get("dp"), dict) and "mechanism" in described["dp"]:
+            return described["dp"]
+        for value in described.values():
+            found = _find_dp_settings(value)
+            if found is not None:
+                return found
+    return None
+
+
+def audit_for_run(run: Any, **kwargs: Any) -> OneRunAudit | None:
+    """:func:`audit_one_run` with the mechanism, clip norm, noise multiplier (calibrated or
+    given), delta, accountant and number of rounds of a finished run: a ``RunResult`` or the
+    dict of its JSON.  ``None`` for a run without client-level DP.  Keyword arguments go to
+    :func:`audit_one_run` (``canaries``, ``confidence``, ``rng``...).
+
+    The upper bound it returns is the accountant's epsilon of the canary run, which equals
+    the run's own hospital-level epsilon when every hospital took part in every round.
+    """
+    settings = getattr(run, "settings", None)
+    if settings is None and isinstance(run, dict):
+        settings = run.get("settings")
+    dp = _find_dp_settings(dict(settings or {}).get("strategy"))
+    if dp is None or dp.get("mechanism") not in DP_MECHANISMS:
+        return None
+    history = getattr(run, "history", None)
+    if history is None and isinstance(run, dict):
+        history = run.get("history")
+    ledger = getattr(run, "privacy_ledger", None)
+    if ledger is None and isinstance(run, dict):
+        ledger = run.get("privacy_ledger")
+    rounds = len(ledger["rounds"]) if isinstance(ledger, dict) and ledger.get("rounds") else len(history or ())
+    if rounds < 1:
+        return None
+    return audit_one_run(str(dp["mechanism"]), clip_norm=float(dp["clip_norm"]),
+                         noise_multiplier=float(dp["noise_multiplier"]), rounds=rounds,
+                         delta=float(dp["delta"]), accountant=str(dp.get("accountant", "rdp")),
+                         **kwargs)
