@@ -335,10 +335,6 @@ class FedMedHeter(Strategy):
             overrides.update(self._OFF[c])
         return FedMedHeter(**{**self._init_kwargs, **overrides})
 
-    def with_options(self, **overrides: Any) -> FedMedHeter:
-        """A new FedMedHeter with some constructor arguments replaced."""
-        return FedMedHeter(**{**self._init_kwargs, **overrides})
-
     def active_components(self) -> tuple[str, ...]:
         """Names of the components that are switched on."""
         on = []
