@@ -40,8 +40,8 @@ from securefed.dp import (
 )
 from securefed.errors import ConfigurationError
 from securefed.federated.fedmedheter import FedMedHeter
+from securefed.federated.registry import STRATEGIES
 from securefed.federated.types import FederationFacts
-from securefed.flower.settings import STRATEGIES
 from securefed.secagg import secagg_channel_for
 
 torch.set_num_threads(1)
@@ -97,16 +97,16 @@ CODECS = {
 
 def _strategy(name: str, codec: str) -> object:
     if name == "fedmedheter":  # its own compression path, with error feedback
-        return STRATEGIES[name](compression="none" if codec == "float32" else codec,
-                                learning_rate=1.0)
-    strategy = STRATEGIES[name](learning_rate=1.0)
+        return STRATEGIES.get(name)(compression=None if codec == "float32" else CODECS[codec],
+                                    learning_rate=1.0)
+    strategy = STRATEGIES.get(name)(learning_rate=1.0)
     strategy.codec = CODECS[codec]
     return strategy
 
 
 @pytest.mark.parametrize("mode", sorted(DP_MECHANISMS))
 @pytest.mark.parametrize("codec", sorted(CODECS))
-@pytest.mark.parametrize("strategy", sorted(STRATEGIES))
+@pytest.mark.parametrize("strategy", STRATEGIES.names())
 def test_what_leaves_a_client_is_inside_the_clip_ball(strategy, codec, mode):
     """Real runs (an MLP of 145 parameters, 3 rounds, learning rate 1 so that updates are far
     outside the ball): every upload the channel receives decodes to a vector of norm <= C.

@@ -35,11 +35,20 @@ from securefed.dp.dpsgd import DPSGD, per_example_gradients
 from securefed.dp.ledger import EpsilonStatement, PrivacyLedger, PrivacyReport, privacy_report
 from securefed.dp.mechanisms import CentralDP, ClientLevelDP, LocalDP, save_partial_result
 from securefed.dp.noise import NOT_PRIVATE, GaussianNoise
-from securefed.dp.registry import DP_MECHANISMS, make_dp_strategy
+from securefed.dp.registry import (
+    DP_MECHANISMS,
+    dp_mechanism_names,
+    get_dp_mechanism,
+    make_dp_strategy,
+    register_dp_mechanism,
+)
 
 __all__ = [
     "DP_MECHANISMS",
     "NOT_PRIVATE",
+    "dp_mechanism_names",
+    "get_dp_mechanism",
+    "register_dp_mechanism",
     "make_dp_strategy",
     "EpsilonStatement",
     "OneRunAudit",

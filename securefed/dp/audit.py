@@ -236,7 +236,7 @@ def audit_one_run(
             # generator seeded from the OS and discarded (nobody can recompute it)
             kwargs.update(reproducible_noise=True, seed=int.from_bytes(os.urandom(16), "big"))
             noise_source = "vectorised discrete Gaussian on an OS-seeded, discarded generator"
-        wrapper = DP_MECHANISMS[mechanism](inner if inner is not None else FedAvg(), **kwargs)
+        wrapper = DP_MECHANISMS.get(mechanism)(inner if inner is not None else FedAvg(), **kwargs)
     wrapper.start_run(FederationFacts(num_clients=m))
     membership = gen.random(m) < 0.5  # S_i = +1 with probability 1/2
     scores = np.zeros(m)

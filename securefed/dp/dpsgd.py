@@ -48,9 +48,9 @@ from securefed.dp.clipping import check_clip_norm, check_delta, check_noise_mult
 from securefed.dp.ledger import DPSGD_ACTIVE, PrivacyLedger, dpsgd_track
 from securefed.dp.noise import NOT_PRIVATE, GaussianNoise, secure_uniform01
 from securefed.errors import ConfigurationError, PrivacyBudgetExceeded
-from securefed.federated.strategy import Strategy, StrategyWrapper, local_loss
+from securefed.federated.strategy import Strategy, StrategyWrapper
 from securefed.federated.types import FederationFacts, LocalConfig, LocalResult
-from securefed.models import get_flat_params, set_flat_params
+from securefed.models import get_flat_params
 
 __all__ = ["DPSGD", "per_example_gradients", "clip_and_noise"]
 
@@ -206,13 +206,13 @@ class DPSGD(StrategyWrapper):
         rng: np.random.Generator,
         client_state: dict[str, Any],
     ) -> LocalResult:
-        set_flat_params(model, global_params)
-        optimizer = self.inner.make_optimizer(model, config)
+        if client.num_examples == 0:
+            raise ConfigurationError(f"client {client.name!r} has no training examples")
+        optimizer, initial_loss = self.inner.start_local(model, client, global_params, config,
+                                                         client_state=client_state)
         X = torch.as_tensor(client.X, dtype=torch.float32)
         y = torch.as_tensor(client.y, dtype=torch.float32)
         n = X.shape[0]
-        if n == 0:
-            raise ConfigurationError(f"client {client.name!r} has no training examples")
         lot = n if config.batch_size is None else min(config.batch_size, n)
         q = lot / n
         steps_per_epoch = max(1, math.ceil(n / lot))
@@ -226,7 +226,6 @@ class DPSGD(StrategyWrapper):
                 raise self._refuse(f"hospital {client.client_id} ({client.name})",
                                    "this round", self._epsilon_after(client.client_id, None),
                                    after)
-        initial_loss = local_loss(model, client)
         global_tensors = [p.detach().clone() for p in model.parameters()]
         losses: list[float] = []
         steps = 0
