@@ -69,11 +69,16 @@ def _bytes(x: float) -> str:
     return f"{x:.1f} GiB"  # pragma: no cover
 
 
-def epsilon_text(epsilon: float | None, delta: float | None = None) -> str:
+def epsilon_text(epsilon: float | None, delta: float | None = None, *,
+                 label: str | None = None) -> str:
     """How the report writes a DP epsilon: the one place to change it (every table, finding
-    and the verdict matrix call this).  ``None`` / NaN: no DP."""
+    and the verdict matrix call this).  ``label`` is the DP mechanism's own description of
+    the guarantee (``securefed.dp``'s ``EpsilonStatement.label()``: unit, neighbouring
+    relation, accountant, rounds), shown when known.  ``None`` / NaN: no DP."""
     if epsilon is None or (isinstance(epsilon, float) and math.isnan(epsilon)):
         return "-"
+    if label:
+        return label
     text = f"{epsilon:.2f}"
     if delta is not None and not (isinstance(delta, float) and math.isnan(delta)):
         text += f" (delta {delta:g})"
@@ -173,6 +178,8 @@ def _verdict_notes(r: dict[str, Any]) -> str:
                      f"FPR ({r['members']} members, {r['non_members']} non-members pooled; "
                      f"smallest FPR step {r['fpr_resolution']:.4f})")
     if "dp_advantage_bound" in r:
+        if r.get("record_epsilon_label"):
+            parts.append(f"per patient: {r['record_epsilon_label']}")
         parts.append(f"DP bound on advantage {r['dp_advantage_bound']:.3f} (a patient in or out "
                      f"of a hospital; {r['dp_advantage_bound_hospital']:.3f} for a whole "
                      f"hospital), noise multiplier {r['noise_multiplier']:.2f}")
@@ -203,7 +210,8 @@ def _verdict_table(rows: list[dict[str, Any]]) -> Table:
                     str(r.get("metric")), _f(r["attack"]),
                     _f(r["baseline"]), _gain_ci(r), str(r["replicates"]), _f(r["accuracy"]),
                     _bytes(r.get("bytes_per_run", float("nan"))), _f(r.get("train_time"), 2),
-                    epsilon_text(r.get("epsilon")), _verdict_notes(r)])
+                    epsilon_text(r.get("epsilon"), label=r.get("epsilon_label")),
+                    _verdict_notes(r)])
     return head, out
 
 

@@ -288,18 +288,32 @@ def train(ctx: ThreatContext, data: FederatedArrays, *, model: ModelSpec, rounds
     defense = get_defense(ctx.defense, **dict(ctx.defense_params))
     wrapped, channel = defense.build(strategy, RunContext(num_clients=len(data.clients), rounds=rounds))
     rec = Recorder(wrapped)
+    dp = _dp_wrapped(wrapped)
+    # a model the server crafted has spent no privacy: its ledger is the DP wrapper's own,
+    # empty one (the engine refuses initial parameters under DP without a ledger)
+    ledger = dp.ledger.to_dict() if (initial_params is not None and dp is not None) else None
     note = None
     try:
         run = run_federated(data, strategy=rec, model=model, rounds=rounds,
                             seed=ctx.seed * 1000 + ctx.replicate if seed is None else seed,
                             channel=channel, record_transcript=record_transcript,
-                            initial_params=initial_params)
+                            initial_params=initial_params, privacy_ledger=ledger)
     except PrivacyBudgetExceeded as exc:
         if not isinstance(exc.partial, RunResult) or not exc.partial.history:
             raise
         run = exc.partial
         note = f"stopped after {len(run.history)} rounds: {exc}"
-    return TrainedRun(run, rec, defense, _dp_wrapped(wrapped), note)
+    return TrainedRun(run, rec, defense, dp, note)
+
+
+def privacy_statement(t: TrainedRun) -> dict[str, Any]:
+    """The DP wrapper's own description of what it guarantees (hospital and patient level),
+    as the report shows it beside each epsilon."""
+    if t.dp is None or not hasattr(t.dp, "report"):
+        return {}
+    rep = t.dp.report()
+    return {"epsilon_label": rep.client.label(), "record_epsilon": rep.record.epsilon,
+            "record_epsilon_label": rep.record.label()}
 
 
 def epsilon_of(run: RunResult) -> float | None:
@@ -372,6 +386,7 @@ def _curious_server(ctx: ThreatContext) -> ThreatOutcome:
         "baseline_exact_row_rate": scored.baseline.exact_row_rate,
         "label_accuracy": scored.attack.label_accuracy,
         "per_feature": dict(scored.attack.feature_accuracy),
+        **privacy_statement(t),
         "examples": {"truth": np.asarray(Xp[pick][:3], float).tolist(),
                      "reconstruction": _paired(rec.X, Xp[pick][:3]),
                      "features": list(ctx.data.feature_names)},
@@ -434,7 +449,7 @@ def _malicious_server(ctx: ThreatContext) -> ThreatOutcome:
         "feature_accuracy": scored.attack.mean_feature_accuracy,
         "baseline_feature_accuracy": scored.baseline.mean_feature_accuracy,
         "label_accuracy": scored.attack.label_accuracy,
-        "announced": recipe["announced"],
+        "announced": recipe["announced"], **privacy_statement(t),
     }
     return ThreatOutcome("patients_recovered", scored.attack.exact_row_rate,
                          scored.baseline.exact_row_rate, details, epsilon=epsilon_of(t.run))
@@ -475,7 +490,7 @@ def _peer_once(ctx: ThreatContext, k: int, tag: int) -> dict[str, Any]:
         obs, own_vector=own_vec, own_weight=own_w, total_weight=total)
     est = res.update
     return {"value": _cosine(est, target), "baseline": _cosine(own, target),
-            "fell_back": res.fallback,
+            "fell_back": res.fallback, "statement": privacy_statement(t),
             "relative_error": float(np.linalg.norm(est - target) / max(np.linalg.norm(target), 1e-30)),
             "knows": knows, "epsilon": epsilon_of(t.run)}
 
@@ -495,7 +510,7 @@ def _curious_peer(ctx: ThreatContext) -> ThreatOutcome:
         series[str(k)] = {"value": r["value"], "baseline": r["baseline"],
                           "gain": r["value"] - r["baseline"], "relative_error": r["relative_error"]}
     details = {"participants": int(p["participants"]), "relative_error": head["relative_error"],
-               "fell_back": head["fell_back"],
+               "fell_back": head["fell_back"], **head["statement"],
                "peer_knows": head["knows"], "series": series}
     return ThreatOutcome("update_cosine", head["value"], head["baseline"], details,
                          epsilon=head["epsilon"])
@@ -569,7 +584,7 @@ def _outsider_membership(ctx: ThreatContext) -> ThreatOutcome:
         "advantage": s.advantage, "balanced_accuracy": s.balanced_accuracy,
         "scores": np.round(scores.scores, 6).tolist(), "is_member": o["member"].astype(int).tolist(),
         "saturated_fraction": saturated, "train_accuracy_gap": _gap(obs, o),
-        "shadows": int(p["shadows"]), "run_note": t.note, **_dp_bound(t),
+        "shadows": int(p["shadows"]), "run_note": t.note, **_dp_bound(t), **privacy_statement(t),
         # for the seed-claims table: communication on a model where compression matters
         "bytes_up": t.run.total_bytes_up(),
         "bytes_down": int(sum(r.bytes_down for r in t.run.history)),
@@ -633,7 +648,7 @@ def _outsider_attribute(ctx: ThreatContext) -> ThreatOutcome:
                "prior_accuracy_members": res["members"].baseline_accuracy,
                "prior_accuracy_non_members": res["non_members"].baseline_accuracy,
                "mae_members": res["members"].mae, "mae_non_members": res["non_members"].mae,
-               "tolerance_std": res["members"].tolerance, **_dp_bound(t)}
+               "tolerance_std": res["members"].tolerance, **_dp_bound(t), **privacy_statement(t)}
     return ThreatOutcome("attribute_accuracy", res["members"].accuracy,
                          res["non_members"].accuracy, details, accuracy=_accuracy(t.run),
                          epsilon=epsilon_of(t.run))

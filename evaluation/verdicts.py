@@ -138,7 +138,8 @@ def _extras(threat: str, cells: Sequence[dict[str, Any]]) -> dict[str, Any]:
             "saturated_fraction": float(np.mean([c["details"]["saturated_fraction"] for c in cells])),
             "advantage": float(np.mean([c["details"]["advantage"] for c in cells])),
         })
-    for k in ("dp_advantage_bound", "dp_advantage_bound_hospital", "noise_multiplier"):
+    for k in ("dp_advantage_bound", "dp_advantage_bound_hospital", "noise_multiplier",
+              "epsilon_label", "record_epsilon", "record_epsilon_label"):
         if k in d0:
             out[k] = d0[k]
     if threat == "curious-peer":
