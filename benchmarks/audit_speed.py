@@ -25,6 +25,8 @@ GOALS_S = {"quick": 30.0, "default": 180.0}
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--profiles", default="quick,default")
+    ap.add_argument("--keep", default=None,
+                    help="write the audits under this folder (one per profile) and keep them")
     ap.add_argument("--workers", type=int, default=None,
                     help="worker processes (default: the audit's own, min(2, CPUs))")
     args = ap.parse_args()
@@ -38,8 +40,11 @@ def main() -> None:
         workers = args.workers or min(2, os.cpu_count() or 1)
         load0 = os.getloadavg()[0]
         with tempfile.TemporaryDirectory() as tmp:
+            where = Path(args.keep or tmp) / name
+            if where.exists() and args.keep:
+                raise SystemExit(f"{where} exists; choose an empty --keep folder")
             t0 = time.perf_counter()
-            res = run_audit(cfg, Path(tmp) / name, progress=False, workers=workers)
+            res = run_audit(cfg, where, progress=False, workers=workers)
             c0 = time.process_time()
             write_report(res, command=f"securefed audit --{name}")
             wall = time.perf_counter() - t0
