@@ -47,7 +47,6 @@ say so).
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -712,13 +711,3 @@ register_threat("outsider-attribute", ThreatScenario(
     defaults={**_OUTSIDER, "feature": "auto", "targets": "all", "starts": 8, "iterations": 150},
     defense_params=_OUTSIDER_DP,
 ))
-
-
-def threat_cell_spec(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """What identifies a scenario's cells besides the algorithm, defense and replicate."""
-    scen = get_threat(name)
-    return {"threat": name, "params": scen.check_params(params)}
-
-
-def _is_finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
