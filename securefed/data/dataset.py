@@ -199,6 +199,7 @@ class FederatedDataset:
                 "positives": int(y.sum()),
                 "positive_rate": round(float(y.mean()), 3) if len(df) else float("nan"),
                 "missing_cells": int(df[list(self.schema.feature_names)].isna().sum().sum()),
+                **({"test_patients": h.test_size} if self.has_hospital_tests else {}),
                 "format": h.export_format.name,
                 **{k: v for k, v in h.notes.items()},
             })

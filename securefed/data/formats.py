@@ -175,7 +175,7 @@ def _declared_missing(values: pd.Series, codes: Sequence[str]) -> np.ndarray:
     if not codes:
         return np.zeros(len(values), dtype=bool)
     text = values.astype(str).str.strip() if _is_text(values) else values.map(_code_text)
-    mask = text.isin(list(codes)).to_numpy()
+    mask = text.isin(list(codes)).to_numpy().copy()
     num_codes = [float(c) for c in codes if _is_number(c)]
     if num_codes:
         nums = pd.to_numeric(values, errors="coerce").to_numpy(np.float64, na_value=np.nan)
