@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
 import warnings
 from collections.abc import Callable, Mapping
@@ -180,14 +181,17 @@ class FederationFile:
         return cls(path=path, name=name, schema=base / schema, hospitals=tuple(hospitals))
 
     def fingerprint(self) -> dict[str, str]:
-        """SHA-256 of the federation file, the schema and every CSV file (path -> hex digest),
-        so a result records exactly which data produced it."""
+        """SHA-256 of the federation file, the schema and every CSV file, keyed by their paths
+        relative to the federation file's folder, so a result records exactly which data
+        produced it (and moving the folder changes nothing)."""
+        base = self.path.resolve().parent
         out = {}
-        for p in (self.path, self.schema, *(f for h in self.hospitals for f in h.files)):
+        for p in (self.path.resolve(), self.schema, *(f for h in self.hospitals for f in h.files)):
+            key = os.path.relpath(p, base)
             try:
-                out[str(p)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+                out[key] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
             except OSError:
-                out[str(p)] = "unreadable"
+                out[key] = "unreadable"
         return out
 
 
