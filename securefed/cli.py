@@ -197,10 +197,9 @@ def _result_document(args: argparse.Namespace, result, prepared, data_info: dict
                      settings: dict) -> dict:
     """The result JSON: the run, its ``final`` figures, and what applying the model needs."""
     import platform
+    from importlib import metadata
 
     import numpy as np
-
-    import securefed
 
     f = result.final
     doc = result.to_dict()
@@ -231,7 +230,11 @@ def _result_document(args: argparse.Namespace, result, prepared, data_info: dict
                     "x_j))), x the standardised inputs in the order of feature_names",
         }
     doc["run_settings"] = settings
-    versions = {"securefed": securefed.__version__, "python": platform.python_version()}
+    try:
+        own = metadata.version("securefed")
+    except metadata.PackageNotFoundError:  # pragma: no cover - run from a source tree only
+        own = "unknown (not installed)"
+    versions = {"securefed": own, "python": platform.python_version()}
     for mod in ("numpy", "pandas", "torch"):
         m = sys.modules.get(mod)
         if m is not None:
