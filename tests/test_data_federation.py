@@ -316,3 +316,22 @@ def test_schema_ranges_are_checked(tmp_path):
                  'categories=["x","y"]\nmin=0\n')
     with pytest.raises(InvalidDataError, match="min given for a categorical feature"):
         Schema.from_toml(p)
+
+
+def test_check_command_lists_every_problem_or_the_summary(fed, capsys):
+    from securefed.data.__main__ import main
+
+    root, write = fed
+    assert main(["--check", str(root / "federation.toml")]) == 0
+    out = capsys.readouterr().out
+    assert "north" in out and "test_patients" in out
+    write("exports/site-b.csv", SOUTH.replace("40,", "-1,").replace("66,", "abc,"))
+    assert main(["--check", str(root / "federation.toml")]) == 2
+    src = root.resolve() / "exports/site-b.csv"
+    assert capsys.readouterr().out.splitlines() == [
+        "2 problems in the input data:",
+        f"  {src}, row 2, column 'age': -1 is outside the plausible range [0, 120] years declared "
+        "in the schema; if -1 means 'not measured' at this site, declare it: missing = { age = -1 } "
+        "for this hospital",
+        f"  {src}, row 3, column 'age': expected a number, got 'abc'",
+    ]

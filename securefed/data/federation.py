@@ -142,35 +142,9 @@ class FederationFile:
         if not isinstance(hospitals_raw, Mapping) or not hospitals_raw:
             raise InvalidDataError("no hospitals; expected a [hospitals.NAME] table with "
                                    "train = \"FILE.csv\" for each hospital")
-        hospitals = []
-        for name, spec in hospitals_raw.items():
-            where = f"[hospitals.{name}]"
-            if not str(name).strip():
-                raise InvalidDataError("a hospital name is empty; expected [hospitals.NAME]")
-            if not isinstance(spec, Mapping):
-                raise InvalidDataError(f"{where} must be a table with train = \"FILE.csv\", got {spec!r}")
-            extra = set(spec) - _HOSPITAL_KEYS
-            if extra:
-                raise InvalidDataError(f"{where}: unknown keys {sorted(extra)}; expected "
-                                       f"{sorted(_HOSPITAL_KEYS)}")
-            train = spec.get("train")
-            if not isinstance(train, str) or not train:
-                raise InvalidDataError(f"{where}: 'train' must name the training CSV file, got {train!r}")
-            test = spec.get("test")
-            if test is not None and (not isinstance(test, str) or not test):
-                raise InvalidDataError(f"{where}: 'test' must name a CSV file, got {test!r}")
-            own = "encoding" in spec
-            hospitals.append(HospitalFiles(
-                name=str(name),
-                train=base / train,
-                test=None if test is None else base / test,
-                encoding=check_encoding(_text(spec, "encoding", default_encoding, where=where),
-                                        where=f"{where} encoding"),
-                delimiter=check_delimiter(_text(spec, "delimiter", default_delimiter, where=where),
-                                          where=f"{where} delimiter"),
-                missing=parse_missing_codes(spec.get("missing", {}), where=where),
-                own_encoding=own,
-            ))
+        hospitals = [_hospital(str(name), spec, base=base, encoding=default_encoding,
+                               delimiter=default_delimiter)
+                     for name, spec in hospitals_raw.items()]
         files = [f for h in hospitals for f in h.files]
         dup = sorted({str(f) for f in files if files.count(f) > 1})
         if dup:
@@ -193,6 +167,36 @@ class FederationFile:
             except OSError:
                 out[key] = "unreadable"
         return out
+
+
+def _hospital(name: str, spec: Any, *, base: Path, encoding: str, delimiter: str) -> HospitalFiles:
+    """One ``[hospitals.NAME]`` table, checked; file defaults come from the top level."""
+    where = f"[hospitals.{name}]"
+    if not name.strip():
+        raise InvalidDataError("a hospital name is empty; expected [hospitals.NAME]")
+    if not isinstance(spec, Mapping):
+        raise InvalidDataError(f"{where} must be a table with train = \"FILE.csv\", got {spec!r}")
+    extra = set(spec) - _HOSPITAL_KEYS
+    if extra:
+        raise InvalidDataError(f"{where}: unknown keys {sorted(extra)}; expected "
+                               f"{sorted(_HOSPITAL_KEYS)}")
+    train = spec.get("train")
+    if not isinstance(train, str) or not train:
+        raise InvalidDataError(f"{where}: 'train' must name the training CSV file, got {train!r}")
+    test = spec.get("test")
+    if test is not None and (not isinstance(test, str) or not test):
+        raise InvalidDataError(f"{where}: 'test' must name a CSV file, got {test!r}")
+    return HospitalFiles(
+        name=name,
+        train=base / train,
+        test=None if test is None else base / test,
+        encoding=check_encoding(_text(spec, "encoding", encoding, where=where),
+                                where=f"{where} encoding"),
+        delimiter=check_delimiter(_text(spec, "delimiter", delimiter, where=where),
+                                  where=f"{where} delimiter"),
+        missing=parse_missing_codes(spec.get("missing", {}), where=where),
+        own_encoding="encoding" in spec,
+    )
 
 
 def _text(spec: Mapping[str, Any], key: str, default: str, *, where: str) -> str:
