@@ -15,7 +15,7 @@ Every figure of the "FedMedHeter on a federation it was not developed on" table 
 3. where the gap comes from: FedMedHeter with one component switched off at a time, and
    with 100 rounds, on the first three seeds.
 
-    python benchmarks/heart_federation.py            # about 6 minutes of CPU time
+    python benchmarks/heart_federation.py            # about 6 minutes of CPU time (372 s measured)
     python benchmarks/heart_federation.py --seeds 2 --no-ablation
 
 Prints the tables; CPU time beside wall time (the machine may be shared).
