@@ -37,6 +37,7 @@ _EXPORTS = {
     "proximal_term": "securefed.federated.strategy",
     "train_local": "securefed.federated.strategy",
     "weighted_mean": "securefed.federated.strategy",
+    "FederationFacts": "securefed.federated.types",
     "LocalConfig": "securefed.federated.types",
     "LocalResult": "securefed.federated.types",
     "RoundRecord": "securefed.federated.types",
@@ -84,6 +85,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; nothing is imported at 
     )
     from securefed.federated.train import algorithm_names, run_algorithm
     from securefed.federated.types import (
+        FederationFacts,
         LocalConfig,
         LocalResult,
         RoundRecord,

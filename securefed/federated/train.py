@@ -8,7 +8,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
+
+import numpy as np
 
 from securefed.arrays import FederatedArrays
 from securefed.channel import AggregationChannel
@@ -43,6 +46,8 @@ def run_algorithm(
     channel: AggregationChannel | None = None,
     progress: bool | ProgressCallback = False,
     record_transcript: bool = False,
+    initial_params: np.ndarray | None = None,
+    privacy_ledger: Mapping[str, Any] | None = None,
     **params: Any,
 ) -> RunResult:
     """Train ``model`` on ``data`` with ``algorithm`` and return the run's result.
@@ -52,9 +57,14 @@ def run_algorithm(
     strategy already wrapped by a DP mechanism, say), or ``"centralized"`` (the pooled
     baseline: no channel; ``params`` among ``learning_rate``, ``local_epochs``,
     ``batch_size``).  Unknown names and parameters raise :class:`ConfigurationError` naming
-    the valid ones.
+    the valid ones.  ``initial_params`` and ``privacy_ledger`` continue a federated run
+    (:func:`~securefed.federated.engine.run_federated`).
     """
     if isinstance(algorithm, str) and algorithm == CENTRALIZED:
+        if initial_params is not None or privacy_ledger is not None:
+            raise ConfigurationError(
+                "initial_params and privacy_ledger continue federated training; got "
+                "algorithm 'centralized'")
         if channel is not None:
             raise ConfigurationError(
                 f"centralized training pools the rows at one server and uses no aggregation "
@@ -80,4 +90,5 @@ def run_algorithm(
         raise ConfigurationError(
             f"algorithm must be a name {list(algorithm_names())} or a Strategy, got {algorithm!r}")
     return run_federated(data, strategy=strategy, model=model, rounds=rounds, seed=seed,
-                         channel=channel, progress=progress, record_transcript=record_transcript)
+                         channel=channel, progress=progress, record_transcript=record_transcript,
+                         initial_params=initial_params, privacy_ledger=privacy_ledger)
