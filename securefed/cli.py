@@ -107,6 +107,24 @@ def _cmd_keys_ckks(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_keys_identity(args: argparse.Namespace) -> int:
+    from securefed.identity import Roster, write_identity_files
+
+    names = [h.strip() for h in str(args.hospitals).split(",") if h.strip()]
+    if not names:
+        raise ConfigurationError(f"--hospitals must list at least one name, got {args.hospitals!r}")
+    roster_path, keys = write_identity_files(names, args.out)
+    roster = Roster.load(roster_path)
+    print(f"identity keys for {len(names)} hospitals (Ed25519 signing, X25519 agreement)")
+    print(f"{roster_path}: the roster; give it to every hospital and the server, and have each "
+          f"hospital check its SHA-256 fingerprint out of band:")
+    print(f"  {roster.fingerprint()}")
+    for name, path in keys.items():
+        print(f"{path}  (client {names.index(name)}, mode 0600): give to "
+              f"hospital {name!r} only")
+    return 0
+
+
 def build_parser(
     extensions: Sequence[Callable[[argparse._SubParsersAction], None]] = (),
 ) -> argparse.ArgumentParser:
@@ -150,6 +168,14 @@ def build_parser(
     kc.add_argument("--preset", choices=("aggregation", "training"), default="aggregation",
                     help="aggregation: depth 0, N=4096; training: depth 4, N=8192, rotation keys")
     kc.set_defaults(func=_cmd_keys_ckks)
+    ki = ksub.add_parser("identity", help="long-term identity keys of the hospitals and the "
+                         "roster of their public keys (secure aggregation against a deviating "
+                         "server, signed CKKS uploads)")
+    ki.add_argument("--hospitals", required=True,
+                    help="comma-separated hospital names; client ids 0, 1, ... in this order")
+    ki.add_argument("--out", required=True,
+                    help="directory for roster.json and one <name>.identity per hospital")
+    ki.set_defaults(func=_cmd_keys_identity)
     for extend in extensions:
         extend(sub)
     return parser
