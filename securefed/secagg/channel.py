@@ -191,10 +191,15 @@ class SecAggChannel(AggregationChannel):
             graph, k = complete_graph(ids), n - 1
         else:
             if self.degree is None:
-                k, t_auto = choose_degree_and_threshold(
-                    n, corrupt_fraction=self.corrupt_fraction,
-                    dropout_fraction=self.dropout_fraction, sigma=self.sigma, eta=self.eta,
-                    mode=self.mode)
+                try:
+                    k, t_auto = choose_degree_and_threshold(
+                        n, corrupt_fraction=self.corrupt_fraction,
+                        dropout_fraction=self.dropout_fraction, sigma=self.sigma, eta=self.eta,
+                        mode=self.mode)
+                except ConfigurationError as exc:  # the complete graph keeps a majority
+                    k, t_auto = n - 1, self.default_threshold(n)
+                    warnings.warn(f"secagg+: {exc}; using the complete graph with the majority "
+                                  f"threshold t = {t_auto}", stacklevel=3)
             else:
                 k = min(self.degree, n - 1)
                 t_auto = (k + 1) // 2 + 1
