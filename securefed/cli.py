@@ -101,9 +101,9 @@ def _cmd_keys_ckks(args: argparse.Namespace) -> int:
     print(f"CKKS {args.preset} keys, N={params.poly_modulus_degree}, "
           f"moduli {list(params.coeff_mod_bit_sizes)} bits, scale 2^{params.scale_bits}, "
           f"key id {holder.key_id.hex()[:16]}")
-    print(f"{public}  ({public.stat().st_size} bytes): give to the server")
-    print(f"{secret}  ({secret.stat().st_size} bytes, mode 0600): give to every hospital, "
-          "never to the server")
+    print(f"{public}  ({public.stat().st_size} bytes): give to the server and to every hospital")
+    print(f"{secret}  ({secret.stat().st_size} bytes, mode 0600): keep at the key authority "
+          "only, never to the server or the hospitals")
     return 0
 
 
@@ -162,8 +162,8 @@ def build_parser(
 
     k = sub.add_parser("keys", help="generate key material")
     ksub = k.add_subparsers(dest="scheme", required=True)
-    kc = ksub.add_parser("ckks", help="CKKS keys: a public context for the server, a secret "
-                         "context for the hospitals")
+    kc = ksub.add_parser("ckks", help="CKKS keys: a public context for the server and the "
+                         "hospitals, a secret context for the key authority")
     kc.add_argument("--out", required=True, help="directory for ckks-public.key and ckks-secret.key")
     kc.add_argument("--preset", choices=("aggregation", "training"), default="aggregation",
                     help="aggregation: depth 0, N=4096; training: depth 4, N=8192, rotation keys")
