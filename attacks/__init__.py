@@ -7,6 +7,7 @@ returns a typed reconstruction; scoring against ground truth lives in :mod:`eval
 
 from attacks._functional import torch_threads
 from attacks.base import (
+    ATTACKS,
     Attack,
     AttributeGuess,
     ClassRepresentatives,
@@ -14,9 +15,11 @@ from attacks.base import (
     MembershipScores,
     RowReconstruction,
     ThreatModel,
+    attack_names,
     available_attacks,
     get_attack,
     register,
+    register_attack,
 )
 from attacks.gradient import AnalyticFirstLayer, TabularInversion, infer_label_count
 from attacks.membership import LossThreshold, ShadowLiRA
@@ -27,7 +30,8 @@ from attacks.model_inversion import (
 )
 
 __all__ = [
-    "Attack", "ThreatModel", "register", "get_attack", "available_attacks",
+    "Attack", "ThreatModel", "register_attack", "attack_names", "get_attack", "ATTACKS",
+    "register", "available_attacks",
     "RowReconstruction", "GradientReconstruction", "AttributeGuess", "ClassRepresentatives",
     "MembershipScores", "AnalyticFirstLayer", "TabularInversion", "infer_label_count",
     "AttributeInferenceBlackBox", "AttributeInferenceWhiteBox", "ClassRepresentative",

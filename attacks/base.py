@@ -8,6 +8,7 @@ a reconstruction.  It never receives ground truth: scoring happens in
 
 from __future__ import annotations
 
+import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -16,6 +17,7 @@ import numpy as np
 
 from securefed.errors import ConfigurationError
 from securefed.observation import Observation, PriorKnowledge
+from securefed.registry import Registry
 
 __all__ = [
     "ThreatModel",
@@ -27,6 +29,8 @@ __all__ = [
     "MembershipScores",
     "register",
     "get_attack",
+    "attack_names",
+    "register_attack",
     "available_attacks",
 ]
 
@@ -146,28 +150,44 @@ class MembershipScores:
 
 
 # --------------------------------------------------------------------------- registry
-_REGISTRY: dict[str, type[Attack]] = {}
+ATTACKS: Registry[type[Attack]] = Registry("attack")
 
 
-def register(cls: type[Attack]) -> type[Attack]:
-    """Class decorator adding an attack to the name registry."""
-    if not getattr(cls, "name", None) or cls.name == "attack":
-        raise ConfigurationError(f"attack class {cls.__name__} must set a unique name")
-    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
-        raise ConfigurationError(f"attack name {cls.name!r} is already registered")
+def register_attack(name: str, cls: type[Attack] | None = None, *, replace: bool = False) -> Any:
+    """Add an attack class under ``name`` (its ``name`` attribute); a decorator without ``cls``.
+
+    The class must state its :class:`ThreatModel`.
+    """
+    if cls is None:
+        return lambda c: register_attack(name, c, replace=replace)
+    if getattr(cls, "name", None) != name:
+        raise ConfigurationError(
+            f"attack class {cls.__name__} has name {getattr(cls, 'name', None)!r}, "
+            f"registered as {name!r}: they must agree")
     if not isinstance(getattr(cls, "threat_model", None), ThreatModel):
         raise ConfigurationError(f"attack class {cls.__name__} must state its threat_model")
-    _REGISTRY[cls.name] = cls
-    return cls
+    return ATTACKS.register(name, cls, replace=replace)
+
+
+def attack_names() -> tuple[str, ...]:
+    """The registered attack names, in registration order."""
+    return ATTACKS.names()
 
 
 def get_attack(name: str, **kwargs: Any) -> Attack:
     """An attack instance by registered name; an unknown name lists the valid ones."""
-    if name not in _REGISTRY:
-        raise ConfigurationError(f"unknown attack {name!r}; valid: {sorted(_REGISTRY)}")
-    return _REGISTRY[name](**kwargs)
+    return ATTACKS.build(name, **kwargs)
+
+
+def register(cls: type[Attack]) -> type[Attack]:
+    """Deprecated: use ``@register_attack(name)``."""
+    warnings.warn("attacks.register is deprecated; use @attacks.register_attack(name)",
+                  DeprecationWarning, stacklevel=2)
+    return register_attack(cls.name, cls)
 
 
 def available_attacks() -> dict[str, ThreatModel]:
-    """Registered attack names and their threat models."""
-    return {n: c.threat_model for n, c in sorted(_REGISTRY.items())}
+    """Deprecated: use :func:`attack_names` and each class's ``threat_model``."""
+    warnings.warn("attacks.available_attacks is deprecated; use attacks.attack_names()",
+                  DeprecationWarning, stacklevel=2)
+    return {n: ATTACKS.get(n).threat_model for n in sorted(ATTACKS.names())}

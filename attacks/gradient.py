@@ -31,7 +31,13 @@ import torch
 from scipy.optimize import linear_sum_assignment
 
 from attacks._functional import ParamLayout, n_steps, replay_local_training, torch_threads
-from attacks.base import Attack, GradientReconstruction, RowReconstruction, ThreatModel, register
+from attacks.base import (
+    Attack,
+    GradientReconstruction,
+    RowReconstruction,
+    ThreatModel,
+    register_attack,
+)
 from securefed.errors import ConfigurationError
 from securefed.federated.types import LocalConfig
 from securefed.models import ModelSpec
@@ -123,7 +129,7 @@ def infer_label_count(u: ObservedUpdate, *, spec: ModelSpec, config: LocalConfig
 
 
 # --------------------------------------------------------------------------- analytic
-@register
+@register_attack("analytic-first-layer")
 @dataclass(kw_only=True)
 class AnalyticFirstLayer(Attack):
     """Closed-form recovery of records through a fully connected first layer with bias.
@@ -212,7 +218,7 @@ def analytic_rows(dW: np.ndarray, db: np.ndarray, *, rel_threshold: float, merge
 
 
 # --------------------------------------------------------------------------- optimisation
-@register
+@register_attack("tabular-inversion")
 @dataclass(kw_only=True)
 class TabularInversion(Attack):
     """TabLeak-style optimisation inversion of one update into mixed tabular records.

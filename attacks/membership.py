@@ -23,7 +23,7 @@ from scipy.stats import norm
 from torch import nn
 
 from attacks._functional import ParamLayout, torch_threads
-from attacks.base import Attack, MembershipScores, ThreatModel, register
+from attacks.base import Attack, MembershipScores, ThreatModel, register_attack
 from securefed.errors import ConfigurationError, InvalidDataError
 from securefed.models import get_flat_params
 from securefed.observation import Observation, PriorKnowledge
@@ -48,7 +48,7 @@ def logit_confidence(p1: np.ndarray, y: np.ndarray) -> np.ndarray:
     return np.log(py) - np.log1p(-py)
 
 
-@register
+@register_attack("membership-loss")
 @dataclass(kw_only=True)
 class LossThreshold(Attack):
     """Loss (or confidence) threshold membership inference on the released model.
@@ -81,7 +81,7 @@ class LossThreshold(Attack):
         return MembershipScores(attack=f"{self.name}:{self.score}", scores=s, threshold=thr)
 
 
-@register
+@register_attack("membership-lira")
 @dataclass(kw_only=True)
 class ShadowLiRA(Attack):
     """LiRA with shadow models trained by the attacker (Carlini et al. 2022).

@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from attacks._functional import torch_threads
-from attacks.base import Attack, AttributeGuess, ClassRepresentatives, ThreatModel, register
+from attacks.base import Attack, AttributeGuess, ClassRepresentatives, ThreatModel, register_attack
 from securefed.errors import ConfigurationError, InvalidDataError
 from securefed.observation import FeatureBlock, Observation, PriorKnowledge
 
@@ -74,7 +74,7 @@ def _log_lik(p: np.ndarray, y: np.ndarray) -> np.ndarray:
     return y * np.log(p) + (1 - y) * np.log1p(-p)
 
 
-@register
+@register_attack("attribute-inference-blackbox")
 @dataclass(kw_only=True)
 class AttributeInferenceBlackBox(Attack):
     """Fredrikson et al. 2014 with query access only.
@@ -117,7 +117,7 @@ class AttributeInferenceBlackBox(Attack):
                               candidates=values, posterior=post, queries=n * k)
 
 
-@register
+@register_attack("attribute-inference-whitebox")
 @dataclass(kw_only=True)
 class AttributeInferenceWhiteBox(Attack):
     """Attribute inference with the model's parameters: gradient-based MAP search.
@@ -203,7 +203,7 @@ class AttributeInferenceWhiteBox(Attack):
         return AttributeGuess(attack=self.name, feature=f.name, kind=f.kind, values=guess)
 
 
-@register
+@register_attack("class-representative")
 @dataclass(kw_only=True)
 class ClassRepresentative(Attack):
     """An input the model finds most typical of each class, under a public-mean prior.

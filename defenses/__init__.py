@@ -1,6 +1,7 @@
 """Named defense settings composed from securefed's privacy mechanisms (see ``README.md``)."""
 
 from defenses.base import (
+    DEFENSES,
     PARTIES,
     Defense,
     PartyView,
@@ -10,7 +11,7 @@ from defenses.base import (
     register_defense,
 )
 
-__all__ = ["PARTIES", "Defense", "PartyView", "RunContext", "defense_names", "get_defense", "register_defense"]
+__all__ = ["DEFENSES", "PARTIES", "Defense", "PartyView", "RunContext", "defense_names", "get_defense", "register_defense"]
 
 # Built-in settings register themselves on import.
 from defenses import ckks as _ckks  # noqa: E402,F401

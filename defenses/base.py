@@ -20,6 +20,7 @@ from typing import Any
 
 from securefed.errors import ConfigurationError
 from securefed.federated import AggregationChannel, PlainChannel, Strategy
+from securefed.registry import Registry
 
 __all__ = [
     "PARTIES",
@@ -27,6 +28,7 @@ __all__ = [
     "PartyView",
     "Defense",
     "register_defense",
+    "DEFENSES",
     "get_defense",
     "defense_names",
 ]
@@ -144,14 +146,13 @@ class Defense:
 
 
 DefenseBuilder = Callable[..., Defense]
-_REGISTRY: dict[str, DefenseBuilder] = {}
+DEFENSES: Registry[DefenseBuilder] = Registry("defense")
 
 
-def register_defense(name: str, builder: DefenseBuilder, *, replace: bool = False) -> None:
-    """Make ``builder(**params) -> Defense`` available under ``name``."""
-    if name in _REGISTRY and not replace:
-        raise ConfigurationError(f"defense {name!r} is already registered")
-    _REGISTRY[name] = builder
+def register_defense(name: str, builder: DefenseBuilder | None = None, *,
+                     replace: bool = False) -> Any:
+    """Make ``builder(**params) -> Defense`` available under ``name`` (a decorator without it)."""
+    return DEFENSES.register(name, builder, replace=replace)
 
 
 #: The order reports list the built-in settings in; others follow in registration order.
@@ -160,22 +161,13 @@ _ORDER = ("none", "secagg", "ckks", "dp-central", "dp-local", "secagg+dp", "comp
 
 def defense_names() -> tuple[str, ...]:
     """The registered defense names: the built-ins in their usual order, then the others."""
-    known = [n for n in _ORDER if n in _REGISTRY]
-    return (*known, *(n for n in _REGISTRY if n not in _ORDER))
+    known = [n for n in _ORDER if n in DEFENSES]
+    return (*known, *(n for n in DEFENSES.names() if n not in _ORDER))
 
 
 def get_defense(name: str, **params: Any) -> Defense:
-    """Build the defense registered as ``name``; an unknown name lists the valid ones."""
-    try:
-        builder = _REGISTRY[name]
-    except KeyError:
-        raise ConfigurationError(
-            f"unknown defense {name!r}; valid: {list(_REGISTRY)}"
-        ) from None
-    try:
-        return builder(**params)
-    except TypeError as exc:
-        raise ConfigurationError(f"bad parameters for defense {name!r}: {exc}") from exc
+    """Build the defense registered as ``name``; unknown names and parameters list the valid ones."""
+    return DEFENSES.build(name, **params)
 
 
 # --------------------------------------------------------------------------- built-ins

@@ -14,9 +14,9 @@ from evaluation.privacy import (
     AttackContext,
     AttackScore,
     AuditAttack,
-    attack_names,
-    get_attack,
-    register_attack,
+    audit_attack_names,
+    get_audit_attack,
+    register_audit_attack,
 )
 from evaluation.report import ReportFiles, write_report
 from evaluation.runner import AuditResults, Cell, load_results, plan_cells, run_audit
@@ -27,9 +27,17 @@ __all__ = [
     "Algorithm", "HyperParams", "algorithm_names", "get_algorithm", "register_algorithm",
     "PROFILES", "AuditConfig", "load_config", "profile",
     "Fold", "stratified_hospital_folds",
-    "AttackContext", "AttackScore", "AuditAttack", "attack_names", "get_attack", "register_attack",
+    "AttackContext", "AttackScore", "AuditAttack", "audit_attack_names", "get_audit_attack",
+    "register_audit_attack",
     "ReportFiles", "write_report",
     "AuditResults", "Cell", "load_results", "plan_cells", "run_audit",
     "Comparison", "compare",
     "AuditSummary", "summarize",
 ]
+
+
+def __getattr__(name: str):  # type: ignore[no-untyped-def]
+    # the older names of the audit-attack registry (see evaluation.privacy)
+    from evaluation import privacy
+
+    return getattr(privacy, name)

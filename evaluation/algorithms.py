@@ -9,6 +9,7 @@ decides what is learned.  An unknown name lists the valid ones.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,11 +31,13 @@ from securefed.federated import (
 )
 from securefed.federated.centralized import run_centralized
 from securefed.models import ModelSpec, set_flat_params
+from securefed.registry import Registry, check_parameters
 
 __all__ = [
     "HyperParams",
     "Algorithm",
     "register_algorithm",
+    "ALGORITHMS",
     "get_algorithm",
     "algorithm_names",
 ]
@@ -76,6 +79,20 @@ class Algorithm:
     default_params: Mapping[str, Any] = field(default_factory=dict)
     models: tuple[str, ...] = ("logreg", "mlp")
 
+    def __post_init__(self) -> None:
+        if self.kind not in ("federated", "centralized"):
+            raise ConfigurationError(
+                f"algorithm kind must be 'federated' or 'centralized', got {self.kind!r}")
+        needed = "strategy_factory" if self.kind == "federated" else "centralized_trainer"
+        if getattr(self, needed) is None:
+            raise ConfigurationError(f"a {self.kind} algorithm ({self.name!r}) needs {needed}")
+
+    def _factory(self) -> Callable[..., Any]:
+        factory = self.strategy_factory if self.kind == "federated" else self.centralized_trainer
+        if factory is None:  # unreachable after __post_init__; keeps type checkers honest
+            raise ConfigurationError(f"algorithm {self.name!r} has nothing to train with")
+        return factory
+
     def supports(self, defense: Defense, model: ModelSpec | None = None) -> bool:
         """Whether (this algorithm, ``defense``) is a meaningful audit cell."""
         if model is not None and model.kind not in self.models:
@@ -86,24 +103,8 @@ class Algorithm:
 
     def validate(self, params: Mapping[str, Any], hyper: HyperParams) -> None:
         """Raise :class:`ConfigurationError` now if ``params`` cannot build this algorithm."""
-        kwargs = {**self.default_params, **params}
-        if self.kind == "federated":
-            assert self.strategy_factory is not None
-            try:
-                self.strategy_factory(**hyper.local(), **kwargs)
-            except TypeError as exc:
-                raise ConfigurationError(f"bad parameters for algorithm {self.name!r}: {exc}") from exc
-            return
-        import inspect
-
-        assert self.centralized_trainer is not None
-        accepted = set(inspect.signature(self.centralized_trainer).parameters)
-        for key in kwargs:
-            if key not in accepted:
-                raise ConfigurationError(
-                    f"algorithm {self.name!r} has no parameter {key!r}; "
-                    f"valid: {sorted(accepted - {'data', 'model', 'rounds', 'seed', 'progress'})}"
-                )
+        kwargs = {**hyper.local(), **self.default_params, **params}
+        check_parameters(self._factory(), kwargs, what=f"algorithm {self.name!r}")
 
     def train(
         self,
@@ -125,15 +126,11 @@ class Algorithm:
                 f"with model {model.kind!r}"
             )
         kwargs = {**self.default_params, **(params or {})}
+        self.validate(params or {}, hyper)
         if self.kind == "centralized":
-            assert self.centralized_trainer is not None
-            return self.centralized_trainer(data, model=model, rounds=rounds, seed=seed,
-                                            progress=progress, **hyper.local(), **kwargs)
-        assert self.strategy_factory is not None
-        try:
-            strategy = self.strategy_factory(**hyper.local(), **kwargs)
-        except TypeError as exc:
-            raise ConfigurationError(f"bad parameters for algorithm {self.name!r}: {exc}") from exc
+            return self._factory()(data, model=model, rounds=rounds, seed=seed,
+                                   progress=progress, **hyper.local(), **kwargs)
+        strategy = self._factory()(**hyper.local(), **kwargs)
         strategy, channel = defense.build(strategy, RunContext(
             num_clients=len(data.clients), rounds=rounds, clients_per_round=hyper.clients_per_round))
         return run_federated(
@@ -144,47 +141,49 @@ class Algorithm:
         )
 
 
-_REGISTRY: dict[str, Algorithm] = {}
+ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
 
 
-def register_algorithm(algorithm: Algorithm, *, replace: bool = False) -> None:
-    if algorithm.name in _REGISTRY and not replace:
-        raise ConfigurationError(f"algorithm {algorithm.name!r} is already registered")
-    if algorithm.kind not in ("federated", "centralized"):
+def register_algorithm(name: str | Algorithm, algorithm: Algorithm | None = None, *,
+                       replace: bool = False) -> Any:
+    """Add ``algorithm`` under ``name`` (its ``name`` field); a decorator without it."""
+    if isinstance(name, Algorithm):  # the older one-argument form
+        warnings.warn("register_algorithm(algorithm) is deprecated; use "
+                      "register_algorithm(name, algorithm)", DeprecationWarning, stacklevel=2)
+        name, algorithm = name.name, name
+    if algorithm is None:
+        return lambda a: register_algorithm(name, a, replace=replace)
+    if algorithm.name != name:
         raise ConfigurationError(
-            f"algorithm kind must be 'federated' or 'centralized', got {algorithm.kind!r}"
-        )
-    _REGISTRY[algorithm.name] = algorithm
+            f"algorithm {algorithm.name!r} registered as {name!r}: they must agree")
+    return ALGORITHMS.register(name, algorithm, replace=replace)
 
 
 def algorithm_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+    return ALGORITHMS.names()
 
 
 def get_algorithm(name: str) -> Algorithm:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigurationError(f"unknown algorithm {name!r}; valid: {list(_REGISTRY)}") from None
+    return ALGORITHMS.get(name)
 
 
-register_algorithm(Algorithm(
+register_algorithm("centralized", Algorithm(
     name="centralized", kind="centralized",
     summary="the same model trained on all hospitals' rows pooled at one server",
     centralized_trainer=run_centralized,
 ))
-register_algorithm(Algorithm(
+register_algorithm("fedavg", Algorithm(
     name="fedavg", kind="federated",
     summary="federated averaging (McMahan et al. 2017), weights proportional to sample counts",
     strategy_factory=FedAvg,
 ))
-register_algorithm(Algorithm(
+register_algorithm("fedprox", Algorithm(
     name="fedprox", kind="federated",
     summary="FedAvg plus the proximal term (mu/2)||w - w_global||^2 (Li et al. 2020)",
     strategy_factory=FedProx, default_params={"proximal_mu": 0.01},
 ))
 
-register_algorithm(Algorithm(
+register_algorithm("fedmedheter", Algorithm(
     name="fedmedheter", kind="federated",
     summary="FedMedHeter: proximal local objective, loss-scaled adaptive local step size, "
             "heterogeneity-aware client-side weights, 2-bit stochastic quantisation with error "
@@ -279,7 +278,7 @@ def run_encrypted_centralized(
     )
 
 
-register_algorithm(Algorithm(
+register_algorithm("encrypted-centralized", Algorithm(
     name="encrypted-centralized", kind="centralized",
     summary="encrypt-then-centralise: logistic regression trained by the server on CKKS-encrypted "
             "rows (one full-batch gradient step per round, key holder refreshes the weights)",

@@ -31,7 +31,7 @@ import numpy as np
 from scipy.optimize import linear_sum_assignment
 
 from attacks import AttributeInferenceWhiteBox, LossThreshold, TabularInversion
-from evaluation.privacy import AttackContext, AttackScore, AuditAttack, register_attack
+from evaluation.privacy import AttackContext, AttackScore, AuditAttack, register_audit_attack
 from evaluation.scoring import score_attribute, score_membership, score_reconstruction
 from securefed.observation import PriorKnowledge, observe
 
@@ -157,19 +157,19 @@ def _federated_only(kind: str, defense: Any) -> bool:
     return kind == "federated"
 
 
-register_attack(AuditAttack(
+register_audit_attack("gradient-inversion", AuditAttack(
     name="gradient-inversion",
     summary="TabLeak-style optimisation inversion of the first round's update into patient rows",
     threat_model=str(TabularInversion.threat_model),
     run=_gradient_inversion, needs_transcript=True, applies=_federated_only,
 ))
-register_attack(AuditAttack(
+register_audit_attack("model-inversion", AuditAttack(
     name="model-inversion",
     summary="white-box attribute inference of plasma glucose from the released model",
     threat_model=str(AttributeInferenceWhiteBox.threat_model),
     run=_model_inversion,
 ))
-register_attack(AuditAttack(
+register_audit_attack("membership", AuditAttack(
     name="membership",
     summary="loss-threshold membership inference on the released model",
     threat_model=str(LossThreshold.threat_model),

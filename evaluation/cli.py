@@ -30,7 +30,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
 
     if args.list:
         from defenses import defense_names, get_defense
-        from evaluation import algorithm_names, attack_names, get_algorithm, get_attack
+        from evaluation import algorithm_names, audit_attack_names, get_algorithm, get_audit_attack
 
         print("algorithms:")
         for n in algorithm_names():
@@ -39,8 +39,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         for n in defense_names():
             print(f"  {n:24s}{get_defense(n).summary}")
         print("attacks:")
-        for n in attack_names():
-            print(f"  {n:24s}{get_attack(n).summary}")
+        for n in audit_attack_names():
+            print(f"  {n:24s}{get_audit_attack(n).summary}")
         return 0
     if args.config and args.quick:
         raise ConfigurationError("--quick and --config exclude each other; give one")

@@ -28,7 +28,7 @@ from typing import Any
 
 from defenses import defense_names, get_defense
 from evaluation.algorithms import HyperParams, algorithm_names, get_algorithm
-from evaluation.privacy import attack_names, get_attack
+from evaluation.privacy import audit_attack_names, get_audit_attack
 from securefed.errors import ConfigurationError
 from securefed.models import ModelSpec
 
@@ -84,7 +84,7 @@ class AuditConfig:
         for d in self.defenses:
             get_defense(d, **dict(self.defense_params.get(d, {})))
         for k in self.attacks:
-            get_attack(k)
+            get_audit_attack(k)
         for pattern in self.exclude:
             if not isinstance(pattern, str) or pattern.count("/") != 1:
                 raise ConfigurationError(
@@ -198,7 +198,7 @@ def profile(name: str) -> AuditConfig:
     """
     algos = algorithm_names()
     defs = defense_names()
-    atks = attack_names()
+    atks = audit_attack_names()
     exclude = tuple(f"fedprox/{d}" for d in defs if d != "none")
     if name == "quick":
         defended = "fedmedheter" if "fedmedheter" in algos else "fedavg"

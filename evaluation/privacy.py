@@ -10,6 +10,7 @@ here does.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,14 +22,16 @@ from evaluation.cv import Fold
 from securefed.errors import ConfigurationError
 from securefed.federated import RunResult
 from securefed.models import ModelSpec
+from securefed.registry import Registry
 
 __all__ = [
     "AttackScore",
     "AttackContext",
     "AuditAttack",
-    "register_attack",
-    "get_attack",
-    "attack_names",
+    "AUDIT_ATTACKS",
+    "register_audit_attack",
+    "get_audit_attack",
+    "audit_attack_names",
 ]
 
 
@@ -90,21 +93,36 @@ class AuditAttack:
     applies: Callable[[str, Defense], bool] = lambda kind, defense: True
 
 
-_REGISTRY: dict[str, AuditAttack] = {}
+AUDIT_ATTACKS: Registry[AuditAttack] = Registry("audit attack")
 
 
-def register_attack(attack: AuditAttack, *, replace: bool = False) -> None:
-    if attack.name in _REGISTRY and not replace:
-        raise ConfigurationError(f"attack {attack.name!r} is already registered")
-    _REGISTRY[attack.name] = attack
+def register_audit_attack(name: str, attack: AuditAttack | None = None, *,
+                          replace: bool = False) -> Any:
+    """Add an audit attack under ``name`` (its ``name`` field); a decorator without it."""
+    if attack is None:
+        return lambda a: register_audit_attack(name, a, replace=replace)
+    if attack.name != name:
+        raise ConfigurationError(f"audit attack {attack.name!r} registered as {name!r}")
+    return AUDIT_ATTACKS.register(name, attack, replace=replace)
 
 
-def attack_names() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+def audit_attack_names() -> tuple[str, ...]:
+    return AUDIT_ATTACKS.names()
 
 
-def get_attack(name: str) -> AuditAttack:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise ConfigurationError(f"unknown attack {name!r}; valid: {list(_REGISTRY)}") from None
+def get_audit_attack(name: str) -> AuditAttack:
+    return AUDIT_ATTACKS.get(name)
+
+
+_DEPRECATED = {"register_attack": register_audit_attack, "attack_names": audit_attack_names,
+               "get_attack": get_audit_attack}
+
+
+def __getattr__(name: str) -> Any:
+    # evaluation.get_attack shared its name with attacks.get_attack and meant another thing
+    if name in _DEPRECATED:
+        new = _DEPRECATED[name].__name__
+        warnings.warn(f"evaluation.privacy.{name} is deprecated; use {new}", DeprecationWarning,
+                      stacklevel=2)
+        return _DEPRECATED[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,7 +24,7 @@ from defenses import get_defense
 from evaluation.algorithms import get_algorithm
 from evaluation.claims import ClaimResult, evaluate_claims
 from evaluation.figures import FigureFile, make_figures
-from evaluation.privacy import get_attack
+from evaluation.privacy import get_audit_attack
 from evaluation.runner import AuditResults, audit_hospitals
 from evaluation.summary import REFERENCE, AuditSummary, summarize
 
@@ -168,7 +168,7 @@ def _setup(results: AuditResults) -> dict[str, Any]:
     het = ds.heterogeneity.describe() if getattr(ds, "heterogeneity", None) is not None else "none"
     defenses = {d: get_defense(d, **dict(cfg.defense_params.get(d, {}))).describe()
                 for d in cfg.defenses}
-    attacks = {a: {"summary": get_attack(a).summary, "threat_model": get_attack(a).threat_model}
+    attacks = {a: {"summary": get_audit_attack(a).summary, "threat_model": get_audit_attack(a).threat_model}
                for a in cfg.attacks}
     algorithms = {a: {"kind": get_algorithm(a).kind, "summary": get_algorithm(a).summary,
                       "params": {**get_algorithm(a).default_params,

@@ -28,7 +28,7 @@ from evaluation.algorithms import get_algorithm
 from evaluation.config import AuditConfig
 from evaluation.cv import Fold, stratified_hospital_folds
 from evaluation.metrics import model_metrics, per_hospital_accuracy
-from evaluation.privacy import AttackContext, get_attack
+from evaluation.privacy import AttackContext, get_audit_attack
 from securefed.errors import ConfigurationError, PrivacyBudgetExceeded, SecurefedError
 from securefed.federated import FederatedArrays, RunResult
 from securefed.models import ModelSpec
@@ -109,7 +109,7 @@ def plan_cells(config: AuditConfig) -> list[Cell]:
             defense = get_defense(d, **dict(config.defense_params.get(d, {})))
             if not algo.supports(defense, model) or config.excluded(a, d):
                 continue
-            attacks = tuple(k for k in config.attacks if get_attack(k).applies(algo.kind, defense))
+            attacks = tuple(k for k in config.attacks if get_audit_attack(k).applies(algo.kind, defense))
             for f in range(config.folds):
                 fold_attacks = attacks if (config.attack_folds is None
                                            or f < config.attack_folds) else ()
@@ -264,7 +264,7 @@ def run_cell(cell: Cell, config: AuditConfig, fold: Fold, *, model: ModelSpec) -
     """Train, evaluate and attack one cell; returns its JSON-ready record."""
     algo = get_algorithm(cell.algorithm)
     defense = get_defense(cell.defense, **dict(config.defense_params.get(cell.defense, {})))
-    attacks = [get_attack(a) for a in cell.attacks]
+    attacks = [get_audit_attack(a) for a in cell.attacks]
     seed = config.seed * 1000 + cell.fold
     record: dict[str, Any] = {
         "cell_id": cell.cell_id, "algorithm": cell.algorithm, "kind": algo.kind,

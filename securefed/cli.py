@@ -15,12 +15,10 @@ from pathlib import Path
 
 from securefed.errors import ConfigurationError, PrivacyBudgetExceeded, SecurefedError
 
-ALGORITHMS = ("fedavg", "fedprox", "fedmedheter", "centralized")
-
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from securefed.data import Heterogeneity, pima_federation
-    from securefed.federated import FedAvg, FedProx, run_federated
+    from securefed.federated import run_federated
     from securefed.federated.centralized import run_centralized
     from securefed.models import ModelSpec
 
@@ -39,14 +37,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         result = run_centralized(data, model=spec, rounds=args.rounds, seed=args.seed,
                                  progress=not args.quiet, **common)
     else:
-        if args.algorithm == "fedmedheter":
-            from securefed.federated.fedmedheter import FedMedHeter
+        from securefed.federated.registry import get_strategy
 
-            strategy = FedMedHeter(**common)
-        elif args.algorithm == "fedavg":
-            strategy = FedAvg(**common)
-        else:
-            strategy = FedProx(proximal_mu=args.mu, **common)
+        extra = {"proximal_mu": args.mu} if args.algorithm == "fedprox" else {}
+        strategy = get_strategy(args.algorithm, **common, **extra)
         channel = None
         if args.dp != "none":
             strategy, channel = _dp_setup(args, strategy, num_clients=len(data.clients))
@@ -134,7 +128,9 @@ def build_parser(
         description="securefed: privacy-preserving federated learning for medical records.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train one algorithm on the bundled Pima hospitals")
-    p.add_argument("--algorithm", choices=ALGORITHMS, default="fedavg")
+    from securefed.federated.registry import strategy_names
+
+    p.add_argument("--algorithm", choices=(*strategy_names(), "centralized"), default="fedavg")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", choices=("logreg", "mlp"), default="logreg")

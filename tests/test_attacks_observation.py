@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from attacks import MembershipScores, available_attacks
+from attacks import ATTACKS, MembershipScores, attack_names, available_attacks, get_attack
 from evaluation.scoring import (
     dp_advantage_bound,
     dp_tpr_bound,
@@ -95,27 +95,19 @@ def test_membership_metrics_and_dp_bound():
 
 
 def test_every_registered_attack_states_its_threat_model():
-    tms = available_attacks()
+    names = attack_names()
     assert {"analytic-first-layer", "tabular-inversion", "attribute-inference-blackbox",
             "attribute-inference-whitebox", "class-representative", "membership-loss",
-            "membership-lira"} <= set(tms)
-    for tm in tms.values():
+            "membership-lira"} <= set(names)
+    for name in names:
+        tm = ATTACKS.get(name).threat_model
         assert tm.attacker and tm.observes and tm.knows and tm.goal
 
 
-def test_attacks_import_only_securefed():
-    """Layering: attacks -> securefed only (never defenses or evaluation); observation is core."""
-    import ast
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[1]
-    files = list((root / "attacks").glob("*.py")) + [root / "securefed" / "observation.py"]
-    for path in files:
-        for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else (
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
-            for name in names:
-                top = name.split(".")[0]
-                assert top not in ("defenses", "evaluation"), f"{path.name} imports {name}"
-                if path.parent.name == "securefed":
-                    assert top != "attacks", f"{path.name} imports {name}"
+def test_attack_registry_refuses_unknown_names_and_parameters():
+    with pytest.raises(ConfigurationError, match="unknown attack 'nope'; valid: analytic-first-layer"):
+        get_attack("nope")
+    with pytest.raises(ConfigurationError, match="has no parameter.*restart_count"):
+        get_attack("tabular-inversion", restart_count=3)
+    with pytest.warns(DeprecationWarning, match="attack_names"):
+        assert set(available_attacks()) == set(attack_names())

@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from evaluation import AuditConfig, attack_names, get_attack, run_audit
+from evaluation import AuditConfig, audit_attack_names, get_audit_attack, run_audit
 
 
 @pytest.fixture(scope="module")
@@ -16,9 +16,9 @@ def cells(tmp_path_factory):
 
 
 def test_each_attack_states_its_threat_model():
-    assert {"gradient-inversion", "model-inversion", "membership"} <= set(attack_names())
-    for name in attack_names():
-        a = get_attack(name)
+    assert {"gradient-inversion", "model-inversion", "membership"} <= set(audit_attack_names())
+    for name in audit_attack_names():
+        a = get_audit_attack(name)
         assert "attacker" in a.threat_model and a.summary
 
 

@@ -66,7 +66,7 @@ def test_rerunning_the_same_audit_resumes_and_bad_names_are_explained(quick_audi
     assert main(["audit", "--quick", "--quiet", "--out", str(out), "--rounds", "3"]) == 2
     assert "holds the results of another audit" in capsys.readouterr().err
     assert main(["audit", "--quick", "--defenses", "nonee"]) == 2
-    assert "unknown defense 'nonee'; valid: ['none'" in capsys.readouterr().err
+    assert "unknown defense 'nonee'; valid: none, " in capsys.readouterr().err
 
 
 def test_report_renders_in_headless_chromium(quick_audit, tmp_path):
@@ -83,9 +83,9 @@ def test_report_renders_in_headless_chromium(quick_audit, tmp_path):
 
 def test_list_shows_every_registered_name(capsys):
     from defenses import defense_names
-    from evaluation import algorithm_names, attack_names
+    from evaluation import algorithm_names, audit_attack_names
 
     assert main(["audit", "--list"]) == 0
     out = capsys.readouterr().out
-    for name in (*algorithm_names(), *defense_names(), *attack_names()):
+    for name in (*algorithm_names(), *defense_names(), *audit_attack_names()):
         assert f"  {name} " in out

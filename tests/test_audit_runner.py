@@ -77,11 +77,11 @@ def test_extending_the_matrix_reuses_the_cells_already_run(tmp_path):
 
 
 def test_unknown_names_list_the_valid_ones():
-    with pytest.raises(ConfigurationError, match=r"unknown algorithm 'fedavgg'; valid: \[.*'fedavg'"):
+    with pytest.raises(ConfigurationError, match=r"unknown algorithm 'fedavgg'; valid: centralized, fedavg, "):
         _config(algorithms=("fedavgg",))
-    with pytest.raises(ConfigurationError, match=r"unknown defense 'secagggg'; valid: \[.*'none'"):
+    with pytest.raises(ConfigurationError, match=r"unknown defense 'secagggg'; valid: none, "):
         _config(defenses=("secagggg",))
-    with pytest.raises(ConfigurationError, match=r"unknown attack 'nope'; valid: \["):
+    with pytest.raises(ConfigurationError, match=r"unknown audit attack 'nope'; valid: gradient-inversion, "):
         _config(attacks=("nope",))
 
 

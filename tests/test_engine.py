@@ -217,3 +217,35 @@ def test_roc_auc_matches_scikit_learn():
         s = np.round(rng.normal(size=50) + y, 1)  # rounding creates ties
         assert roc_auc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12)
     assert np.isnan(roc_auc(np.ones(4), np.arange(4.0)))
+
+
+def test_each_hospital_is_evaluated_on_its_own_test_patients():
+    """Per-hospital metrics equal a direct computation with the final model (scikit-learn)."""
+    from dataclasses import replace
+
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    base = toy_data(seed=3)
+    rng = np.random.default_rng(5)
+    clients = []
+    for c in base.clients:
+        Xt = rng.normal(size=(30, base.num_features)).astype(np.float32)
+        yt = (rng.random(30) < 0.4).astype(np.float32)
+        clients.append(replace(c, X_test=Xt, y_test=yt))
+    clients[1] = replace(base.clients[1])  # a hospital without a test set is simply absent
+    data = replace(base, clients=tuple(clients))
+    spec = ModelSpec("logreg", n_features=data.num_features)
+    res = run_federated(data, strategy=FedAvg(), model=spec, rounds=2, seed=0)
+    per = res.final.per_hospital
+    assert set(per) == {"h0", "h2"}
+    net = spec.build()
+    set_flat_params(net, res.final_params)
+    for c in (clients[0], clients[2]):
+        with torch.no_grad():
+            logits = net(torch.as_tensor(c.X_test)).numpy()
+        assert per[c.name]["accuracy"] == pytest.approx(accuracy_score(c.y_test, logits > 0))
+        assert per[c.name]["auc"] == pytest.approx(roc_auc_score(c.y_test, logits))
+        assert per[c.name]["n"] == 30
+    assert res.to_dict()["history"][-1]["per_hospital"]["h2"]["n"] == 30
+    with pytest.raises(InvalidDataError, match="give both X_test and y_test"):
+        ClientArrays(0, "x", clients[0].X, clients[0].y, X_test=clients[0].X)

@@ -47,7 +47,7 @@ ALL_CORE = CORE_BELOW_DEPLOYMENT | {"securefed.flower", "securefed.cli", "secure
 ALLOWED: dict[str, set[str]] = {
     "securefed._compat": set(),
     "securefed.errors": set(),
-    "securefed.arrays": set(),
+    "securefed.arrays": {"securefed.errors"},
     "securefed.wire": {"securefed.errors"},
     "securefed.codec": {"securefed.errors"},
     "securefed.channel": {"securefed.errors", "securefed.wire", "securefed.codec"},

@@ -26,10 +26,19 @@ from securefed.dp.distributed import (
 from securefed.dp.dpsgd import DPSGD, per_example_gradients
 from securefed.dp.mechanisms import CentralDP, ClientLevelDP, LocalDP, save_partial_result
 from securefed.dp.noise import GaussianNoise
-from securefed.dp.registry import DP_MECHANISMS, make_dp_strategy
+from securefed.dp.registry import (
+    DP_MECHANISMS,
+    dp_mechanism_names,
+    get_dp_mechanism,
+    make_dp_strategy,
+    register_dp_mechanism,
+)
 
 __all__ = [
     "DP_MECHANISMS",
+    "dp_mechanism_names",
+    "get_dp_mechanism",
+    "register_dp_mechanism",
     "make_dp_strategy",
     "CentralDP",
     "ClientLevelDP",

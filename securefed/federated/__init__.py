@@ -38,6 +38,10 @@ _EXPORTS = {
     "RoundRecord": "securefed.federated.types",
     "RoundTranscript": "securefed.federated.types",
     "RunResult": "securefed.federated.types",
+    "STRATEGIES": "securefed.federated.registry",
+    "get_strategy": "securefed.federated.registry",
+    "register_strategy": "securefed.federated.registry",
+    "strategy_names": "securefed.federated.registry",
 }
 
 __all__ = list(_EXPORTS)
@@ -57,6 +61,12 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; nothing is imported at 
     from securefed.codec import Codec, Float32Codec
     from securefed.federated.engine import evaluate, run_federated
     from securefed.federated.fedmedheter import FedMedHeter
+    from securefed.federated.registry import (
+        STRATEGIES,
+        get_strategy,
+        register_strategy,
+        strategy_names,
+    )
     from securefed.federated.strategy import (
         FedAvg,
         FedProx,

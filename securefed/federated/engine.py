@@ -25,7 +25,7 @@ from securefed.federated.strategy import Strategy
 from securefed.federated.types import RoundRecord, RoundTranscript, RunResult
 from securefed.models import ModelSpec, get_flat_params, set_flat_params
 
-__all__ = ["run_federated", "evaluate", "ProgressCallback"]
+__all__ = ["run_federated", "evaluate", "evaluate_per_hospital", "ProgressCallback"]
 
 ProgressCallback = Callable[[RoundRecord], None]
 
@@ -42,6 +42,22 @@ def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray) -> tuple[float, flo
     probs = torch.sigmoid(logits).numpy()
     auc = roc_auc(y, probs)
     return loss, acc, auc
+
+
+def evaluate_per_hospital(net: nn.Module, data: FederatedArrays) -> dict[str, dict[str, float]]:
+    """The model's loss, accuracy and AUC on each hospital's own test patients (where it has any).
+
+    Each hospital evaluates at home, on patients labelled by its own convention; only these
+    summary numbers are reported.
+    """
+    out: dict[str, dict[str, float]] = {}
+    for client in data.clients:
+        if client.X_test is None or client.y_test is None or len(client.y_test) == 0:
+            continue
+        loss, acc, auc = evaluate(net, client.X_test, client.y_test)
+        out[client.name] = {"loss": loss, "accuracy": acc, "auc": auc,
+                            "n": float(len(client.y_test))}
+    return out
 
 
 def _dropout_plan(
@@ -181,6 +197,7 @@ def run_federated(
             set_flat_params(net, params)
             t3 = time.perf_counter()
             test_loss, test_acc, test_auc = evaluate(net, data.X_test, data.y_test)
+            per_hospital = evaluate_per_hospital(net, data)
             t4 = time.perf_counter()
             channel_times = dict(result.timings)
             times = {
@@ -203,6 +220,7 @@ def run_federated(
                 num_selected=len(selected),
                 num_contributors=len(result.contributors),
                 extra=dict(strategy.round_metrics(r)),
+                per_hospital=per_hospital,
             )
             history.append(record)
             if bar is not None:

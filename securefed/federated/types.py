@@ -104,6 +104,8 @@ class RoundRecord:
     num_selected: int
     num_contributors: int
     extra: Mapping[str, float] = field(default_factory=dict)
+    #: hospital name -> {"accuracy", "auc", "loss", "n"} on that hospital's own test patients
+    per_hospital: Mapping[str, Mapping[str, float]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -147,6 +149,8 @@ class RunResult:
                     "num_selected": r.num_selected,
                     "num_contributors": r.num_contributors,
                     **{k: v for k, v in r.extra.items()},
+                    **({"per_hospital": {h: dict(m) for h, m in r.per_hospital.items()}}
+                       if r.per_hospital else {}),
                 }
                 for r in self.history
             ],

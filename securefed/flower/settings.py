@@ -17,7 +17,6 @@ draws for that client.  Cryptographic secrets never come from these seeds.
 
 from __future__ import annotations
 
-import inspect
 import json
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -27,15 +26,14 @@ from typing import Any
 import numpy as np
 
 from securefed.errors import ConfigurationError
-from securefed.federated.fedmedheter import FedMedHeter
+from securefed.federated.registry import STRATEGIES
 from securefed.federated.round import seed_streams
-from securefed.federated.strategy import FedAvg, FedProx, Strategy
+from securefed.federated.strategy import Strategy
 from securefed.models import ModelSpec
+from securefed.registry import accepted_parameters
 
 __all__ = [
     "DeploymentSettings",
-    "STRATEGIES",
-    "register_strategy",
     "app_run_config",
     "parse_codec",
     "build_strategy",
@@ -44,10 +42,6 @@ __all__ = [
     "generator_to_json",
     "generator_from_json",
 ]
-
-#: Strategy classes by run-config name.  A strategy's keyword arguments are read from the
-#: run config under the same name with ``-`` for ``_`` (``learning-rate`` -> ``learning_rate``).
-STRATEGIES: dict[str, Callable[..., Strategy]] = {"fedavg": FedAvg, "fedprox": FedProx}
 
 #: Wrappers applied around the strategy, by run-config name (DP, compression ...): each is
 #: called as ``wrapper(strategy, run_config)`` and returns the wrapped strategy.
@@ -78,9 +72,8 @@ def _none_if(text: Any) -> Any:
     return None if isinstance(text, str) and text.strip().lower() in ("", "none") else text
 
 
-def _fedmedheter(**kwargs: Any) -> Strategy:
-    """FedMedHeter from run-config values (strings where the class takes ``None``/tuples/codecs)."""
-
+def _strategy_values(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Run-config strings turned into what the strategy classes take (``None``, tuples, codecs)."""
     for key in ("adaptive_lr", "server_optimizer"):
         if key in kwargs:
             kwargs[key] = _none_if(kwargs[key])
@@ -93,11 +86,7 @@ def _fedmedheter(**kwargs: Any) -> Strategy:
         kwargs["weight_bounds"] = (lo, hi)
     if "compression" in kwargs:
         kwargs["compression"] = parse_codec(kwargs["compression"])
-    return FedMedHeter(**kwargs)
-
-
-_fedmedheter.__signature__ = inspect.signature(FedMedHeter.__init__)  # type: ignore[attr-defined]
-STRATEGIES["fedmedheter"] = _fedmedheter
+    return kwargs
 
 
 def _dp_wrapper(kind: str) -> Callable[[Strategy, Mapping[str, Any]], Strategy]:
@@ -133,38 +122,6 @@ WRAPPERS["central-dp"] = _dp_wrapper("central-dp")
 WRAPPERS["local-dp"] = _dp_wrapper("local-dp")
 
 
-def register_strategy(name: str, factory: Callable[..., Strategy]) -> None:
-    """Make ``factory`` available as ``strategy = "name"`` in the run config."""
-    STRATEGIES[name] = factory
-
-
-def _accepted_kwargs(factory: Callable[..., Any]) -> set[str] | None:
-    """Keyword names a strategy class accepts, following ``**kwargs`` up its bases."""
-    names: set[str] = set()
-    sig = getattr(factory, "__signature__", None)
-    if sig is not None:
-        return {p.name for p in sig.parameters.values()
-                if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self"}
-    classes = factory.__mro__ if isinstance(factory, type) else (factory,)
-    for cls in classes:
-        init = cls.__init__ if isinstance(cls, type) else cls
-        if isinstance(cls, type) and "__init__" not in vars(cls):
-            continue
-        try:
-            params = inspect.signature(init).parameters
-        except (TypeError, ValueError):
-            return None
-        has_var_kw = False
-        for p in params.values():
-            if p.kind == p.VAR_KEYWORD:
-                has_var_kw = True
-            elif p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD) and p.name != "self":
-                names.add(p.name)
-        if not has_var_kw:
-            break
-    return names
-
-
 def build_strategy(run_config: Mapping[str, Any]) -> Strategy:
     """The strategy named by ``run_config["strategy"]``, with its hyper-parameters.
 
@@ -172,20 +129,22 @@ def build_strategy(run_config: Mapping[str, Any]) -> Strategy:
     ``run_config["wrappers"]`` (comma separated, applied in order) are added around it.
     """
     name = str(run_config.get("strategy", "fedavg")).lower()
-    if name not in STRATEGIES:
-        raise ConfigurationError(f"unknown strategy {name!r}; valid: {sorted(STRATEGIES)}")
-    factory = STRATEGIES[name]
-    accepted = _accepted_kwargs(factory)
+    factory = STRATEGIES.get(name)
+    accepted = accepted_parameters(factory)
+    if accepted is None:
+        raise ConfigurationError(
+            f"strategy {name!r} takes arbitrary keyword arguments, so its run-config keys "
+            "cannot be told apart from the others; give it an explicit signature")
     kwargs: dict[str, Any] = {}
     for key, value in run_config.items():
         arg = key.replace("-", "_")
         if value == "":  # "" in the app's config: keep the strategy's own default
             continue
-        if accepted is not None and arg in accepted:
+        if arg in accepted:
             kwargs[arg] = value
     if "batch_size" in kwargs and kwargs["batch_size"] in (0, None):
         kwargs["batch_size"] = None
-    strategy = factory(**kwargs)
+    strategy = factory(**_strategy_values(kwargs))
     for wrapper in [w.strip() for w in str(run_config.get("wrappers", "")).split(",") if w.strip()]:
         if wrapper not in WRAPPERS:
             raise ConfigurationError(f"unknown strategy wrapper {wrapper!r}; valid: {sorted(WRAPPERS)}")
