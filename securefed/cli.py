@@ -357,9 +357,27 @@ def _cmd_keys_ckks(args: argparse.Namespace) -> int:
     print(f"CKKS {args.preset} keys, N={params.poly_modulus_degree}, "
           f"moduli {list(params.coeff_mod_bit_sizes)} bits, scale 2^{params.scale_bits}, "
           f"key id {holder.key_id.hex()[:16]}")
-    print(f"{public}  ({public.stat().st_size} bytes): give to the server")
-    print(f"{secret}  ({secret.stat().st_size} bytes, mode 0600): give to every hospital, "
-          "never to the server")
+    print(f"{public}  ({public.stat().st_size} bytes): give to the server and to every hospital")
+    print(f"{secret}  ({secret.stat().st_size} bytes, mode 0600): keep at the key authority "
+          "only, never to the server or the hospitals")
+    return 0
+
+
+def _cmd_keys_identity(args: argparse.Namespace) -> int:
+    from securefed.identity import Roster, write_identity_files
+
+    names = [h.strip() for h in str(args.hospitals).split(",") if h.strip()]
+    if not names:
+        raise ConfigurationError(f"--hospitals must list at least one name, got {args.hospitals!r}")
+    roster_path, keys = write_identity_files(names, args.out)
+    roster = Roster.load(roster_path)
+    print(f"identity keys for {len(names)} hospitals (Ed25519 signing, X25519 agreement)")
+    print(f"{roster_path}: the roster; give it to every hospital and the server, and have each "
+          f"hospital check its SHA-256 fingerprint out of band:")
+    print(f"  {roster.fingerprint()}")
+    for name, path in keys.items():
+        print(f"{path}  (client {names.index(name)}, mode 0600): give to "
+              f"hospital {name!r} only")
     return 0
 
 
@@ -429,12 +447,20 @@ def build_parser(
 
     k = sub.add_parser("keys", help="generate key material")
     ksub = k.add_subparsers(dest="scheme", required=True)
-    kc = ksub.add_parser("ckks", help="CKKS keys: a public context for the server, a secret "
-                         "context for the hospitals")
+    kc = ksub.add_parser("ckks", help="CKKS keys: a public context for the server and the "
+                         "hospitals, a secret context for the key authority")
     kc.add_argument("--out", required=True, help="directory for ckks-public.key and ckks-secret.key")
     kc.add_argument("--preset", choices=("aggregation", "training"), default="aggregation",
                     help="aggregation: depth 0, N=4096; training: depth 4, N=8192, rotation keys")
     kc.set_defaults(func=_cmd_keys_ckks)
+    ki = ksub.add_parser("identity", help="long-term identity keys of the hospitals and the "
+                         "roster of their public keys (secure aggregation against a deviating "
+                         "server, signed CKKS uploads)")
+    ki.add_argument("--hospitals", required=True,
+                    help="comma-separated hospital names; client ids 0, 1, ... in this order")
+    ki.add_argument("--out", required=True,
+                    help="directory for roster.json and one <name>.identity per hospital")
+    ki.set_defaults(func=_cmd_keys_identity)
     for extend in extensions:
         extend(sub)
     return parser
