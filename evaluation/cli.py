@@ -54,7 +54,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     overrides = {k: v for k, v in {
         "algorithms": args.algorithms, "defenses": args.defenses, "attacks": args.attacks,
         "threats": args.threats, "folds": args.folds, "rounds": args.rounds, "seed": args.seed,
-        "replicates": args.replicates,
+        "replicates": args.replicates, "data": args.data,
     }.items() if v is not None}
     if overrides:
         for key in ("algorithm_params", "attack_params", "threat_params"):
@@ -64,7 +64,10 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                 kept = {n: p for n, p in getattr(config, key).items() if n in overrides[listed]}
                 overrides[key] = kept
         config = dataclasses.replace(config, **overrides)
-    out = Path(args.out) if args.out else Path("runs") / f"audit-{config.profile}"
+    name = f"audit-{config.profile}" + (f"-{Path(config.data).resolve().parent.name}"
+                                        if config.data and Path(config.data).name == "federation.toml"
+                                        else f"-{Path(config.data).stem}" if config.data else "")
+    out = Path(args.out) if args.out else Path("runs") / name
     if not args.quiet:
         print(f"securefed audit: profile '{config.profile}', {config.folds} folds x "
               f"{config.rounds} rounds; algorithms {', '.join(config.algorithms)}; defenses "
@@ -119,7 +122,8 @@ def add_audit_command(subparsers: argparse._SubParsersAction) -> None:
     """Register ``audit`` on the ``securefed`` parser's subcommands."""
     a = subparsers.add_parser(
         "audit", help="the main job: algorithms x defenses x attacks, cross-validated, with a report",
-        description="Run every threat scenario (curious server, malicious server, curious "
+        description="On the bundled Pima hospitals or your own (--data FEDERATION.toml), run "
+                    "every threat scenario (curious server, malicious server, curious "
                     "peer, outsider membership and attribute inference) under the defenses, "
                     "give a verdict per threat, defense and algorithm, train every algorithm "
                     "under every defense with k-fold cross-validation for utility and cost, and "
@@ -129,7 +133,12 @@ def add_audit_command(subparsers: argparse._SubParsersAction) -> None:
     )
     a.add_argument("--quick", action="store_true", help="the quick profile (about 30 s)")
     a.add_argument("--config", help="a TOML file describing a custom audit matrix")
-    a.add_argument("--out", help="output directory (default: runs/audit-PROFILE)")
+    a.add_argument("--data", metavar="FEDERATION.toml",
+                   help="audit your own hospitals: a federation file naming the schema and each "
+                        "hospital's training (and test) CSV (see docs/data.md); default: the "
+                        "bundled Pima split")
+    a.add_argument("--out", help="output directory (default: runs/audit-PROFILE, plus the "
+                                 "federation's name with --data)")
     a.add_argument("--overwrite", action="store_true",
                    help="replace another audit's results in --out instead of refusing")
     a.add_argument("--algorithms", type=_names, help="comma-separated algorithm names")

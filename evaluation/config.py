@@ -18,6 +18,7 @@ default), and unknown algorithm, defense or attack names list the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
@@ -54,6 +55,7 @@ class AuditConfig:
     folds: int = 10
     rounds: int = 30
     seed: int = 0
+    data: str | None = None
     n_hospitals: int = 3
     heterogeneity: str | Mapping[str, Any] = "default"
     model: str = "logreg"
@@ -136,6 +138,17 @@ class AuditConfig:
         if not 0 < self.target_fraction <= 1:
             raise ConfigurationError(f"target_fraction must be in (0, 1], got {self.target_fraction!r}")
         self.heterogeneity_setting()
+        if self.data is not None:
+            if not isinstance(self.data, str) or not self.data.lower().endswith(".toml"):
+                raise ConfigurationError(
+                    f"data must be the path of a federation file (FEDERATION.toml), got {self.data!r}")
+            if not Path(self.data).is_file():
+                raise ConfigurationError(f"federation file {self.data!r} does not exist")
+            if self.n_hospitals != 3 or self.heterogeneity != "default":
+                raise ConfigurationError(
+                    "n_hospitals and heterogeneity shape the bundled Pima split; with data = "
+                    f"{self.data!r} the hospitals are those of the federation file (got "
+                    f"n_hospitals={self.n_hospitals!r}, heterogeneity={self.heterogeneity!r})")
         ModelSpec(self.model, n_features=1, hidden=self.hidden)
         hyper = HyperParams(**self.hyper_kwargs())
         for a in self.algorithms:
@@ -221,7 +234,19 @@ class AuditConfig:
                   "defense_params", "attack_params", "target_fraction", "exclude",
                   "attack_folds", "threats", "threat_algorithms", "replicates", "threat_params"):
             d.pop(k)
+        if d.get("data") is not None:
+            # the data's content, not where it lies: moving the folder changes nothing, and
+            # editing a CSV makes it another audit
+            d["data"] = _data_fingerprint(str(Path(d["data"]).resolve()))
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def _data_fingerprint(path: str) -> dict[str, str]:
+    """SHA-256 of a federation file, its schema and every CSV it names (read once per process)."""
+    from securefed.data import FederationFile
+
+    return FederationFile.from_toml(path).fingerprint()
 
 
 _FIELDS = {f.name for f in dataclasses.fields(AuditConfig)}

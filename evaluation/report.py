@@ -109,11 +109,13 @@ def summary_rows(summary: AuditSummary) -> Table:
 
 def _utility_table(summary: AuditSummary) -> Table:
     hosp = sorted({k for g in summary.groups for k in g if k.startswith("hospital.")})
+    own = sorted({k for g in summary.groups for k in g if k.startswith("own.")})
     head = ["algorithm", "defense", "accuracy", "AUC", "F1", "log loss", "external accuracy",
-            "external AUC", *[h.split(".", 1)[1] + " accuracy" for h in hosp]]
+            "external AUC", *[h.split(".", 1)[1] + " accuracy" for h in hosp],
+            *[h.split(".", 1)[1] + " own test accuracy" for h in own]]
     rows = [[g["algorithm"], g["defense"], _ms(g, "accuracy"), _ms(g, "auc"), _ms(g, "f1"),
              _ms(g, "loss"), _ms(g, "external_accuracy"), _ms(g, "external_auc"),
-             *[_ms(g, h) for h in hosp]] for g in summary.groups]
+             *[_ms(g, h) for h in hosp], *[_ms(g, h) for h in own]] for g in summary.groups]
     return head, rows
 
 
@@ -273,8 +275,11 @@ def _setup(results: AuditResults) -> dict[str, Any]:
                   for a in cfg.algorithms}
     return {
         "data": {
-            "source": "Pima Indian diabetes records (bundled; Pima.tr split into hospitals, "
-                      "Pima.te as an external test set)",
+            "source": (f"federation file {cfg.data} (data set {getattr(ds, 'name', '') or 'unnamed'}; "
+                       "external test set: the union of the hospitals' test files)"
+                       if cfg.data is not None else
+                       "Pima Indian diabetes records (bundled; Pima.tr split into hospitals, "
+                       "Pima.te as an external test set)"),
             "description": data.description,
             "features": list(data.feature_names),
             "hospitals": hospitals,

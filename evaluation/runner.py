@@ -197,7 +197,12 @@ def plan_cells(config: AuditConfig) -> list[Cell]:
 
 
 def audit_hospitals(config: AuditConfig) -> Any:
-    """The bundled Pima hospitals (a ``FederatedDataset`` with per-hospital notes)."""
+    """The audit's hospitals as a ``FederatedDataset``: those of the federation file
+    ``config.data`` (:func:`securefed.data.load_federation`), or the bundled Pima split."""
+    if config.data is not None:
+        from securefed.data import load_federation
+
+        return load_federation(config.data)
     from securefed.data import pima_hospitals
 
     return pima_hospitals(n_hospitals=config.n_hospitals,
@@ -205,7 +210,8 @@ def audit_hospitals(config: AuditConfig) -> Any:
 
 
 def audit_dataset(config: AuditConfig) -> FederatedArrays:
-    """The audit's hospitals, harmonised and standardised, with Pima.te as external test set."""
+    """The audit's hospitals, harmonised and standardised, with the external test set: Pima.te
+    for the bundled data, the union of the hospitals' test files for a federation file."""
     return audit_hospitals(config).prepare()
 
 
@@ -374,6 +380,10 @@ def run_cell(cell: Cell, config: AuditConfig, fold: Fold, *, model: ModelSpec) -
     )
     if fold.external is not None:
         record["external"] = model_metrics(model, run.final_params, *fold.external)
+    own = {h: float(m["accuracy"]) for h, m in (run.final.per_hospital or {}).items()
+           if "accuracy" in m}
+    if own:  # each hospital's own test patients (federation files with test CSVs)
+        record["own_test_accuracy"] = own
     record["history"] = _history(run)
     record["times"] = _phase_times(run)
     record["train_time"] = train_time
