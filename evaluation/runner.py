@@ -558,6 +558,8 @@ def _run_audit(
     out = Path(out_dir)
     cells = plan_cells(config)
     tcells = plan_threat_cells(config)
+    if config.data is not None:
+        audit_hospitals(config)  # every file read and checked before anything is written
     _prepare_out_dir(out, config, overwrite=overwrite)
     store = out / CELLS
     done = {r["cell_id"]: r for r in _read_cells(store)}
