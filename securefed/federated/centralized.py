@@ -4,6 +4,7 @@ Budget: one "round" is ``local_epochs`` epochs over the pooled data with the sam
 rate and batch size as the federated clients, so the number of passes over every patient
 per round matches FedAvg's.  The only bytes are the rows themselves, shipped once (counted
 in round 0 with the real serialised size): that is the privacy cost federated learning avoids.
+The pooled model is also evaluated on each hospital's own test patients (``per_hospital``).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import torch
 
 from securefed.arrays import ClientArrays, FederatedArrays
 from securefed.errors import ConfigurationError
-from securefed.federated.engine import ProgressCallback, evaluate
+from securefed.federated.engine import ProgressCallback, evaluate, evaluate_per_hospital
 from securefed.federated.strategy import train_local
 from securefed.federated.types import LocalConfig, RoundRecord, RunResult
 from securefed.models import ModelSpec, get_flat_params
@@ -61,12 +62,13 @@ def run_centralized(
             params = params + local.update
             t1 = time.perf_counter()
             loss, acc, auc = evaluate(net, data.X_test, data.y_test)
+            per_hospital = evaluate_per_hospital(net, data)
             t2 = time.perf_counter()
             rec = RoundRecord(
                 round_index=r, train_loss=local.train_loss, test_loss=loss, test_accuracy=acc,
                 test_auc=auc, bytes_up=upload_bytes if r == 0 else 0, bytes_down=0,
                 times={"local_training": t1 - t0, "evaluation": t2 - t1},
-                num_selected=1, num_contributors=1,
+                num_selected=1, num_contributors=1, per_hospital=per_hospital,
             )
             history.append(rec)
             if bar is not None:

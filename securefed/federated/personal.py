@@ -1,0 +1,469 @@
+r"""Personalisation: each hospital's own model, derived from the federation's and kept at home.
+
+A single global model cannot be right for a hospital whose diagnosis rule differs from the
+others' (a clinic that counts impaired glucose tolerance as diabetes) or whose patients
+differ.  Personalised federated learning keeps the shared training and lets each hospital
+adapt the result to its own patients.  Three methods from the literature are implemented,
+each as a :class:`Personalisation` that a strategy holds (FedMedHeter's ``personalisation``
+option; the :class:`Ditto` baseline):
+
+``"finetune"``  **local fine-tuning** (Wang et al., "Federated evaluation of on-device
+    personalization", arXiv:1910.10252, 2019; Yu, Bagdasaryan and Shmatikov, "Salvaging
+    federated learning by local adaptation", arXiv:2002.04758, 2020; Cheng, Chadha and Duchi,
+    "Fine-tuning is fine in federated learning", arXiv:2108.07313).  The hospital's model is
+    the current global model after ``epochs`` epochs of mini-batch SGD on its own rows,
+    optionally pulled back towards the global model by ``(lambda/2)||v - w_t||^2``.  Computed
+    when needed; no state.
+
+``"ditto"``  **Ditto** (Li, Hu, Beirami and Smith, "Ditto: fair and robust federated
+    learning through personalization", ICML 2021, Alg. 1).  Each hospital keeps a personal
+    model :math:`v_k` in its own state; every round it takes part in, after its ordinary
+    local training of the global model, it also takes ``epochs`` epochs of SGD on
+    :math:`F_k(v) + \tfrac{\lambda}{2}\lVert v - w_t\rVert^2` starting from its current
+    :math:`v_k`.  :math:`\lambda = 0` is local-only training; large :math:`\lambda` is the
+    global model.
+
+``"fedper"``  **personal head** (FedPer: Arivazhagan et al., "Federated learning with
+    personalization layers", arXiv:1912.00818, 2019; the base/head split of FedRep, Collins
+    et al., ICML 2021).  The last layer is the hospital's own: it trains the shared body and
+    its head together from (global body, own head), uploads the body's update with the head
+    entries set to zero, and keeps the head.  The global model then has no trained head (its
+    head stays at the initial values), so it is not a usable model on its own; for the
+    logistic-regression model the "head" is the whole model and FedPer is local training.
+
+FedBN-style local normalisation (Li et al., ICLR 2021) does not apply: securefed's models have
+no normalisation layers (features are standardised from federated statistics once).
+
+**Threat model and what leaves a hospital.**  The personal parameters (``v_k``, the head,
+the fine-tuned model) are computed at the hospital from the global model it received and its
+own rows, are kept in its ``client_state`` and are never uploaded: nothing new is sent.  With
+``"finetune"`` and ``"ditto"`` the upload is *exactly* the one the strategy sends without
+personalisation (a test checks it bit for bit): the personal steps draw from a child of the
+client's generator (``Generator.spawn``), which leaves its stream unchanged.  With
+``"fedper"`` the upload is the body's update with zeros where the head is; it goes through
+the strategy's ``client_process`` (compression) and any DP wrapper like every upload.  The
+same adversaries as for the strategy apply (an honest-but-curious server, other hospitals);
+none of them observes a personal model.  What a hospital reports is the accuracy of its own
+model on its own test patients (the engine's ``RoundRecord.per_hospital``), as it already does
+for the global model.  Differential privacy wrappers bound what is *uploaded*; a personal
+model is not protected by them, because it is never released (if it were published, it would
+need its own DP training).  Under DP-SGD (``securefed.dp.DPSGD``), which replaces local
+training, Ditto and fine-tuning still run (they are not part of local training); FedPer's
+body/head split is not applied (DP-SGD uploads the whole model's noisy update).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from securefed.arrays import ClientArrays, FederatedArrays
+from securefed.errors import ConfigurationError
+from securefed.federated.engine import ProgressCallback, evaluate, evaluate_per_hospital
+from securefed.federated.strategy import FedAvg
+from securefed.federated.types import LocalConfig, LocalResult, RoundRecord, RunResult
+from securefed.models import ModelSpec, get_flat_params, set_flat_params
+
+__all__ = [
+    "PERSONALISATIONS",
+    "Personalisation",
+    "LocalFineTuning",
+    "DittoPersonalisation",
+    "PersonalHead",
+    "make_personalisation",
+    "personal_sgd",
+    "head_size",
+    "Ditto",
+    "run_local_only",
+    "HospitalSummary",
+    "hospital_summary",
+]
+
+PERSONALISATIONS = ("finetune", "ditto", "fedper")
+
+
+def _check_epochs(value: Any) -> int:
+    if not (isinstance(value, (int, np.integer)) and value >= 1):
+        raise ConfigurationError(f"personal epochs must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def _check_lr(value: Any) -> float:
+    if not (isinstance(value, (int, float)) and value > 0):
+        raise ConfigurationError(f"personal learning rate must be > 0, got {value!r}")
+    return float(value)
+
+
+def _check_lambda(value: Any) -> float:
+    if not (isinstance(value, (int, float)) and np.isfinite(value) and value >= 0):
+        raise ConfigurationError(f"ditto lambda must be a finite number >= 0, got {value!r}")
+    return float(value)
+
+
+def personal_sgd(
+    model: nn.Module,
+    client: ClientArrays,
+    start: np.ndarray,
+    *,
+    anchor: np.ndarray | None,
+    lam: float,
+    learning_rate: float,
+    epochs: int,
+    batch_size: int | None,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    r"""``epochs`` epochs of mini-batch SGD from ``start`` on the client's rows; the final
+    parameters.
+
+    The loss is the mean binary cross-entropy plus, when ``lam > 0``,
+    :math:`\tfrac{\lambda}{2}\lVert v - \mathrm{anchor}\rVert^2` (Ditto's regulariser).
+    Mini-batches come from a permutation drawn from ``rng`` each epoch.
+    """
+    set_flat_params(model, start)
+    X = torch.as_tensor(client.X, dtype=torch.float32)
+    y = torch.as_tensor(client.y, dtype=torch.float32)
+    n = X.shape[0]
+    if n == 0:
+        raise ConfigurationError(f"client {client.name!r} has no training examples")
+    anchors = None
+    if lam > 0:
+        if anchor is None:
+            raise ConfigurationError("personal_sgd with lam > 0 needs an anchor")
+        flat = torch.as_tensor(np.asarray(anchor), dtype=torch.float32)
+        anchors, offset = [], 0
+        for p in model.parameters():
+            anchors.append(flat[offset:offset + p.numel()].reshape(p.shape))
+            offset += p.numel()
+    opt = torch.optim.SGD(model.parameters(), lr=learning_rate)
+    bs = n if batch_size is None else min(batch_size, n)
+    model.train()
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for s in range(0, n, bs):
+            idx = torch.as_tensor(order[s:s + bs])
+            opt.zero_grad(set_to_none=True)
+            loss = nn.functional.binary_cross_entropy_with_logits(model(X[idx]), y[idx])
+            if anchors is not None:
+                loss = loss + 0.5 * lam * sum(((p - a) ** 2).sum()
+                                              for p, a in zip(model.parameters(), anchors, strict=True))
+            loss.backward()
+            opt.step()
+    return get_flat_params(model)
+
+
+def head_size(model: nn.Module) -> int:
+    """Number of parameters of the model's last ``nn.Linear`` layer, which must come last in
+    ``model.parameters()`` (true of securefed's models)."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ConfigurationError(f"{type(model).__name__} has no linear layer to personalise")
+    head = list(linears[-1].parameters())
+    params = list(model.parameters())
+    if [id(p) for p in params[-len(head):]] != [id(p) for p in head]:
+        raise ConfigurationError(
+            f"the last linear layer of {type(model).__name__} is not last in its parameters")
+    return int(sum(p.numel() for p in head))
+
+
+class Personalisation:
+    """How a hospital derives and keeps its own model (base class: no personal model).
+
+    The strategy calls :meth:`training_start` and :meth:`finish_local` around its local
+    training, :meth:`step` after it (through ``Strategy.personal_step``) and :meth:`params`
+    when a hospital evaluates its own model (``Strategy.personal_params``).  Everything a
+    method keeps goes in ``client_state`` as numpy arrays (so a Flower node can save it).
+    """
+
+    name: ClassVar[str] = "none"
+    #: True when the method changes what is uploaded (then it is not a pure add-on)
+    changes_upload: ClassVar[bool] = False
+
+    def training_start(self, global_params: np.ndarray, *, model: nn.Module,
+                       client_state: dict[str, Any]) -> np.ndarray:
+        """The parameters local training starts from (default: the global ones)."""
+        return global_params
+
+    def finish_local(self, result: LocalResult, *, start: np.ndarray, global_params: np.ndarray,
+                     model: nn.Module, client_state: dict[str, Any]) -> LocalResult:
+        """The local result to upload, given training from ``start`` (default: unchanged)."""
+        return result
+
+    def step(self, model: nn.Module, client: ClientArrays, global_params: np.ndarray,
+             config: LocalConfig, *, rng: np.random.Generator, client_state: dict[str, Any]) -> None:
+        """Update the personal state after local training (default: nothing)."""
+
+    def params(self, model: nn.Module, client: ClientArrays, global_params: np.ndarray, *,
+               rng: np.random.Generator, client_state: dict[str, Any]) -> np.ndarray | None:
+        """The hospital's own parameters, or ``None`` when it has none yet."""
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name}
+
+
+@dataclass(frozen=True)
+class LocalFineTuning(Personalisation):
+    """``"finetune"``: the global model after ``epochs`` epochs of local SGD (module docstring)."""
+
+    name: ClassVar[str] = "finetune"
+    epochs: int = 5
+    learning_rate: float = 0.1
+    batch_size: int | None = 16
+    lam: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check_epochs(self.epochs)
+        _check_lr(self.learning_rate)
+        _check_lambda(self.lam)
+
+    def params(self, model, client, global_params, *, rng, client_state):  # type: ignore[override]
+        return personal_sgd(model, client, global_params, anchor=global_params, lam=self.lam,
+                            learning_rate=self.learning_rate, epochs=self.epochs,
+                            batch_size=self.batch_size, rng=rng)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "epochs": self.epochs, "learning_rate": self.learning_rate,
+                "batch_size": self.batch_size, "lambda": self.lam}
+
+
+@dataclass(frozen=True)
+class DittoPersonalisation(Personalisation):
+    r"""``"ditto"``: a personal model trained on :math:`F_k(v) + \frac{\lambda}{2}\lVert v - w_t\rVert^2`."""
+
+    name: ClassVar[str] = "ditto"
+    lam: float = 0.1
+    epochs: int = 1
+    learning_rate: float = 0.1
+    state_key: str = field(default="ditto_personal", repr=False)
+
+    def __post_init__(self) -> None:
+        _check_epochs(self.epochs)
+        _check_lr(self.learning_rate)
+        _check_lambda(self.lam)
+
+    def step(self, model, client, global_params, config, *, rng, client_state):  # type: ignore[override]
+        v = client_state.get(self.state_key)
+        start = np.asarray(global_params, dtype=np.float64) if v is None else v
+        client_state[self.state_key] = personal_sgd(
+            model, client, start, anchor=global_params, lam=self.lam,
+            learning_rate=self.learning_rate, epochs=self.epochs,
+            batch_size=config.batch_size, rng=rng)
+
+    def params(self, model, client, global_params, *, rng, client_state):  # type: ignore[override]
+        v = client_state.get(self.state_key)
+        return None if v is None else np.asarray(v, dtype=np.float64).copy()
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "lambda": self.lam, "epochs": self.epochs,
+                "learning_rate": self.learning_rate}
+
+
+@dataclass(frozen=True)
+class PersonalHead(Personalisation):
+    """``"fedper"``: the last layer stays at the hospital; only the body's update is uploaded."""
+
+    name: ClassVar[str] = "fedper"
+    changes_upload: ClassVar[bool] = True
+    state_key: str = field(default="personal_head", repr=False)
+
+    def training_start(self, global_params, *, model, client_state):  # type: ignore[override]
+        head = client_state.get(self.state_key)
+        start = np.asarray(global_params, dtype=np.float64).copy()
+        if head is not None:
+            start[-len(head):] = head
+        return start
+
+    def finish_local(self, result, *, start, global_params, model, client_state):  # type: ignore[override]
+        h = head_size(model)
+        trained = start + result.update
+        client_state[self.state_key] = trained[-h:].copy()
+        update = trained - np.asarray(global_params, dtype=np.float64)
+        update[-h:] = 0.0  # the head never leaves the hospital
+        return replace(result, update=update)
+
+    def params(self, model, client, global_params, *, rng, client_state):  # type: ignore[override]
+        head = client_state.get(self.state_key)
+        if head is None:
+            return None
+        own = np.asarray(global_params, dtype=np.float64).copy()
+        own[-len(head):] = head
+        return own
+
+
+def make_personalisation(
+    name: str | None,
+    *,
+    epochs: int = 5,
+    learning_rate: float = 0.1,
+    batch_size: int | None = 16,
+    lam: float = 0.0,
+) -> Personalisation | None:
+    """The :class:`Personalisation` called ``name`` (``None``: no personalisation).
+
+    ``epochs``, ``learning_rate`` and ``lam`` are the personal training's (fine-tuning,
+    Ditto); ``batch_size`` is fine-tuning's (Ditto uses the round's batch size).
+    """
+    if name is None:
+        return None
+    if name == "finetune":
+        return LocalFineTuning(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
+                               lam=lam)
+    if name == "ditto":
+        return DittoPersonalisation(lam=lam, epochs=epochs, learning_rate=learning_rate)
+    if name == "fedper":
+        return PersonalHead()
+    raise ConfigurationError(
+        f"personalisation must be None or one of {list(PERSONALISATIONS)}, got {name!r}")
+
+
+class Ditto(FedAvg):
+    r"""Ditto (Li, Hu, Beirami and Smith, ICML 2021, Alg. 1) over FedAvg: the global model is
+    trained by FedAvg, unchanged; each hospital also keeps a personal model trained on
+    :math:`F_k(v) + \frac{\lambda}{2}\lVert v - w_t\rVert^2` for ``personal_epochs`` epochs
+    each round it takes part in (see :class:`DittoPersonalisation`).
+
+    ``ditto_lambda`` is :math:`\lambda`; ``personal_learning_rate`` defaults to
+    ``learning_rate``.  The upload is FedAvg's, bit for bit.
+    """
+
+    name = "ditto"
+
+    def __init__(self, *, ditto_lambda: float = 0.1, personal_epochs: int = 1,
+                 personal_learning_rate: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        lr = self.learning_rate if personal_learning_rate is None else personal_learning_rate
+        self.personalisation = DittoPersonalisation(lam=ditto_lambda, epochs=personal_epochs,
+                                                    learning_rate=lr)
+        self.ditto_lambda = float(ditto_lambda)
+        self.personal_epochs = int(personal_epochs)
+        self.personal_learning_rate = float(lr)
+
+    def personal_step(self, model, client, global_params, config, *, rng, client_state):  # type: ignore[override]
+        self.personalisation.step(model, client, global_params, config, rng=rng,
+                                  client_state=client_state)
+
+    def personal_params(self, model, client, global_params, *, rng, client_state):  # type: ignore[override]
+        return self.personalisation.params(model, client, global_params, rng=rng,
+                                           client_state=client_state)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "personalisation": self.personalisation.describe()}
+
+
+def run_local_only(
+    data: FederatedArrays,
+    *,
+    model: ModelSpec,
+    rounds: int,
+    seed: int = 0,
+    learning_rate: float = 0.1,
+    local_epochs: int = 1,
+    batch_size: int | None = 16,
+    progress: bool | ProgressCallback = False,
+) -> RunResult:
+    """Every hospital trains its own model on its own rows only; nothing is shared.
+
+    The baseline personalisation must beat for the hospitals that could go it alone.  Each
+    hospital starts from the same initial model (from ``seed``, as the federated runs do) and
+    one "round" is ``local_epochs`` epochs of its own mini-batch SGD.  ``per_hospital`` holds
+    each hospital's own model on its own test patients; ``test_*`` is the mean over
+    hospitals of each hospital's model on the pooled test set (there is no single model, so
+    ``final_params`` is empty).
+    """
+    if rounds < 1:
+        raise ConfigurationError(f"rounds must be >= 1, got {rounds}")
+    from securefed.federated.round import seed_streams
+    from securefed.federated.strategy import train_local
+
+    streams = seed_streams(seed, len(data.clients))
+    net = model.build(seed=streams.init_seed)
+    init = get_flat_params(net)
+    rngs = [streams.client_rng(i) for i in range(len(data.clients))]
+    params = [init.copy() for _ in data.clients]
+    config = LocalConfig(learning_rate=learning_rate, local_epochs=local_epochs, batch_size=batch_size)
+    history: list[RoundRecord] = []
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=rounds, desc="local-only", unit="round")
+    try:
+        for r in range(rounds):
+            t0 = time.perf_counter()
+            losses = []
+            for i, client in enumerate(data.clients):
+                set_flat_params(net, params[i])
+                opt = torch.optim.SGD(net.parameters(), lr=learning_rate)
+                local = train_local(net, client, params[i], config, rng=rngs[i], optimizer=opt)
+                params[i] = params[i] + local.update
+                losses.append(local.train_loss)
+            t1 = time.perf_counter()
+            pooled = []
+            for p in params:
+                set_flat_params(net, p)
+                pooled.append(evaluate(net, data.X_test, data.y_test))
+            per = evaluate_per_hospital(net, data, personal=lambda c: params[c.client_id])
+            t2 = time.perf_counter()
+            loss, acc, auc = (float(np.mean([m[j] for m in pooled])) for j in range(3))
+            rec = RoundRecord(
+                round_index=r, train_loss=float(np.mean(losses)), test_loss=loss,
+                test_accuracy=acc, test_auc=auc, bytes_up=0, bytes_down=0,
+                times={"local_training": t1 - t0, "evaluation": t2 - t1},
+                num_selected=len(data.clients), num_contributors=0, per_hospital=per)
+            history.append(rec)
+            if bar is not None:
+                bar.update(1)
+            elif callable(progress):
+                progress(rec)
+    finally:
+        if bar is not None:
+            bar.close()
+    return RunResult(
+        algorithm="local-only", channel="none", model=model, seed=seed, history=tuple(history),
+        final_params=np.zeros(0), transcript=None,
+        settings={"rounds": rounds, "learning_rate": learning_rate, "local_epochs": local_epochs,
+                  "batch_size": batch_size, "num_clients": len(data.clients)})
+
+
+@dataclass(frozen=True)
+class HospitalSummary:
+    """Accuracy on each hospital's own test patients: the mean over hospitals (each hospital
+    counts once, whatever its size) and the worst hospital."""
+
+    mean_accuracy: float
+    worst_accuracy: float
+    worst_hospital: str
+    accuracy: dict[str, float]
+    personal: dict[str, bool]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"mean_accuracy": self.mean_accuracy, "worst_accuracy": self.worst_accuracy,
+                "worst_hospital": self.worst_hospital, "accuracy": dict(self.accuracy),
+                "personal": dict(self.personal)}
+
+
+def hospital_summary(run: RunResult | RoundRecord) -> HospitalSummary | None:
+    """Mean and worst accuracy over ``per_hospital`` of a run's last round (or of a record);
+    ``None`` when no hospital holds test patients.
+
+    >>> rec = RoundRecord(0, 0.0, 0.0, 0.8, 0.9, 0, 0, {}, 2, 2, per_hospital={
+    ...     "a": {"accuracy": 0.9, "personal": 1.0}, "b": {"accuracy": 0.6, "personal": 1.0}})
+    >>> s = hospital_summary(rec); round(s.mean_accuracy, 3), s.worst_hospital
+    (0.75, 'b')
+    """
+    record = run.final if isinstance(run, RunResult) else run
+    per = record.per_hospital
+    if not per:
+        return None
+    values = {h: float(m["accuracy"]) for h, m in per.items()}
+    worst = min(values, key=lambda h: values[h])
+    return HospitalSummary(
+        mean_accuracy=float(np.mean(list(values.values()))), worst_accuracy=values[worst],
+        worst_hospital=worst, accuracy=values,
+        personal={h: bool(m.get("personal", 0.0)) for h, m in per.items()})
+
