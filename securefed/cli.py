@@ -64,6 +64,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     f = result.final
     print(f"{args.algorithm}: accuracy {f.test_accuracy:.3f}, AUC {f.test_auc:.3f}, "
           f"uploaded {result.total_bytes_up()} bytes in {len(result.history)} rounds")
+    from securefed.federated.personal import hospital_summary
+
+    hs = hospital_summary(result)
+    if hs is not None:
+        used = "their own models" if any(hs.personal.values()) else "the global model"
+        print(f"per hospital ({used}, on their own test patients): mean accuracy "
+              f"{hs.mean_accuracy:.3f}, worst {hs.worst_accuracy:.3f} ({hs.worst_hospital})")
     if "epsilon" in f.extra:
         print(f"privacy: epsilon {f.extra['epsilon']:.3f} at delta {f.extra['delta']:g}")
     print(path)
