@@ -296,7 +296,4 @@ def pima_federation(
     for client, test in zip(arrays.clients, tests, strict=True):
         X, y = encode(test.harmonised(PIMA_SCHEMA), PIMA_SCHEMA)
         clients.append(replace(client, X_test=std.transform(X), y_test=y.astype(np.float32)))
-    sizes = "/".join(str(len(c.y_test)) for c in clients)
-    return replace(arrays, clients=tuple(clients),
-                   description=f"{arrays.description}; own test patients per hospital {sizes} "
-                               "(Pima.te shared out)")
+    return replace(arrays, clients=tuple(clients))
