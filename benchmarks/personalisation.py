@@ -116,8 +116,8 @@ def library_choice() -> Choice:
            **{k: d._init_kwargs[k] for k in ("personal_epochs", "personal_learning_rate",
                                               "personal_lambda")}}
     fam = {name: FMH_CANDIDATES[label] for name, label in
-           (("finetune", "finetune e=5"), ("ditto", "ditto lambda=0.1"), ("fedper", "fedper"))}
-    return Choice(fmh=fmh, ditto_lambda=0.1, family_best=fam)
+           (("finetune", "finetune e=1"), ("ditto", "ditto lambda=1"), ("fedper", "fedper"))}
+    return Choice(fmh=fmh, ditto_lambda=1.0, family_best=fam)
 
 
 Runner = Callable[[FederatedArrays, int, ModelSpec, "int | None"], RunResult]

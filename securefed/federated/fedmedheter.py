@@ -260,7 +260,7 @@ class FedMedHeter(Strategy):
         server_beta2: float = 0.99,
         server_tau: float = 1e-3,
         personalisation: str | None = "finetune",
-        personal_epochs: int = 5,
+        personal_epochs: int = 1,
         personal_learning_rate: float = 0.1,
         personal_lambda: float = 0.0,
     ) -> None:

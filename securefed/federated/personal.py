@@ -211,7 +211,7 @@ class LocalFineTuning(Personalisation):
     """``"finetune"``: the global model after ``epochs`` epochs of local SGD (module docstring)."""
 
     name: ClassVar[str] = "finetune"
-    epochs: int = 5
+    epochs: int = 1
     learning_rate: float = 0.1
     batch_size: int | None = 16
     lam: float = 0.0
@@ -236,7 +236,7 @@ class DittoPersonalisation(Personalisation):
     r"""``"ditto"``: a personal model trained on :math:`F_k(v) + \frac{\lambda}{2}\lVert v - w_t\rVert^2`."""
 
     name: ClassVar[str] = "ditto"
-    lam: float = 0.1
+    lam: float = 1.0
     epochs: int = 1
     learning_rate: float = 0.1
     state_key: str = field(default="ditto_personal", repr=False)
@@ -298,7 +298,7 @@ class PersonalHead(Personalisation):
 def make_personalisation(
     name: str | None,
     *,
-    epochs: int = 5,
+    epochs: int = 1,
     learning_rate: float = 0.1,
     batch_size: int | None = 16,
     lam: float = 0.0,
@@ -333,7 +333,7 @@ class Ditto(FedAvg):
 
     name = "ditto"
 
-    def __init__(self, *, ditto_lambda: float = 0.1, personal_epochs: int = 1,
+    def __init__(self, *, ditto_lambda: float = 1.0, personal_epochs: int = 1,
                  personal_learning_rate: float | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         lr = self.learning_rate if personal_learning_rate is None else personal_learning_rate
