@@ -18,6 +18,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from securefed.data import pima_federation  # noqa: E402
+from securefed.errors import ConfigurationError  # noqa: E402
 from securefed.federated import run_federated  # noqa: E402
 from securefed.flower import APP_DIR  # noqa: E402
 from securefed.flower.cluster import ClusterError, LocalCluster, _alive  # noqa: E402
@@ -42,6 +43,16 @@ def simulate(cfg: dict, channel=None):
                          channel=channel)
 
 
+def _still_alive(pids, *, timeout: float = 10.0) -> list[int]:
+    """The pids still running after waiting up to ``timeout`` seconds for them to exit."""
+    deadline = time.monotonic() + timeout
+    left = [p for p in pids if _alive(p)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.05)
+        left = [p for p in left if _alive(p)]
+    return left
+
+
 @pytest.fixture(scope="module")
 def tls_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("tls")
@@ -56,8 +67,7 @@ def cluster(tmp_path_factory, tls_dir):
     with LocalCluster(work, node_configs=nodes, tls_dir=tls_dir) as c:
         yield c
         pids = c.all_pids()
-    time.sleep(0.2)
-    left = [p for p in pids if _alive(p)]
+    left = _still_alive(pids)
     assert not left, f"processes left running after the cluster stopped: {left}"
 
 
@@ -157,11 +167,10 @@ def test_processes_are_cleaned_up_when_the_body_fails(tmp_path) -> None:
             pids = c.all_pids()
             raise RuntimeError("boom")
     assert len(pids) >= 4  # SuperLink, SuperNode and their SuperExec helpers at least
-    time.sleep(0.2)
-    assert not [p for p in pids if _alive(p)]
+    assert not _still_alive(pids)
 
 
 def test_missing_tls_file_is_refused(tmp_path) -> None:
-    with pytest.raises(Exception, match="TLS file .* is missing"):
+    with pytest.raises(ConfigurationError, match="TLS file .* is missing"):
         LocalCluster(tmp_path, node_configs=[{}], tls_dir=tmp_path)
     assert issubclass(ClusterError, RuntimeError)

@@ -12,7 +12,7 @@ import pytest
 pytest.importorskip("flwr")
 
 from securefed.data import pima_federation  # noqa: E402
-from securefed.errors import ProtocolAbort  # noqa: E402
+from securefed.errors import ConfigurationError, MessageRejected, ProtocolAbort  # noqa: E402
 from securefed.federated import run_federated  # noqa: E402
 from securefed.flower.clientapp import app as client_app  # noqa: E402
 from securefed.flower.serverapp import run_server  # noqa: E402
@@ -62,14 +62,14 @@ def test_a_node_refuses_a_replayed_round() -> None:
                                         "params": np.zeros(8), "config": "{}"}),
                   dst_node_id=ctx.node_id, message_type="train")
     msg.metadata.__dict__["_message_id"] = "replay"
-    with pytest.raises(Exception, match="expected a round after 0"):
+    with pytest.raises(MessageRejected, match="expected a round after 0"):
         client_app(msg, ctx)
 
 
 def test_unknown_node_config_fails_the_run_with_the_reason() -> None:
     cfg = app_run_config({"num-rounds": 1, **FAST})
     grid = InProcessGrid(client_app, [{"partition-id": 0}, {"partition-id": 0}, {"partition-id": 2}], cfg)
-    with pytest.raises(Exception, match="two SuperNodes claim client id 0"):
+    with pytest.raises(ConfigurationError, match="two SuperNodes claim client id 0"):
         run_server(grid, cfg, log=quiet)
 
 
@@ -183,7 +183,7 @@ def test_a_node_answers_one_unmask_request_per_round(secagg) -> None:
     msg = Message(content=make_content({"unmask": b"\x00" * 64, "unmask_round": 0}),
                   dst_node_id=ctx.node_id, message_type="train.secagg")
     msg.metadata.__dict__["_message_id"] = "replay"
-    with pytest.raises(Exception, match="holds no protocol state for that round"):
+    with pytest.raises(MessageRejected, match="holds no protocol state for that round"):
         client_app(msg, ctx)
 
 

@@ -193,7 +193,6 @@ def test_toml_values_and_descendants() -> None:
 
 
 def test_fedmedheter_options_from_strings() -> None:
-    pytest.importorskip("securefed.federated.fedmedheter")
     from securefed.flower.settings import app_run_config
 
     s = build_strategy(app_run_config({

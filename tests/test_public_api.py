@@ -35,4 +35,12 @@ def test_readme_library_example_runs(capsys):
     assert blocks, "README has no python example"
     exec(compile(blocks[0], "README.md", "exec"), {})
     acc, nbytes = capsys.readouterr().out.split()
-    assert 0.6 < float(acc) <= 1.0 and int(nbytes) > 0
+    from securefed.data import pima_federation
+
+    data = pima_federation(seed=0)
+    majority = max(data.y_test.mean(), 1 - data.y_test.mean())
+    assert float(acc) > majority  # better than always guessing the majority class
+    # 20 rounds of at least 2 contributors (dropout rate 0.1), each masked vector at least
+    # 4 bytes per parameter (logistic regression: d + 1 parameters)
+    d = data.num_features + 1
+    assert 20 * 2 * 4 * d <= int(nbytes)

@@ -36,9 +36,9 @@ from securefed.dp.accounting import RoundAccountant
 from securefed.dp.clipping import check_clip_norm, check_delta, check_noise_multiplier
 from securefed.dp.noise import GaussianNoise
 from securefed.errors import ConfigurationError
-from securefed.federated.strategy import Strategy, StrategyWrapper, local_loss
+from securefed.federated.strategy import Strategy, StrategyWrapper
 from securefed.federated.types import LocalConfig, LocalResult
-from securefed.models import get_flat_params, set_flat_params
+from securefed.models import get_flat_params
 
 __all__ = ["DPSGD", "per_example_gradients", "clip_and_noise"]
 
@@ -126,14 +126,13 @@ class DPSGD(StrategyWrapper):
         rng: np.random.Generator,
         client_state: dict[str, Any],
     ) -> LocalResult:
-        set_flat_params(model, global_params)
-        optimizer = self.inner.make_optimizer(model, config)
+        if client.num_examples == 0:
+            raise ConfigurationError(f"client {client.name!r} has no training examples")
+        optimizer, initial_loss = self.inner.start_local(model, client, global_params, config,
+                                                         client_state=client_state)
         X = torch.as_tensor(client.X, dtype=torch.float32)
         y = torch.as_tensor(client.y, dtype=torch.float32)
         n = X.shape[0]
-        if n == 0:
-            raise ConfigurationError(f"client {client.name!r} has no training examples")
-        initial_loss = local_loss(model, client)
         lot = n if config.batch_size is None else min(config.batch_size, n)
         q = lot / n
         steps_per_epoch = max(1, math.ceil(n / lot))

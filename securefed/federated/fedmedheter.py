@@ -112,9 +112,8 @@ from securefed.codec import Codec, Float32Codec
 from securefed.compression import StochasticQuantizer, error_feedback_step
 from securefed.errors import ConfigurationError
 from securefed.federated.personal import PERSONALISATIONS, make_personalisation
-from securefed.federated.strategy import Strategy, local_loss, train_local
+from securefed.federated.strategy import Strategy
 from securefed.federated.types import LocalConfig, LocalResult
-from securefed.models import set_flat_params
 
 __all__ = [
     "FedMedHeter",
@@ -368,10 +367,6 @@ class FedMedHeter(Strategy):
             overrides.update(self._OFF[c])
         return FedMedHeter(**{**self._init_kwargs, **overrides})
 
-    def with_options(self, **overrides: Any) -> FedMedHeter:
-        """A new FedMedHeter with some constructor arguments replaced."""
-        return FedMedHeter(**{**self._init_kwargs, **overrides})
-
     def active_components(self) -> tuple[str, ...]:
         """Names of the components that are switched on."""
         on = []
@@ -397,12 +392,14 @@ class FedMedHeter(Strategy):
             optimizer=self.adaptive_lr or "sgd",
         )
 
-    def make_optimizer(self, model: nn.Module, config: LocalConfig) -> torch.optim.Optimizer:
+    def make_optimizer(self, model: nn.Module, config: LocalConfig, *,
+                       learning_rate: float | None = None) -> torch.optim.Optimizer:
+        lr = config.learning_rate if learning_rate is None else learning_rate
         if config.optimizer == "adagrad_norm":
-            return AdaGradNorm(model.parameters(), lr=config.learning_rate, b0=self.adagrad_b0)
+            return AdaGradNorm(model.parameters(), lr=lr, b0=self.adagrad_b0)
         if config.optimizer == "adam":
-            return torch.optim.Adam(model.parameters(), lr=config.learning_rate)
-        return torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+            return torch.optim.Adam(model.parameters(), lr=lr)
+        return torch.optim.SGD(model.parameters(), lr=lr)
 
     def local_train(
         self,
@@ -416,11 +413,11 @@ class FedMedHeter(Strategy):
     ) -> LocalResult:
         p = self.personalisation
         if p is None or not p.changes_upload:
-            return self._shared_local_train(model, client, global_params, config, rng=rng,
-                                            client_state=client_state)
+            return super().local_train(model, client, global_params, config, rng=rng,
+                                       client_state=client_state)
         start = p.training_start(global_params, model=model, client_state=client_state)
-        result = self._shared_local_train(model, client, start, config, rng=rng,
-                                          client_state=client_state)
+        result = super().local_train(model, client, start, config, rng=rng,
+                                     client_state=client_state)
         return p.finish_local(result, start=start, global_params=global_params, model=model,
                               client_state=client_state)
 
@@ -435,26 +432,12 @@ class FedMedHeter(Strategy):
         return self.personalisation.params(model, client, global_params, rng=rng,
                                            client_state=client_state)
 
-    def _shared_local_train(
-        self,
-        model: nn.Module,
-        client: ClientArrays,
-        global_params: np.ndarray,
-        config: LocalConfig,
-        *,
-        rng: np.random.Generator,
-        client_state: dict[str, Any],
-    ) -> LocalResult:
+    def local_rate_scale(self, initial_loss: float, *, client_state: dict[str, Any]) -> float:
+        """The loss-scaled rule: ``clip(loss_now / first_loss, loss_ratio_floor, 1)``."""
         if self.adaptive_lr != "loss_scaled":
-            return super().local_train(model, client, global_params, config, rng=rng,
-                                       client_state=client_state)
-        set_flat_params(model, global_params)
-        loss_now = local_loss(model, client)
-        first = client_state.setdefault("first_loss", loss_now)
-        ratio = min(max(loss_now / first if first > 0 else 1.0, self.loss_ratio_floor), 1.0)
-        opt = torch.optim.SGD(model.parameters(), lr=config.learning_rate * ratio)
-        return train_local(model, client, global_params, config, rng=rng, optimizer=opt,
-                           initial_loss=loss_now)
+            return 1.0
+        first = client_state.setdefault("first_loss", initial_loss)
+        return min(max(initial_loss / first if first > 0 else 1.0, self.loss_ratio_floor), 1.0)
 
     def client_weight(self, result: LocalResult, *, client_state: dict[str, Any]) -> float:
         if self.client_weighting == "samples":

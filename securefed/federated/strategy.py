@@ -166,8 +166,35 @@ class Strategy:
             batch_size=self.batch_size,
         )
 
-    def make_optimizer(self, model: nn.Module, config: LocalConfig) -> torch.optim.Optimizer:
-        return torch.optim.SGD(model.parameters(), lr=config.learning_rate)
+    def make_optimizer(self, model: nn.Module, config: LocalConfig, *,
+                       learning_rate: float | None = None) -> torch.optim.Optimizer:
+        """The local optimiser (``learning_rate`` defaults to the round's configured rate)."""
+        lr = config.learning_rate if learning_rate is None else learning_rate
+        return torch.optim.SGD(model.parameters(), lr=lr)
+
+    def local_rate_scale(self, initial_loss: float, *, client_state: dict[str, Any]) -> float:
+        """Factor on the configured local learning rate for this round (1: unchanged)."""
+        return 1.0
+
+    def start_local(
+        self,
+        model: nn.Module,
+        client: ClientArrays,
+        global_params: np.ndarray,
+        config: LocalConfig,
+        *,
+        client_state: dict[str, Any],
+    ) -> tuple[torch.optim.Optimizer, float]:
+        """Load the global model, measure its loss on the client's rows and build the optimiser.
+
+        Every local trainer (:meth:`local_train`, DP-SGD's) starts here, so a strategy that
+        adapts its local step size does it once, in :meth:`local_rate_scale`.
+        """
+        set_flat_params(model, global_params)
+        initial_loss = local_loss(model, client)
+        scale = self.local_rate_scale(initial_loss, client_state=client_state)
+        opt = self.make_optimizer(model, config, learning_rate=config.learning_rate * scale)
+        return opt, initial_loss
 
     def local_train(
         self,
@@ -179,9 +206,10 @@ class Strategy:
         rng: np.random.Generator,
         client_state: dict[str, Any],
     ) -> LocalResult:
-        set_flat_params(model, global_params)
-        opt = self.make_optimizer(model, config)
-        return train_local(model, client, global_params, config, rng=rng, optimizer=opt)
+        opt, initial_loss = self.start_local(model, client, global_params, config,
+                                             client_state=client_state)
+        return train_local(model, client, global_params, config, rng=rng, optimizer=opt,
+                           initial_loss=initial_loss)
 
     def client_weight(self, result: LocalResult, *, client_state: dict[str, Any]) -> float:
         """FedAvg weights each client by its number of examples."""
@@ -308,8 +336,16 @@ class StrategyWrapper(Strategy):
     def configure(self, round_index: int) -> LocalConfig:
         return self.inner.configure(round_index)
 
-    def make_optimizer(self, model: nn.Module, config: LocalConfig) -> torch.optim.Optimizer:
-        return self.inner.make_optimizer(model, config)
+    def make_optimizer(self, model: nn.Module, config: LocalConfig, *,
+                       learning_rate: float | None = None) -> torch.optim.Optimizer:
+        return self.inner.make_optimizer(model, config, learning_rate=learning_rate)
+
+    def local_rate_scale(self, initial_loss: float, *, client_state: dict[str, Any]) -> float:
+        return self.inner.local_rate_scale(initial_loss, client_state=client_state)
+
+    def start_local(self, model, client, global_params, config, *, client_state):  # type: ignore[override]
+        return self.inner.start_local(model, client, global_params, config,
+                                      client_state=client_state)
 
     def local_train(self, model, client, global_params, config, *, rng, client_state):  # type: ignore[override]
         return self.inner.local_train(model, client, global_params, config, rng=rng,

@@ -1,0 +1,120 @@
+"""The project's hot paths under pytest-benchmark, so that runs can be saved and compared.
+
+The scripts beside this file print the ratios the documentation quotes (each measured side
+by side in one run); this module times the same operations at a smaller size with
+pytest-benchmark's statistics, for tracking over time::
+
+    pytest benchmarks/test_benchmarks.py --benchmark-only --benchmark-save=baseline
+    # ... change the code ...
+    pytest benchmarks/test_benchmarks.py --benchmark-only --benchmark-compare
+
+The test script (``scripts/test.sh``) runs each of them once with ``--benchmark-disable``,
+and each checks the result it times, so a benchmark of a broken operation fails there.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+
+def _toy_federation(n_clients: int, rows: int, d: int, seed: int = 0):
+    from securefed.arrays import ClientArrays, FederatedArrays
+
+    rng = np.random.default_rng(seed)
+    w = rng.normal(size=d)
+    clients = []
+    for k in range(n_clients):
+        X = rng.normal(size=(rows, d)).astype(np.float32)
+        clients.append(ClientArrays(k, f"h{k}", X, (X @ w > 0).astype(np.float32)))
+    Xt = rng.normal(size=(200, d)).astype(np.float32)
+    return FederatedArrays(tuple(clients), Xt, (Xt @ w > 0).astype(np.float32),
+                           tuple(f"x{i}" for i in range(d)))
+
+
+def test_wire_round_trip(benchmark) -> None:
+    from securefed.wire import pack, unpack
+
+    u = np.random.default_rng(0).normal(size=100_000).astype(np.float32)
+    out = benchmark(lambda: unpack(pack({"round": 3, "client": 1, "u": u})))
+    np.testing.assert_array_equal(out["u"], u)
+
+
+def test_engine_rounds(benchmark) -> None:
+    from securefed import FedAvg, ModelSpec, run_federated
+
+    data = _toy_federation(10, 100, 20)
+    spec = ModelSpec("mlp", n_features=20, hidden=(64,))
+    res = benchmark.pedantic(
+        lambda: run_federated(data, strategy=FedAvg(learning_rate=0.05, batch_size=32),
+                              model=spec, rounds=3, seed=0), rounds=3, iterations=1)
+    assert len(res.history) == 3 and res.final.num_contributors == 10
+
+
+def test_secagg_round(benchmark) -> None:
+    from securefed.channel import DropoutPlan, Upload
+    from securefed.codec import Float32Codec
+    from securefed.secagg import SecAggChannel
+
+    n, d = 20, 10_000
+    rng = np.random.default_rng(0)
+    vecs = [rng.uniform(-1, 1, size=d) for _ in range(n)]
+    uploads = [Upload(i, v, 1.0, {}) for i, v in enumerate(vecs)]
+    channel = SecAggChannel(clip_range=1.0, max_weight=1.0)
+    res = benchmark.pedantic(
+        lambda: channel.aggregate(uploads, round_index=0, dim=d, codec=Float32Codec(),
+                                  dropouts=DropoutPlan(), rng=np.random.default_rng(1)),
+        rounds=3, iterations=1)
+    np.testing.assert_allclose(res.weighted_sum, np.sum(vecs, axis=0), atol=n * 1e-3)
+
+
+def test_ckks_aggregation(benchmark) -> None:
+    from securefed.channel import DropoutPlan, Upload
+    from securefed.codec import Float32Codec
+    from securefed.he import CKKSChannel, CKKSKeyHolder, CKKSParameters
+
+    holder = CKKSKeyHolder.generate(CKKSParameters.aggregation())
+    n, d = 5, 4096
+    rng = np.random.default_rng(0)
+    vecs = [rng.uniform(-1, 1, size=d) for _ in range(n)]
+    uploads = [Upload(i, v, 1.0, {}) for i, v in enumerate(vecs)]
+    channel = CKKSChannel(key_holder=holder)
+    res = benchmark.pedantic(
+        lambda: channel.aggregate(uploads, round_index=0, dim=d, codec=Float32Codec(),
+                                  dropouts=DropoutPlan(), rng=np.random.default_rng(1)),
+        rounds=3, iterations=1)
+    np.testing.assert_allclose(res.weighted_sum, np.sum(vecs, axis=0), atol=1e-3)
+
+
+def test_dp_accounting(benchmark) -> None:
+    from securefed.dp import compute_epsilon
+
+    # Abadi et al. 2016, Section 5 (q = 0.01, sigma = 4, 10,000 steps, delta = 1e-5): the
+    # RDP figure docs/dp.md quotes
+    eps = benchmark(lambda: compute_epsilon(noise_multiplier=4.0, sampling_rate=0.01,
+                                            rounds=10_000, delta=1e-5))
+    assert eps == pytest.approx(1.0355, abs=5e-4)
+
+
+def test_gradient_inversion_of_one_update(benchmark) -> None:
+    """The optimisation attack on one full-batch update of 4 Pima records (smaller budget than
+    the default that ``benchmarks/attack_speed.py`` times)."""
+    from attacks import TabularInversion
+    from securefed import FedAvg, ModelSpec, run_federated
+    from securefed.arrays import ClientArrays, FederatedArrays
+    from securefed.data import pima_federation
+    from securefed.observation import PriorKnowledge, observe
+
+    data = pima_federation(seed=0)
+    X, y = data.pooled()
+    fed = FederatedArrays((ClientArrays(0, "clinic", X[:4], y[:4]),), data.X_test, data.y_test,
+                          data.feature_names)
+    run = run_federated(fed, strategy=FedAvg(learning_rate=0.1, batch_size=None),
+                        model=ModelSpec("mlp", n_features=7, hidden=(128,)), rounds=1, seed=0)
+    obs = observe(run, adversary="server")
+    prior = PriorKnowledge.from_public_data(data.X_test, data.y_test,
+                                            feature_names=data.feature_names)
+    attack = TabularInversion(restarts=2, iterations=200, num_threads=1)
+    rec = benchmark.pedantic(lambda: attack.run(obs, prior, rng=np.random.default_rng(0)),
+                             rounds=3, iterations=1)
+    assert rec.items[0].X.shape == (4, 7)
