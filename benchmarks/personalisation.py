@@ -91,6 +91,7 @@ FMH_CANDIDATES: dict[str, dict[str, Any]] = {
     "ditto lambda=1": {"personalisation": "ditto", "personal_epochs": 1,
                        "personal_learning_rate": 0.3, "personal_lambda": 1.0},
     "fedper": {"personalisation": "fedper"},
+    "finetune-select": {"personalisation": "finetune-select", "personal_learning_rate": 0.1},
 }
 #: Ditto baseline candidates (FedAvg global model, personal models with this lambda)
 DITTO_CANDIDATES = (0.01, 0.1, 1.0)
@@ -116,7 +117,8 @@ def library_choice() -> Choice:
            **{k: d._init_kwargs[k] for k in ("personal_epochs", "personal_learning_rate",
                                               "personal_lambda")}}
     fam = {name: FMH_CANDIDATES[label] for name, label in
-           (("finetune", "finetune e=1"), ("ditto", "ditto lambda=1"), ("fedper", "fedper"))}
+           (("finetune", "finetune e=1"), ("finetune-select", "finetune-select"),
+            ("ditto", "ditto lambda=1"), ("fedper", "fedper"))}
     return Choice(fmh=fmh, ditto_lambda=1.0, family_best=fam)
 
 
@@ -229,7 +231,7 @@ def select(tuning_seeds: Sequence[int], progress: bool) -> tuple[Choice, list[di
     personalised = [lab for lab in FMH_CANDIDATES if lab != "none"]
     best = min(personalised, key=lambda lab: crit[f"fedmedheter {lab}"])
     fam: dict[str, dict[str, Any]] = {}
-    for family in ("finetune", "ditto", "fedper"):
+    for family in ("finetune", "finetune-select", "ditto", "fedper"):
         labs = [lab for lab in personalised if FMH_CANDIDATES[lab]["personalisation"] == family]
         fam[family] = FMH_CANDIDATES[min(labs, key=lambda lab: crit[f"fedmedheter {lab}"])]
     lam = min(DITTO_CANDIDATES, key=lambda v: crit[f"ditto lambda={v:g}"])
@@ -395,13 +397,19 @@ def plot(sweep: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
 
 
 # ----------------------------------------------------------------------------- main
-def _stage(out: Path, name: str, resume: bool, compute: Callable[[], dict[str, Any]]) -> dict[str, Any]:
-    """Run one stage, or reload it with ``--resume``; each stage is saved as it finishes."""
+def _stage(out: Path, name: str, resume: bool, compute: Callable[[], dict[str, Any]],
+           key: Any = None) -> dict[str, Any]:
+    """Run one stage, or reload it with ``--resume`` when it was saved with the same ``key``
+    (the settings it depends on); each stage is saved as it finishes."""
     path = out / f"stage-{name}.json"
+    key = json.loads(json.dumps(key, default=str))
     if resume and path.exists():
-        return json.loads(path.read_text())
+        saved = json.loads(path.read_text())
+        if saved.get("key") == key:
+            return saved
     c0, t0 = time.process_time(), time.perf_counter()
     data = compute()
+    data["key"] = key
     data["time"] = {"wall_s": time.perf_counter() - t0, "cpu_s": time.process_time() - c0}
     path.write_text(json.dumps(data, indent=1, default=str))
     return data
@@ -446,7 +454,8 @@ def main(argv: list[str] | None = None) -> int:
         def run_select() -> dict[str, Any]:
             ch, lg = select([TUNING_SEED_BASE + i for i in range(args.tuning_seeds)], progress)
             return {"log": lg, "choice": ch.to_json()}
-        sel = _stage(out, "select", args.resume, run_select)
+        sel = _stage(out, "select", args.resume, run_select,
+                     key=[ROUNDS, args.tuning_seeds, FMH_CANDIDATES, DITTO_CANDIDATES])
         times["select"] = sel["time"]
         log = sel["log"]
         c = sel["choice"]
@@ -467,11 +476,12 @@ def main(argv: list[str] | None = None) -> int:
             runs = compare(lambda s: pima_federation(seed=s), seeds, methods(choice, ablation=True),
                            label="pima default", progress=progress)
             return {"rows": summarise(runs), "runs": runs, "worst_vs_local": worst_vs_local(runs)}
-        st = _stage(out, "main", args.resume, run_main)
+        st = _stage(out, "main", args.resume, run_main,
+                    key=[ROUNDS, seeds, choice.to_json(), list(methods(choice, ablation=True))])
         times["main"] = st["time"]
         main_rows, worst = st["rows"], st["worst_vs_local"]
         payload["main"] = st
-        ceil = _stage(out, "ceiling", args.resume, lambda: {
+        ceil = _stage(out, "ceiling", args.resume, key=seeds, compute=lambda: {
             "default": ceiling(lambda s: pima_federation(seed=s), seeds),
             "zero": ceiling(lambda s: pima_federation(seed=s, heterogeneity=Heterogeneity.none()),
                             seeds)})
@@ -494,7 +504,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = compare(lambda s: pima_federation(seed=s, heterogeneity=Heterogeneity.none()),
                            seeds, sweep_methods, label="zero heterogeneity", progress=progress)
             return {"rows": summarise(runs), "runs": runs}
-        zero = _stage(out, "zero", args.resume, run_zero)
+        zero = _stage(out, "zero", args.resume, run_zero,
+                      key=[ROUNDS, seeds, choice.fmh, choice.ditto_lambda, list(sweep_methods)])
         times["zero"] = zero["time"]
         zero_rows = zero["rows"]
         payload["zero"] = zero
@@ -509,7 +520,8 @@ def main(argv: list[str] | None = None) -> int:
                                    sweep_seeds, sweep_methods, label=f"{knob}={lev:g}",
                                    progress=progress)
                     return {"rows": summarise(runs), "runs": runs}
-                st = _stage(out, f"sweep-{knob}-{lev:g}", args.resume, run_level)
+                st = _stage(out, f"sweep-{knob}-{lev:g}", args.resume, run_level,
+                            key=[ROUNDS, sweep_seeds, choice.fmh, choice.ditto_lambda, list(sweep_methods)])
                 times[f"sweep-{knob}-{lev:g}"] = st["time"]
                 sweep[knob][f"{lev:g}"] = st["rows"]
         payload["sweep"] = sweep
@@ -535,7 +547,8 @@ def main(argv: list[str] | None = None) -> int:
             runs = compare(synth, seeds, methods(choice, ablation=False), label="synthetic",
                            progress=progress, cpr=10)
             return {"rows": summarise(runs), "runs": runs}
-        st = _stage(out, "synthetic", args.resume, run_synth)
+        st = _stage(out, "synthetic", args.resume, run_synth,
+                    key=[ROUNDS, seeds, choice.fmh, choice.ditto_lambda, list(methods(choice, ablation=False))])
         times["synthetic"] = st["time"]
         payload["synthetic"] = st
         md += ["### Synthetic, 20 hospitals, heterogeneity 0.8, half of each hospital's patients "

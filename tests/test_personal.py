@@ -22,6 +22,7 @@ from securefed.federated.personal import (
     DittoPersonalisation,
     LocalFineTuning,
     PersonalHead,
+    SelectedFineTuning,
     head_size,
     hospital_summary,
     personal_sgd,
@@ -88,6 +89,41 @@ def test_personal_sgd_matches_gradient_descent_in_numpy(data):
     ft = LocalFineTuning(epochs=3, learning_rate=0.4, batch_size=None)
     own = ft.params(net, c, start, rng=np.random.default_rng(0), client_state={})
     np.testing.assert_allclose(own, _numpy_gd(start, c.X, c.y, lr=0.4, steps=3), atol=2e-6)
+
+
+def test_selected_fine_tuning_picks_the_epochs_with_the_lowest_local_validation_loss():
+    """The choice and the final model against a numpy recomputation (full batch, logreg)."""
+    data = toy(seed=7, rows=60)
+    spec = ModelSpec("logreg", n_features=data.num_features)
+    ft = SelectedFineTuning(epoch_grid=(0, 2, 10, 40), learning_rate=0.5, batch_size=None)
+    # the "global" model: fitted to the two hospitals that agree
+    agree = data.clients[:2]
+    w = _numpy_gd(np.zeros(5), np.concatenate([c.X for c in agree]),
+                  np.concatenate([c.y for c in agree]), lr=0.5, steps=300)
+    chosen = {}
+    for c in data.clients:
+        # the same stratified split the method draws first from its generator
+        rng = np.random.default_rng(11)
+        held = np.zeros(c.num_examples, dtype=bool)
+        for cls in (0.0, 1.0):
+            idx = np.flatnonzero(c.y == cls)
+            held[rng.choice(idx, size=int(round(0.25 * len(idx))), replace=False)] = True
+        losses = []
+        for e in (0, 2, 10, 40):
+            v = _numpy_gd(w, c.X[~held], c.y[~held], lr=0.5, steps=e)
+            p = _sigmoid(c.X[held] @ v[:-1] + v[-1])
+            yv = c.y[held]
+            losses.append(-np.mean(yv * np.log(p) + (1 - yv) * np.log(1 - p)))
+        best = (0, 2, 10, 40)[int(np.argmin(losses))]
+        state: dict = {}
+        own = ft.params(spec.build(), c, w, rng=np.random.default_rng(11), client_state=state)
+        assert state["finetune_epochs"] == best
+        np.testing.assert_allclose(own, _numpy_gd(w, c.X, c.y, lr=0.5, steps=best), atol=5e-6)
+        chosen[c.name] = best
+    # the hospital with the opposite convention adapts further than the others (not vacuous)
+    assert chosen["h2"] > max(chosen["h0"], chosen["h1"])
+    with pytest.raises(ConfigurationError, match="epoch_grid must be increasing non-negative"):
+        SelectedFineTuning(epoch_grid=(5, 1))
 
 
 def test_ditto_step_keeps_its_own_model_in_client_state(data):

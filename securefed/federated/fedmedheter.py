@@ -220,8 +220,8 @@ class FedMedHeter(Strategy):
     server_momentum, server_beta2, server_tau:
         :math:`\\beta` (momentum) / :math:`\\beta_1` (adam), :math:`\\beta_2`, :math:`\\tau`.
     personalisation:
-        ``"finetune"``, ``"ditto"`` or ``"fedper"`` [``None``: every hospital uses the
-        global model]; see :mod:`securefed.federated.personal`.
+        ``"finetune"``, ``"finetune-select"``, ``"ditto"`` or ``"fedper"`` [``None``: every
+        hospital uses the global model]; see :mod:`securefed.federated.personal`.
     personal_epochs, personal_learning_rate, personal_lambda:
         epochs and SGD step of the personal training, and its pull :math:`\\lambda` towards
         the global model (Ditto's :math:`\\lambda`; a proximal term for fine-tuning).

@@ -15,6 +15,11 @@ option; the :class:`Ditto` baseline):
     optionally pulled back towards the global model by ``(lambda/2)||v - w_t||^2``.  Computed
     when needed; no state.
 
+``"finetune-select"``  **local fine-tuning of a locally chosen length**: as ``"finetune"``,
+    but each hospital picks the number of epochs (0, 1, 5 or 20 by default; 0 keeps the
+    global model) by the log-loss on a quarter of its own rows set aside, then fine-tunes on
+    all of them (:class:`SelectedFineTuning`).
+
 ``"ditto"``  **Ditto** (Li, Hu, Beirami and Smith, "Ditto: fair and robust federated
     learning through personalization", ICML 2021, Alg. 1).  Each hospital keeps a personal
     model :math:`v_k` in its own state; every round it takes part in, after its ordinary
@@ -73,6 +78,7 @@ __all__ = [
     "PERSONALISATIONS",
     "Personalisation",
     "LocalFineTuning",
+    "SelectedFineTuning",
     "DittoPersonalisation",
     "PersonalHead",
     "make_personalisation",
@@ -84,7 +90,7 @@ __all__ = [
     "hospital_summary",
 ]
 
-PERSONALISATIONS = ("finetune", "ditto", "fedper")
+PERSONALISATIONS = ("finetune", "finetune-select", "ditto", "fedper")
 
 
 def _check_epochs(value: Any) -> int:
@@ -232,6 +238,78 @@ class LocalFineTuning(Personalisation):
 
 
 @dataclass(frozen=True)
+class SelectedFineTuning(Personalisation):
+    """``"finetune-select"``: local fine-tuning whose length each hospital chooses for itself.
+
+    The hospital sets aside ``validation_fraction`` of its own rows (stratified by label),
+    fine-tunes the global model on the rest and measures its validation log-loss after each
+    number of epochs in ``epoch_grid`` (0 = the global model as it is); it then fine-tunes
+    on all its rows for the best number.  So a hospital whose patients the global model
+    already serves keeps it, and one whose convention differs adapts further: early stopping
+    on local validation data, as in the local-adaptation studies cited in the module
+    docstring.  Everything happens at the hospital; nothing is uploaded.
+    """
+
+    name: ClassVar[str] = "finetune-select"
+    epoch_grid: tuple[int, ...] = (0, 1, 5, 20)
+    learning_rate: float = 0.1
+    batch_size: int | None = 16
+    validation_fraction: float = 0.25
+
+    def __post_init__(self) -> None:
+        grid = tuple(int(e) for e in self.epoch_grid)
+        if not grid or any(e < 0 for e in grid) or list(grid) != sorted(set(grid)):
+            raise ConfigurationError(
+                f"epoch_grid must be increasing non-negative integers, got {self.epoch_grid!r}")
+        object.__setattr__(self, "epoch_grid", grid)
+        _check_lr(self.learning_rate)
+        if not 0.0 < self.validation_fraction < 1.0:
+            raise ConfigurationError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}")
+
+    def choose_epochs(self, model: nn.Module, client: ClientArrays, global_params: np.ndarray,
+                      *, rng: np.random.Generator) -> int:
+        """The number of epochs in ``epoch_grid`` with the lowest local validation log-loss."""
+        held = np.zeros(client.num_examples, dtype=bool)
+        for cls in (0.0, 1.0):
+            idx = np.flatnonzero(client.y == cls)
+            held[rng.choice(idx, size=int(round(self.validation_fraction * len(idx))),
+                            replace=False)] = True
+        if held.all() or not held.any():
+            return self.epoch_grid[0]
+        fit = ClientArrays(client.client_id, client.name, client.X[~held], client.y[~held])
+        Xv = torch.as_tensor(client.X[held], dtype=torch.float32)
+        yv = torch.as_tensor(client.y[held], dtype=torch.float32)
+        params = np.asarray(global_params, dtype=np.float64)
+        done, losses = 0, []
+        for e in self.epoch_grid:
+            if e > done:
+                params = personal_sgd(model, fit, params, anchor=None, lam=0.0,
+                                      learning_rate=self.learning_rate, epochs=e - done,
+                                      batch_size=self.batch_size, rng=rng)
+                done = e
+            set_flat_params(model, params)
+            model.eval()
+            with torch.no_grad():
+                losses.append(float(nn.functional.binary_cross_entropy_with_logits(model(Xv), yv)))
+        return self.epoch_grid[int(np.argmin(losses))]
+
+    def params(self, model, client, global_params, *, rng, client_state):  # type: ignore[override]
+        epochs = self.choose_epochs(model, client, global_params, rng=rng)
+        client_state["finetune_epochs"] = epochs  # for the hospital's own record
+        if epochs == 0:
+            return np.asarray(global_params, dtype=np.float64).copy()
+        return personal_sgd(model, client, global_params, anchor=None, lam=0.0,
+                            learning_rate=self.learning_rate, epochs=epochs,
+                            batch_size=self.batch_size, rng=rng)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "epoch_grid": list(self.epoch_grid),
+                "learning_rate": self.learning_rate, "batch_size": self.batch_size,
+                "validation_fraction": self.validation_fraction}
+
+
+@dataclass(frozen=True)
 class DittoPersonalisation(Personalisation):
     r"""``"ditto"``: a personal model trained on :math:`F_k(v) + \frac{\lambda}{2}\lVert v - w_t\rVert^2`."""
 
@@ -313,6 +391,8 @@ def make_personalisation(
     if name == "finetune":
         return LocalFineTuning(epochs=epochs, learning_rate=learning_rate, batch_size=batch_size,
                                lam=lam)
+    if name == "finetune-select":
+        return SelectedFineTuning(learning_rate=learning_rate, batch_size=batch_size)
     if name == "ditto":
         return DittoPersonalisation(lam=lam, epochs=epochs, learning_rate=learning_rate)
     if name == "fedper":
