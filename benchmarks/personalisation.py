@@ -169,6 +169,7 @@ def methods(choice: Choice, *, ablation: bool) -> dict[str, Runner]:
 
 
 PERSONAL = "fedmedheter (personalised)"
+EXTRA = "fedmedheter + finetune-select"
 
 
 # ----------------------------------------------------------------------------- one run
@@ -504,10 +505,25 @@ def main(argv: list[str] | None = None) -> int:
             runs = compare(lambda s: pima_federation(seed=s, heterogeneity=Heterogeneity.none()),
                            seeds, sweep_methods, label="zero heterogeneity", progress=progress)
             return {"rows": summarise(runs), "runs": runs}
+        extra_kw = FMH_CANDIDATES["finetune-select"]
+
+        def with_extra(st: dict[str, Any], name: str, make_data: Callable[[int], FederatedArrays],
+                       sd: list[int]) -> dict[str, Any]:
+            """The stage's rows plus FedMedHeter with "finetune-select" on the same seeds."""
+            if choice.fmh.get("personalisation") == "finetune-select":
+                return st["rows"]
+            ex = _stage(out, f"extra-{name}", args.resume, key=[ROUNDS, sd, extra_kw],
+                        compute=lambda: {"runs": compare(
+                            make_data, sd, {EXTRA: fmh(**extra_kw)}, label=f"extra {name}",
+                            progress=progress)})
+            times[f"extra-{name}"] = ex["time"]
+            return summarise({**st["runs"], **ex["runs"]})
+
         zero = _stage(out, "zero", args.resume, run_zero,
                       key=[ROUNDS, seeds, choice.fmh, choice.ditto_lambda, list(sweep_methods)])
         times["zero"] = zero["time"]
-        zero_rows = zero["rows"]
+        zero_rows = with_extra(zero, "zero", lambda s: pima_federation(
+            seed=s, heterogeneity=Heterogeneity.none()), seeds)
         payload["zero"] = zero
         sweep: dict[str, dict[str, dict[str, Any]]] = {}
         for knob in KNOBS:
@@ -523,7 +539,9 @@ def main(argv: list[str] | None = None) -> int:
                 st = _stage(out, f"sweep-{knob}-{lev:g}", args.resume, run_level,
                             key=[ROUNDS, sweep_seeds, choice.fmh, choice.ditto_lambda, list(sweep_methods)])
                 times[f"sweep-{knob}-{lev:g}"] = st["time"]
-                sweep[knob][f"{lev:g}"] = st["rows"]
+                sweep[knob][f"{lev:g}"] = with_extra(
+                    st, f"{knob}-{lev:g}",
+                    lambda s, het=het: pima_federation(seed=s, heterogeneity=het), sweep_seeds)
         payload["sweep"] = sweep
         md += [f"### Sweeps on Pima (level 0: {len(seeds)} seeds; other levels: "
                f"{len(sweep_seeds)} seeds)", "", *sweep_table(sweep)]
