@@ -393,7 +393,7 @@ def plot(sweep: dict[str, dict[str, dict[str, Any]]], path: Path) -> None:
         axes[1, j].set_xlabel("strength")
     axes[0, 0].set_ylabel("mean per-hospital accuracy %")
     axes[1, 0].set_ylabel("worst-hospital accuracy %")
-    axes[0, -1].legend(fontsize=7, loc="lower left")
+    axes[0, 0].legend(fontsize=7, loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
