@@ -134,6 +134,14 @@ def run_federated(
         )
     channel = channel or PlainChannel()
     check_weight_bound(strategy, channel, data)  # before round 0, not at the first upload
+    per_round = len(data.clients) if clients_per_round is None else min(clients_per_round,
+                                                                            len(data.clients))
+    if per_round < channel.min_contributors:
+        raise ConfigurationError(
+            f"channel {channel.name!r} releases only sums of at least {channel.min_contributors} "
+            f"hospitals, and this run has {per_round} per round; add hospitals or, knowing that "
+            "a sum of two reveals each to the other, lower the channel's minimum "
+            "(SecAggChannel(min_clients=...), CKKSChannel(min_contributors=...))")
     if dropout_stage is not None and dropout_stage not in channel.stages:
         raise ConfigurationError(
             f"dropout_stage {dropout_stage!r} is not a stage of channel {channel.name!r}; "
