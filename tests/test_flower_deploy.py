@@ -61,10 +61,25 @@ def tls_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, tls_dir):
+def roster_path(tmp_path_factory) -> Path:
+    """The hospitals' identity keys and pinned roster (securefed keys identity)."""
+    from securefed.identity import write_identity_files
+
+    roster, _ = write_identity_files(["h0", "h1", "h2"], tmp_path_factory.mktemp("pki"))
+    return roster
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, tls_dir, roster_path):
     work = tmp_path_factory.mktemp("cluster")
-    nodes = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
+    # Each hospital's secure-aggregation settings: its identity and the roster it pins, and
+    # an explicit minimum of 2 contributors (the killed-node test completes a round with
+    # two survivors; the default minimum is 3).
+    nodes = [{"partition-id": i, "num-partitions": 3,
+              "identity-key": str(roster_path.parent / f"h{i}.identity"),
+              "roster": str(roster_path), "secagg-min-clients": 2} for i in range(3)]
     with LocalCluster(work, node_configs=nodes, tls_dir=tls_dir) as c:
+        c.roster = roster_path  # the server's copy, for the run config
         yield c
         pids = c.all_pids()
     left = _still_alive(pids)
@@ -103,7 +118,8 @@ def _tolerance(summary: dict) -> float:
 @full_only
 def test_secure_aggregation_three_rounds_equal_the_simulation(cluster, tmp_path) -> None:
     from securefed.flower.secagg_stages import build_secagg_channel
-    config = {"strategy": "fedmedheter", "channel": "secagg", "num-rounds": 3, "seed": 8}
+    config = {"strategy": "fedmedheter", "channel": "secagg", "num-rounds": 3, "seed": 8,
+              "secagg-roster": str(cluster.roster)}
     outcome, summary = run(cluster, tmp_path, config, timeout=900)
     assert outcome.ok, f"{outcome.status}: {outcome.details}\n{outcome.log[-3000:]}\n{cluster.logs()}"
     cfg = app_run_config(config)
@@ -143,6 +159,7 @@ def test_killed_supernodes_survivors_then_abort(cluster, tmp_path) -> None:
     2 >= t = 2 remain, so the round completes with the survivors' sum.  Round 1: node 1 dies
     the same way; 1 < t, so the run aborts cleanly.  (Runs last: it kills shared nodes.)"""
     config = {"channel": "secagg", "num-rounds": 2, "seed": 2, "secagg-threshold": 2,
+              "secagg-min-clients": 2, "secagg-roster": str(cluster.roster),
               "straggler-timeout": 20.0}
     on_poll, killed = _killer(cluster, {2: "0.masked_input", 1: "1.masked_input"})
     outcome, summary = run(cluster, tmp_path, config, on_poll=on_poll, timeout=900)

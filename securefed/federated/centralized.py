@@ -36,7 +36,13 @@ def run_centralized(
     batch_size: int | None = 16,
     progress: bool | ProgressCallback = False,
 ) -> RunResult:
-    """Train ``model`` on all training rows pooled at one server; history per round."""
+    """Train ``model`` on all training rows pooled at one server; history per round.
+
+    Evaluated like a federated run: on the union test set every round, and on each
+    hospital's own test patients where it has some (``RoundRecord.per_hospital``).  Also
+    reachable as ``run_algorithm(data, "centralized", ...)`` and ``securefed train
+    --algorithm centralized``.
+    """
     if rounds < 1:
         raise ConfigurationError(f"rounds must be >= 1, got {rounds}")
     X, y = data.pooled()
