@@ -61,7 +61,8 @@ from securefed.data.heterogeneity import hold_out_hospital_rows
 from securefed.federated import FedAvg, FederatedArrays, FedProx, run_federated
 from securefed.federated.centralized import run_centralized
 from securefed.federated.fedmedheter import FedMedHeter
-from securefed.federated.personal import Ditto, hospital_summary, run_local_only
+from securefed.federated.local_only import run_local_only
+from securefed.federated.personal import Ditto, hospital_summary
 from securefed.federated.types import RunResult
 from securefed.models import ModelSpec
 

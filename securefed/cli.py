@@ -180,6 +180,12 @@ def _load_training_data(args: argparse.Namespace):
         info = {"name": fed.name, "federation": str(fed.path.resolve()),
                 "files": fed.fingerprint()}
     prepared = ds.prepared()
+    if args.data is None:  # each Pima hospital is also judged on its own share of Pima.te
+        from dataclasses import replace
+
+        from securefed.data.pima import attach_pima_hospital_tests
+
+        prepared = replace(prepared, arrays=attach_pima_hospital_tests(ds, prepared.arrays))
     info["description"] = prepared.arrays.description
     info["hospitals_detail"] = [
         {"name": c.name, "train_patients": c.num_examples,

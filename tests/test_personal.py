@@ -17,6 +17,7 @@ from securefed.federated import ClientArrays, FederatedArrays, StrategyWrapper
 from securefed.federated.centralized import run_centralized
 from securefed.federated.engine import evaluate_per_hospital
 from securefed.federated.fedmedheter import FedMedHeter
+from securefed.federated.local_only import run_local_only
 from securefed.federated.personal import (
     Ditto,
     DittoPersonalisation,
@@ -26,7 +27,6 @@ from securefed.federated.personal import (
     head_size,
     hospital_summary,
     personal_sgd,
-    run_local_only,
 )
 from securefed.federated.round import seed_streams
 from securefed.federated.types import LocalConfig

@@ -43,6 +43,7 @@ __all__ = [
     "pima_hospitals",
     "pima_federation",
     "pima_hospital_tests",
+    "attach_pima_hospital_tests",
     "proportional_sizes",
     "PIMA_FEATURES",
     "PIMA_SCHEMA",
@@ -288,12 +289,17 @@ def pima_federation(
     ds = pima_hospitals(n_hospitals=n_hospitals, heterogeneity=heterogeneity, seed=seed,
                         missing=missing)
     arrays = ds.prepare()
-    if not hospital_tests:
-        return arrays
-    tests = pima_hospital_tests(ds)
+    return attach_pima_hospital_tests(ds, arrays) if hospital_tests else arrays
+
+
+def attach_pima_hospital_tests(ds: FederatedDataset, arrays: FederatedArrays) -> FederatedArrays:
+    """``arrays`` (``ds.prepare()``) with each hospital's own test patients
+    (:func:`pima_hospital_tests`) as ``X_test``/``y_test``, standardised with the federated
+    statistics of the training rows; the pooled test set stays Pima.te with the reference
+    labels."""
     std = ds.standardiser()
     clients = []
-    for client, test in zip(arrays.clients, tests, strict=True):
+    for client, test in zip(arrays.clients, pima_hospital_tests(ds), strict=True):
         X, y = encode(test.harmonised(PIMA_SCHEMA), PIMA_SCHEMA)
         clients.append(replace(client, X_test=std.transform(X), y_test=y.astype(np.float32)))
     return replace(arrays, clients=tuple(clients))
