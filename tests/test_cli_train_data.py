@@ -197,6 +197,14 @@ def test_secure_aggregation_weight_bound_is_checked_before_training(federation, 
                    "up to 60; raise the bound to at least 60 (SecAggChannel(max_weight=...); "
                    "securefed train: --secagg-max-weight 60)\n")
     assert not out.exists()
+    # with two hospitals the sum would reveal each to the other: refused before training
+    assert _train(federation, out, "--secure-aggregation", "--secagg-max-weight", "60") == 2
+    assert "releases only sums of at least 3 hospitals, and this run has 2 per round" in \
+        capsys.readouterr().err
+    assert not out.exists()
+    _patients(np.random.default_rng(8), 50).to_csv(federation.parent / "south.csv", index=False)
+    text = federation.read_text()
+    federation.write_text(text + '\n[hospitals.south]\ntrain = "south.csv"\n')
     assert _train(federation, out, "--secure-aggregation", "--secagg-max-weight", "60") == 0
     assert json.loads((out / "toy-fedavg-seed0.json").read_text())["channel"] == "secagg"
 

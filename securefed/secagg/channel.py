@@ -156,6 +156,7 @@ class SecAggChannel(AggregationChannel):
         self.mode = check_mode(mode)
         self.stages = stages_for(self.mode)
         self.min_clients = check_min_clients(min_clients)
+        self.min_contributors = self.min_clients  # the channel contract's name for it
         if self.min_clients < DEFAULT_MIN_CLIENTS:
             warnings.warn(f"secagg: min_clients = {self.min_clients} lets a round release the sum "
                           f"of {self.min_clients} hospital(s): with two, each learns the other's "
