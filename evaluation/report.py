@@ -97,13 +97,17 @@ Table = tuple[list[str], list[list[str]]]
 def summary_rows(summary: AuditSummary) -> Table:
     """The headline table (also printed by the CLI)."""
     head = ["algorithm", "defense", "folds", "accuracy", "AUC", "F1", "bytes/run",
-            "train s", "epsilon"]
+            "train s", "epsilon", "per-hospital mean (model)", "worst hospital"]
     rows = []
     for g in summary.groups:
         eps = g.get("epsilon", {"mean": float("nan")})["mean"]
+        block = (g.get("per_hospital") or {}).get("held_out_folds")
         rows.append([g["algorithm"], g["defense"], str(g["n"]), _ms(g, "accuracy"),
                      _ms(g, "auc"), _ms(g, "f1"), _bytes(g["bytes_total"]["mean"]),
-                     _f(g["train_time"]["mean"], 2), epsilon_text(eps)])
+                     _f(g["train_time"]["mean"], 2), epsilon_text(eps),
+                     "n/a" if block is None else f"{_ms(g, 'hospital_mean')} ({block['model']})",
+                     "n/a" if block is None else
+                     f"{block['worst']['hospital']} {_f(block['worst']['mean'])}"])
     return head, rows
 
 
