@@ -1,4 +1,4 @@
-"""The ``securefed`` command line: the core commands (``train``, ``keys``).
+"""The ``securefed`` command line: the core commands (``train``, ``keys``, ``deploy``).
 
 The installed ``securefed`` program adds the commands of the upper layers (``audit``, from
 :mod:`evaluation.cli`) to this parser; nothing here imports them, so the core stays usable on
@@ -146,6 +146,9 @@ def build_parser(
     kc.add_argument("--preset", choices=("aggregation", "training"), default="aggregation",
                     help="aggregation: depth 0, N=4096; training: depth 4, N=8192, rotation keys")
     kc.set_defaults(func=_cmd_keys_ckks)
+    from securefed.flower.deploy import add_deploy_commands
+
+    add_deploy_commands(sub)
     for extend in extensions:
         extend(sub)
     return parser

@@ -196,6 +196,9 @@ class DeploymentSettings:
     eval_data: str
     result_path: str
     secagg_threshold: int
+    checkpoint_path: str = ""
+    resume: bool = False
+    rejoin_wait: float = 0.0
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> DeploymentSettings:
@@ -216,6 +219,19 @@ class DeploymentSettings:
             raise ConfigurationError(
                 f"result-path must be an absolute path (the ServerApp runs in its own folder), "
                 f"got {result_path!r}")
+        checkpoint_path = str(run_config.get("checkpoint-path", ""))
+        if checkpoint_path and not Path(checkpoint_path).is_absolute():
+            raise ConfigurationError(
+                f"checkpoint-path must be an absolute path (the ServerApp runs in its own folder), "
+                f"got {checkpoint_path!r}")
+        resume = run_config.get("resume", False)
+        if not isinstance(resume, bool):
+            raise ConfigurationError(f"resume must be true or false, got {resume!r}")
+        if resume and not checkpoint_path:
+            raise ConfigurationError("resume = true needs a checkpoint-path to continue from")
+        rejoin_wait = run_config.get("rejoin-wait", 0.0)
+        if isinstance(rejoin_wait, bool) or not isinstance(rejoin_wait, (int, float)) or rejoin_wait < 0:
+            raise ConfigurationError(f"rejoin-wait must be a number >= 0, got {rejoin_wait!r}")
         channel = str(run_config.get("channel", "plain"))
         if channel not in ("plain", "secagg"):
             raise ConfigurationError(f"channel must be 'plain' or 'secagg', got {channel!r}")
@@ -230,6 +246,9 @@ class DeploymentSettings:
             eval_data=str(run_config.get("eval-data", "pima-test")),
             result_path=result_path,
             secagg_threshold=_int("secagg-threshold", 0, 0),
+            checkpoint_path=checkpoint_path,
+            resume=resume,
+            rejoin_wait=float(rejoin_wait),
         )
 
 
