@@ -72,6 +72,12 @@ def _encode(value: Any) -> Any:
     return value
 
 
+def _json_default(value: Any) -> Any:
+    if isinstance(value, (np.ndarray, np.generic)):
+        return _encode(value)
+    raise TypeError(f"cannot save {type(value).__name__} in a checkpoint")
+
+
 def _decode(value: Any) -> Any:
     if isinstance(value, dict) and "__array__" in value:
         raw = base64.b64decode(value["__array__"])
@@ -184,7 +190,7 @@ class Checkpoint:
             "server_rng": self.server_rng, "strategy_state": self.strategy_state,
             "ledger": self.ledger, "summary": self.summary, "digest": self.digest,
             "extra": self.extra,
-        })
+        }, default=_json_default)
 
     @classmethod
     def from_json(cls, text: str, *, source: str = "checkpoint") -> Checkpoint:

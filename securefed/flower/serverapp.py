@@ -85,6 +85,7 @@ class RoundPlan:
         self.run_config = run_config
         self.failures: dict[int, str] = {}
         self.train_losses: list[float] = []
+        self.absolute_round = round_index  # the round in the whole run (set by ServerRun.plan)
 
     def train_fields(self) -> dict[str, Any]:
         """The public part of a round's first message: model, config and seeding."""
@@ -99,7 +100,9 @@ class RoundPlan:
 
 def plain_round(plan: RoundPlan) -> ChannelResult:
     """One round of the plain channel: one message out, one reply back per hospital."""
-    fields = plan.train_fields()
+    # The plain channel numbers its messages with the absolute round, so a node that kept
+    # its state across a resumed run still refuses a replayed round.
+    fields = {**plan.train_fields(), "round": plan.absolute_round}
     outgoing = {plan.nodes[cid]: fields for cid in plan.selected}
     replies, sent = exchange(plan.grid, outgoing, message_type="train",
                              group_id=str(plan.round_index), timeout=plan.settings.round_timeout,
@@ -112,9 +115,9 @@ def plain_round(plan: RoundPlan) -> ChannelResult:
             plan.failures[cid] = str(reply.error)
             continue
         got = reply.fields or {}
-        if int(got.get("client", -1)) != cid or int(got.get("round", -1)) != plan.round_index:
+        if int(got.get("client", -1)) != cid or int(got.get("round", -1)) != plan.absolute_round:
             plan.failures[cid] = (f"reply for round {got.get('round')} from client {got.get('client')}, "
-                                  f"expected round {plan.round_index} from client {cid}")
+                                  f"expected round {plan.absolute_round} from client {cid}")
             continue
         payload = unpack(got["payload"])
         vector = plan.strategy.codec.decode(payload, dim=plan.params.shape[0])
@@ -301,6 +304,7 @@ class ServerRun:
                          config=config, selected=selected, nodes=self.nodes,
                          settings=self.settings, strategy=self.strategy, rng=self.rng,
                          log=self.log, run_config=self.run_config)
+        plan.absolute_round = absolute
         plan.failures.update(self.offline)
         self.offline = {}
         return plan

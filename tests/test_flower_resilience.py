@@ -1,0 +1,330 @@
+"""Checkpoints, resumption, rejoining hospitals, signed apps, the gateway's filter and the
+connection diagnostics, without starting Flower's servers (the real-process versions are in
+tests/test_flower_deploy.py)."""
+
+from __future__ import annotations
+
+import http.server
+import json
+import ssl
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("flwr")
+
+from securefed.errors import ConfigurationError, KeyMaterialError  # noqa: E402
+from securefed.flower.checkpoint import (  # noqa: E402
+    Checkpoint,
+    load_checkpoint,
+    save_checkpoint,
+)
+from securefed.flower.clientapp import app as client_app  # noqa: E402
+from securefed.flower.serverapp import run_server  # noqa: E402
+from securefed.flower.settings import app_run_config  # noqa: E402
+from securefed.flower.testing import InProcessGrid  # noqa: E402
+
+NODES = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
+FAST = {"round-timeout": 5.0, "straggler-timeout": 0.5, "eval-data": "none"}
+
+
+def quiet(_: str) -> None:
+    pass
+
+
+class _Crash(Exception):
+    """Stands for the ServerApp process dying."""
+
+
+class CrashingGrid(InProcessGrid):
+    """Raises :class:`_Crash` when a training message of round ``crash_round`` is pushed."""
+
+    def __init__(self, *args, crash_round: int, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.crash_round = crash_round
+        self.armed = True
+
+    def push_messages(self, messages):
+        from securefed.flower.transport import read_content
+
+        messages = list(messages)
+        for msg in messages:
+            fields, _ = read_content(msg.content)
+            if self.armed and msg.metadata.message_type == "train" \
+                    and int(fields["round"]) == self.crash_round:
+                self.armed = False
+                raise _Crash(f"killed at round {self.crash_round}")
+        return super().push_messages(messages)
+
+
+def _central_dp(**extra):
+    # FedMedHeter with a server optimiser (server state) under central DP (a ledger); the
+    # reproducible noise mode draws the noise from the server generator, so two runs compare
+    return app_run_config({"strategy": "fedmedheter", "server-optimizer": "adam",
+                           "num-rounds": 4, "seed": 3, "wrappers": "central-dp",
+                           "dp-clip-norm": 1.0, "dp-noise-multiplier": 1.1, "dp-secure": False,
+                           **FAST, **extra})
+
+
+def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path) -> None:
+    """Killed after round 1 (while round 2 is being sent), resumed from the checkpoint: the
+    same rounds, the same model bit for bit and the same epsilon per round as a run that
+    never stopped (the nodes kept their state, as SuperNodes do when only the ServerApp dies)."""
+    reference = run_server(InProcessGrid(client_app, NODES, _central_dp()), _central_dp(), log=quiet)
+    ckpt = tmp_path / "run.ckpt"
+    cfg = _central_dp(**{"checkpoint-path": str(ckpt)})
+    grid = CrashingGrid(client_app, NODES, cfg, crash_round=2)
+    with pytest.raises(_Crash, match="killed at round 2"):
+        run_server(grid, cfg, log=quiet)
+    saved = load_checkpoint(ckpt)
+    assert saved.completed == 2
+    assert [r["round"] for r in saved.summary["rounds"]] == [0, 1]
+    resumed = run_server(grid, {**cfg, "resume": True}, log=quiet)
+    assert resumed["status"] == "completed" and resumed["resumed_at"] == [2]
+    assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2, 3]
+    np.testing.assert_array_equal(resumed["final_params"], reference["final_params"])
+    assert [r["epsilon"] for r in resumed["rounds"]] == [r["epsilon"] for r in reference["rounds"]]
+    # the ledger continued: epsilon grows every round and never restarts from zero
+    eps = [r["epsilon"] for r in resumed["rounds"]]
+    assert all(b > a for a, b in zip(eps, eps[1:], strict=False))
+    assert load_checkpoint(ckpt).completed == 4
+    # a finished run resumed again has nothing left to do
+    again = run_server(grid, {**cfg, "resume": True}, log=quiet)
+    assert [r["round"] for r in again["rounds"]] == [0, 1, 2, 3]
+
+
+def test_resuming_under_other_settings_is_refused(tmp_path) -> None:
+    ckpt = tmp_path / "run.ckpt"
+    cfg = _central_dp(**{"checkpoint-path": str(ckpt), "num-rounds": 2})
+    run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+    other = {**cfg, "resume": True, "dp-noise-multiplier": 0.5}
+    with pytest.raises(ConfigurationError, match="written by a run with other settings"):
+        run_server(InProcessGrid(client_app, NODES, other), other, log=quiet)
+    with pytest.raises(ConfigurationError, match="resume = true needs a checkpoint-path"):
+        run_server(InProcessGrid(client_app, NODES, cfg), {**cfg, "resume": True,
+                                                           "checkpoint-path": ""}, log=quiet)
+
+
+def test_checkpoint_round_trip_is_exact_and_atomic(tmp_path) -> None:
+    params = np.random.default_rng(0).normal(size=17)
+    ck = Checkpoint(completed=3, params=params, server_rng="{}", strategy_state=[{
+        "m": np.arange(4, dtype=np.float32), "lr": 0.1, "name": "x", "none": None}],
+        ledger={"kind": "rounds", "rounds": 3}, summary={"rounds": []}, digest="d")
+    path = save_checkpoint(tmp_path / "c.json", ck)
+    back = load_checkpoint(path)
+    np.testing.assert_array_equal(back.params, params)
+    assert back.params.dtype == np.float64
+    assert back.strategy_state[0]["lr"] == 0.1
+    assert [p.name for p in tmp_path.iterdir()] == ["c.json"]  # no temporary file left
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    path.write_text('{"format": "something else"}')
+    with pytest.raises(ConfigurationError, match="expected 'securefed-flower-checkpoint/1'"):
+        load_checkpoint(path)
+
+
+# ------------------------------------------------------------------ rejoining hospitals
+class FlakyGrid(InProcessGrid):
+    """A grid where a node can be offline (not listed, messages lost) and can restart under a
+    new node id with a fresh state, as a SuperNode without node authentication does."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.offline: set[int] = set()
+
+    def get_node_ids(self):
+        return [n for n in self._ids if n not in self.offline]
+
+    def restart(self, index: int) -> int:
+        from flwr.app import Context, RecordDict
+
+        old = self._ids[index]
+        new = old + 100_000
+        ctx = self._contexts.pop(old)
+        self._contexts[new] = Context(run_id=1, node_id=new, node_config=dict(ctx.node_config),
+                                      state=RecordDict(), run_config=dict(ctx.run_config))
+        self._ids[index] = new
+        self.offline.discard(old)
+        self._down.discard(old)
+        return new
+
+
+@pytest.mark.parametrize("channel", ["plain", "secagg"])
+def test_an_offline_hospital_is_left_out_and_rejoins_after_a_restart(channel) -> None:
+    cfg = app_run_config({"channel": channel, "num-rounds": 5, "seed": 2, "secagg-threshold": 2,
+                          **FAST})
+    grid = FlakyGrid(client_app, NODES, cfg)
+    logs: list[str] = []
+    events: dict[str, int] = {}
+
+    def log(text: str) -> None:
+        logs.append(text)
+        if "round 2/5 done" in text:  # node 2 crashes after round 1 ...
+            grid.offline.add(grid._ids[2])
+            grid._down.add(grid._ids[2])
+        if "round 3/5 done" in text:  # ... and comes back after round 2, with a new node id
+            events["new"] = grid.restart(2)
+
+    summary = run_server(grid, cfg, log=log)
+    contributors = [r["contributors"] for r in summary["rounds"]]
+    if channel == "plain":
+        # left out of round 2 at once (no timeout waited), back from the next round on
+        assert contributors == [[0, 1, 2], [0, 1, 2], [0, 1], [0, 1, 2], [0, 1, 2]]
+        assert "offline at the start of the round" in summary["rounds"][2]["failures"]["2"]
+    else:
+        # secure rounds overlap: round 2's keys were shared during round 1, so round 2 ends
+        # with the survivors' sum; round 3 was sampled during round 2, while the node was
+        # away; the node is back from the first round sampled after its restart, round 4
+        assert contributors == [[0, 1, 2], [0, 1, 2], [0, 1], [0, 1], [0, 1, 2]]
+        assert summary["rounds"][2]["revealed"]["dropped_after_sharing"] == [2]
+        assert "offline at the start of the round" in summary["rounds"][3]["failures"]["2"]
+    assert any(f"client 2 rejoined as node {events['new']}" in t for t in logs)
+
+
+def test_a_rejoined_plain_node_matches_its_fresh_generator() -> None:
+    """After a restart the node's state is gone; it starts again from its client stream and
+    the round still completes with it (no straggler timeout)."""
+    cfg = app_run_config({"num-rounds": 2, "seed": 4, **FAST, "straggler-timeout": 30.0})
+    grid = FlakyGrid(client_app, NODES, cfg)
+
+    def log(text: str) -> None:
+        if "round 1/2 done" in text:
+            grid.restart(1)
+
+    import time
+
+    t0 = time.monotonic()
+    summary = run_server(grid, cfg, log=log)
+    assert [r["contributors"] for r in summary["rounds"]] == [[0, 1, 2], [0, 1, 2]]
+    assert time.monotonic() - t0 < 20  # nobody waited out the 30 s straggler timeout
+
+
+# ------------------------------------------------------------------ signed apps and bundles
+def test_consortium_bundle_and_app_signature(tmp_path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from securefed.flower import APP_DIR
+    from securefed.flower.apps import SignedApp, build_fab, sign_fab, verify_signed_app
+    from securefed.flower.bundle import load_signing_key, make_consortium
+
+    coord, hospitals = make_consortium(tmp_path, hospitals=["north", "south"], host="link.example")
+    assert [(h.name, h.client_id, h.superlink) for h in hospitals] == [
+        ("north", 0, "link.example:9092"), ("south", 1, "link.example:9092")]
+    for h in hospitals:
+        key = serialization.load_ssh_private_key(h.node_key.read_bytes(), password=None)
+        assert key.curve.name == "secp384r1"  # Flower's node authentication curve
+        assert oct(h.node_key.stat().st_mode & 0o777) == "0o600"
+        assert (coord.folder / "nodes" / f"{h.name}.pub").read_text() == (h.folder / "node.pub").read_text()
+        assert h.trusted_entities.read_text() == coord.trusted_entities.read_text()
+        assert not (h.folder / "ca.key").exists() and not (h.folder / "app-signing.key").exists()
+    fab = build_fab(APP_DIR)
+    signed = sign_fab(fab, load_signing_key(coord.signing_key))
+    # Flower's own SuperNode check accepts it with the hospital's trusted entities ...
+    assert verify_signed_app(signed, hospitals[0].trusted_entities)
+    # ... and refuses a changed bundle, an unsigned one, and another key's signature
+    tampered = SignedApp(fab=fab + b"\0", verifications=signed.verifications)
+    assert not verify_signed_app(tampered, hospitals[0].trusted_entities)
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+
+    rogue = sign_fab(fab, ed25519.Ed25519PrivateKey.generate())
+    assert not verify_signed_app(rogue, hospitals[0].trusted_entities)
+    back = SignedApp.load(signed.save(tmp_path / "app.signed.json"))
+    assert back == signed
+    with pytest.raises(ConfigurationError, match="TLS files already exist"):
+        make_consortium(tmp_path, hospitals=["north"], host="x")
+    from securefed.flower.bundle import write_node_key
+
+    with pytest.raises(ConfigurationError, match="refusing to overwrite a private key"):
+        write_node_key(hospitals[0].node_key, tmp_path / "x.pub")
+    with pytest.raises(KeyMaterialError, match="expected an Ed25519 key"):
+        load_signing_key(hospitals[0].node_key)
+
+
+def test_gateway_allows_exactly_the_fleet_api() -> None:
+    from securefed.flower.gateway import ALLOWED
+
+    assert (b"POST", b"/v1/fleet/pull-messages") in ALLOWED
+    assert (b"GET", b"/health") in ALLOWED
+    for method, path in [(b"POST", b"/v1/control/start-run"), (b"POST", b"/v1/runtime/pull-messages"),
+                         (b"GET", b"/v1/fleet/pull-messages"), (b"POST", b"/v1/fleet/../control/start-run"),
+                         (b"POST", b"/v1/control/register-node"), (b"GET", b"/docs")]:
+        assert (method, path) not in ALLOWED
+    # every Fleet route Flower serves is allowed, and nothing else under /v1
+    from flwr.superlink.routers.fleet.router import router as fleet_router
+
+    served = {(m.encode(), r.path.encode()) for r in fleet_router.routes for m in r.methods}
+    assert served == {a for a in ALLOWED if a[1] != b"/health"}
+
+
+# ------------------------------------------------------------------ diagnostics
+class _Health(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:  # noqa: N802
+        self.send_response(200 if self.path == "/health" else 404)
+        self.send_header("content-length", "0")
+        self.end_headers()
+
+    def log_message(self, *args) -> None:
+        pass
+
+
+@pytest.fixture
+def health_servers(tmp_path):
+    from securefed.flower.tls import write_tls_files
+
+    files = write_tls_files(tmp_path / "tls")
+    servers = []
+
+    def start(tls: bool) -> str:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Health)
+        if tls:
+            ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+            ctx.load_cert_chain(files.server_cert, files.server_key)
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        servers.append(server)
+        return f"127.0.0.1:{server.server_address[1]}"
+
+    yield files, start(True), start(False)
+    for server in servers:
+        server.shutdown()
+        server.server_close()
+
+
+def test_connection_problems_are_named(health_servers, tmp_path) -> None:
+    from securefed.flower.cluster import free_port
+    from securefed.flower.diagnose import check_superlink
+    from securefed.flower.tls import write_tls_files
+
+    files, tls, plain = health_servers
+    assert check_superlink(tls, root_certificates=files.ca_cert) == "ok"
+    assert check_superlink(plain, insecure=True) == "ok"
+    with pytest.raises(ConfigurationError, match="TLS mismatch: this node was started with --insecure"):
+        check_superlink(tls, insecure=True)
+    with pytest.raises(ConfigurationError, match="TLS mismatch: this node expects TLS"):
+        check_superlink(plain, root_certificates=files.ca_cert)
+    with pytest.raises(ConfigurationError, match="connection refused"):
+        check_superlink(f"127.0.0.1:{free_port()}", root_certificates=files.ca_cert)
+    other = write_tls_files(tmp_path / "other")
+    with pytest.raises(ConfigurationError, match="did not sign"):
+        check_superlink(tls, root_certificates=other.ca_cert)
+    with pytest.raises(ConfigurationError, match="does not resolve"):
+        check_superlink("no-such-host.invalid:9092", insecure=True)
+    with pytest.raises(ConfigurationError, match="HOST:PORT"):
+        check_superlink("9092", insecure=True)
+
+
+def test_deploy_node_command_line(tmp_path) -> None:
+    from securefed.flower.bundle import make_consortium
+    from securefed.flower.deploy import node_command
+
+    _, (north,) = make_consortium(tmp_path, hospitals=["north"], host="link.example", port=9443)
+    cmd = node_command(north, data=str(tmp_path / "r.csv"), schema=str(tmp_path / "s.json"))
+    flower = cmd[cmd.index("--") + 1:]
+    assert flower[flower.index("--superlink") + 1] == "link.example:9443"
+    assert flower[flower.index("--auth-supernode-private-key") + 1] == str(north.node_key)
+    assert flower[flower.index("--trusted-entities") + 1] == str(north.trusted_entities)
+    assert "--insecure" not in flower and flower[flower.index("--root-certificates") + 1] == str(north.ca_cert)
+    config = flower[flower.index("--node-config") + 1]
+    assert "client-id=0" in config and json.dumps(str(tmp_path / "r.csv")) in config
+    assert Path(cmd[1]).name.startswith("python") or cmd[1] == "-m"
