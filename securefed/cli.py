@@ -30,6 +30,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     lr = {} if args.lr is None and args.algorithm == "fedmedheter" else {
         "learning_rate": 0.1 if args.lr is None else args.lr}
     common = dict(**lr, local_epochs=args.local_epochs, batch_size=args.batch_size)
+    if args.algorithm == "centralized" and args.resume is not None:
+        raise ConfigurationError("--resume continues federated training; got --algorithm centralized")
     if args.algorithm == "centralized" and args.dp != "none":
         raise ConfigurationError(
             f"--dp {args.dp} applies to federated algorithms; got --algorithm centralized")
@@ -43,16 +45,19 @@ def _cmd_train(args: argparse.Namespace) -> int:
         strategy = get_strategy(args.algorithm, **common, **extra)
         channel = None
         if args.dp != "none":
-            strategy, channel = _dp_setup(args, strategy, num_clients=len(data.clients))
+            strategy, channel = _dp_setup(args, strategy)
+        initial, ledger = _resume(args, spec)
         try:
             result = run_federated(data, strategy=strategy, model=spec, rounds=args.rounds,
                                    seed=args.seed, channel=channel, progress=not args.quiet,
-                                   record_transcript=False)
+                                   record_transcript=False, initial_params=initial,
+                                   privacy_ledger=ledger)
         except PrivacyBudgetExceeded as exc:
             from securefed.dp import save_partial_result
 
             path = save_partial_result(
                 exc, Path(args.out) / f"{args.algorithm}-dp-{args.dp}-seed{args.seed}-partial.json")
+            _mark_privacy(path)
             print(f"securefed: stopped: {exc}", file=sys.stderr)
             print(path)
             return 3
@@ -61,24 +66,72 @@ def _cmd_train(args: argparse.Namespace) -> int:
     tag = args.algorithm if args.dp == "none" else f"{args.algorithm}-dp-{args.dp}"
     path = out / f"{tag}-seed{args.seed}.json"
     path.write_text(json.dumps(result.to_dict(), indent=2))
+    privacy = _mark_privacy(path)
     f = result.final
     print(f"{args.algorithm}: accuracy {f.test_accuracy:.3f}, AUC {f.test_auc:.3f}, "
           f"uploaded {result.total_bytes_up()} bytes in {len(result.history)} rounds")
-    if "epsilon" in f.extra:
-        print(f"privacy: epsilon {f.extra['epsilon']:.3f} at delta {f.extra['delta']:g}")
+    if privacy is not None:
+        print(f"privacy per hospital: {privacy['client']['label']}")
+        print(f"privacy per patient:  {privacy['record']['label']}")
+        for s in privacy["collusion"]:
+            print(f"if {s['colluding_hospitals']} hospital(s) collude with the server: "
+                  f"{s['label']}")
+        if privacy["collusion_note"]:
+            print(f"collusion: {privacy['collusion_note']}")
     print(path)
     return 0
 
 
-def _dp_setup(args: argparse.Namespace, strategy, *, num_clients: int):
-    """Wrap ``strategy`` with the DP mechanism named by ``--dp`` (and its channel)."""
+def _mark_privacy(path: Path) -> dict | None:
+    """Add the run's fully described epsilons (``"privacy"``) to the JSON at ``path`` and,
+    for reproducible noise, the top-level warning that the run is not private."""
+    body = json.loads(path.read_text())
+    if body.get("privacy_ledger") is None:
+        return None
+    from securefed.dp import NOT_PRIVATE, privacy_report
+
+    report = privacy_report(body)
+    assert report is not None
+    body["privacy"] = report.to_dict()
+    if not report.private:
+        body["warning"] = NOT_PRIVATE
+    path.write_text(json.dumps(body, indent=2))
+    return body["privacy"]
+
+
+def _resume(args: argparse.Namespace, spec) -> tuple:
+    """``--resume FILE``: the parameters and privacy ledger saved in a result JSON."""
+    if args.resume is None:
+        return None, None
+    import numpy as np
+
+    try:
+        saved = json.loads(Path(args.resume).read_text())
+    except FileNotFoundError:
+        raise ConfigurationError(f"--resume file {args.resume!r} does not exist") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigurationError(f"--resume file {args.resume!r} is not JSON: {exc}") from exc
+    params = np.asarray(saved.get("final_params", ()), dtype=np.float64)
+    if params.shape != (spec.num_params(),):
+        raise ConfigurationError(
+            f"--resume file {args.resume!r} holds {params.shape[0]} parameters, the model "
+            f"{spec.kind!r} has {spec.num_params()}")
+    return params, saved.get("privacy_ledger")
+
+
+def _dp_setup(args: argparse.Namespace, strategy):
+    """Wrap ``strategy`` with the DP mechanism named by ``--dp`` (and its channel).  The
+    number of hospitals is taken from the data by the engine."""
     from securefed.dp import make_dp_strategy
     from securefed.secagg import secagg_channel_for
 
+    if args.secure_noise:
+        print("securefed: --secure-noise is the default now and can be dropped",
+              file=sys.stderr)
     dp = make_dp_strategy(
         args.dp, strategy, clip_norm=args.clip_norm, noise_multiplier=args.noise_multiplier,
-        target_epsilon=args.target_epsilon, delta=args.delta, num_clients=num_clients,
-        rounds=args.rounds, secure=args.secure_noise)
+        target_epsilon=args.target_epsilon, delta=args.delta, rounds=args.rounds,
+        reproducible_noise=args.reproducible_noise)
     channel = secagg_channel_for(dp) if args.dp == "distributed" else None
     return dp, channel
 
@@ -134,8 +187,14 @@ def build_parser(
     dp.add_argument("--target-epsilon", type=float, default=None,
                     help="privacy budget; the run stops before exceeding it (partial result saved)")
     dp.add_argument("--delta", type=float, default=1e-5)
-    dp.add_argument("--secure-noise", action="store_true",
-                    help="draw DP noise from the OS CSPRNG (not reproducible from --seed)")
+    dp.add_argument("--reproducible-noise", action="store_true",
+                    help="draw DP noise from a stream reproducible from --seed: NOT PRIVATE "
+                         "(anyone with the seed recomputes the noise); the result JSON is "
+                         "marked so.  Default: noise from the OS CSPRNG")
+    dp.add_argument("--secure-noise", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--resume", default=None, metavar="RESULT_JSON",
+                   help="continue training from the parameters and privacy ledger saved in a "
+                        "result JSON of this command")
     p.set_defaults(func=_cmd_train)
 
     k = sub.add_parser("keys", help="generate key material")

@@ -200,6 +200,17 @@ class StochasticQuantizer:
         codes = unpack_bits(packed, self.bits, dim)
         return dequantize(codes, lo, hi, self.bits)
 
+    def scale_fields(self, fields: Mapping[str, Any], factor: float) -> dict[str, Any]:
+        """Fields whose decoding is ``factor`` times that of ``fields`` (up to float64 rounding).
+
+        Decoding is ``lo + code * (hi - lo) / (2**b - 1)``, linear in ``(lo, hi)``, so scaling
+        both scales every entry; the codes are untouched.  ``lo`` and ``hi`` travel as float64,
+        so the scaled values reach the server exactly.  Differential privacy uses this to bound
+        the norm of what leaves a client (:func:`securefed.dp.clipping.bound_release`).
+        """
+        f = float(factor)
+        return {**fields, "q_lo": float(fields["q_lo"]) * f, "q_hi": float(fields["q_hi"]) * f}
+
     def __repr__(self) -> str:
         return f"StochasticQuantizer(bits={self.bits})"
 
@@ -265,6 +276,14 @@ class TopKSparsifier:
         out = np.zeros(dim, dtype=np.float64)
         out[idx] = values
         return out
+
+    def scale_fields(self, fields: Mapping[str, Any], factor: float) -> dict[str, Any]:
+        """Fields whose decoding is ``factor`` times that of ``fields`` (same indices; values
+        scaled in float32, or through the value quantiser's :meth:`StochasticQuantizer.scale_fields`)."""
+        if self._quantizer is not None:
+            return self._quantizer.scale_fields(fields, factor)
+        vals = np.asarray(fields["k_val"], dtype=np.float32)
+        return {**fields, "k_val": (vals * np.float32(factor)).astype(np.float32)}
 
     def __repr__(self) -> str:
         return f"TopKSparsifier(k_fraction={self.k_fraction}, value_bits={self.value_bits})"

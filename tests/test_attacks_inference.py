@@ -42,7 +42,9 @@ def _train(sigma: float, y=None):
     """Many full-batch local epochs on 20 records per hospital: a model that memorises."""
     strategy = FedAvg(learning_rate=1.0, local_epochs=20, batch_size=None)
     if sigma > 0:
-        strategy = CentralDP(strategy, clip_norm=0.5, noise_multiplier=sigma, num_clients=3)
+        # reproducible noise: a deterministic test of the attack, not of the noise's secrecy
+        strategy = CentralDP(strategy, clip_norm=0.5, noise_multiplier=sigma, num_clients=3,
+                             reproducible_noise=True)
     fed = _federation(y)
     with torch_threads(1):  # tiny tensors: one thread is much faster on a busy machine
         run = run_federated(fed, strategy=strategy, model=SPEC, rounds=30, seed=0,

@@ -7,6 +7,7 @@ import torch
 from dp_accounting import NeighboringRelation
 
 from securefed import FedAvg, ModelSpec, run_federated
+from securefed.channel import ChannelResult
 from securefed.data import pima_federation
 from securefed.dp import (
     CentralDP,
@@ -59,15 +60,19 @@ def test_round_ledger_equals_library_event_by_event():
 
 
 def test_run_history_reports_library_epsilon_each_round():
+    """The engine samples 2 of 3 hospitals with a fixed size, from the seeded server
+    generator, and records the sample: no amplification by sampling is claimed (the old
+    accounting used the Poisson-subsampled event, a smaller epsilon that did not hold)."""
     data = pima_federation(seed=0)
     spec = ModelSpec("logreg", n_features=data.num_features)
     k = len(data.clients)
-    dp = CentralDP(FedAvg(), clip_norm=0.5, noise_multiplier=1.3, num_clients=k,
-                   clients_per_round=2, delta=1e-5)
+    dp = CentralDP(FedAvg(), clip_norm=0.5, noise_multiplier=1.3, clients_per_round=2, delta=1e-5)
     res = run_federated(data, strategy=dp, model=spec, rounds=3, seed=0, clients_per_round=2)
-    event = dp_accounting.PoissonSampledDpEvent(2 / k, dp_accounting.GaussianDpEvent(1.3))
+    event = dp_accounting.GaussianDpEvent(1.3)
+    amplified = dp_accounting.PoissonSampledDpEvent(2 / k, dp_accounting.GaussianDpEvent(1.3))
     for r, rec in enumerate(res.history):
         assert rec.extra["epsilon"] == pytest.approx(_library_epsilon(event, r + 1, 1e-5), rel=1e-12)
+        assert rec.extra["epsilon"] > 1.1 * _library_epsilon(amplified, r + 1, 1e-5)
         assert rec.extra["delta"] == 1e-5
 
 
@@ -76,11 +81,17 @@ def test_without_replacement_and_local_use_replace_one_events():
                            sampling="without_replacement", population=4)
     event = dp_accounting.SampledWithoutReplacementDpEvent(4, 2, dp_accounting.GaussianDpEvent(1.0))
     assert ours == pytest.approx(_library_epsilon(event, 7, 1e-5, NeighboringRelation.REPLACE_ONE))
+    # local DP: replace-one, sensitivity 2C, written out as GaussianDpEvent(z / 2) and read
+    # by the library under add/remove (the PLD accountant would double it again under its
+    # REPLACE_ONE relation)
     local = LocalDP(FedAvg(), clip_norm=1.0, noise_multiplier=4.0, num_clients=3)
-    local.before_round(0)
-    local.record_round()
-    local.record_round()
-    lib = _library_epsilon(dp_accounting.GaussianDpEvent(2.0), 2, 1e-5, NeighboringRelation.REPLACE_ONE)
+    zero = ChannelResult(weighted_sum=np.zeros(2), weight_sum=3.0, contributors=(0, 1, 2),
+                         bytes_up={}, bytes_down={}, received=(), timings={})
+    for r in range(2):
+        local.before_round(r)
+        local.server_aggregate(zero, rng=np.random.default_rng(0))
+        local.end_round(r, completed=True)
+    lib = _library_epsilon(dp_accounting.GaussianDpEvent(2.0), 2, 1e-5)
     assert local.epsilon() == pytest.approx(lib, rel=1e-12)
 
 

@@ -49,7 +49,8 @@ class IntegerSumChannel(AggregationChannel):
 
 
 def test_simulated_shares_of_n_clients_sum_to_target_variance():
-    noise = DiscreteGaussianNoise(noise_multiplier=0.9, clip_norm=1.5, seed=0)
+    noise = DiscreteGaussianNoise(noise_multiplier=0.9, clip_norm=1.5, reproducible_noise=True,
+                                  seed=0)
     dim, scale, n = 30_000, 2.0 ** 10, 5
     total = sum(noise.sample(dim, scale=scale, num_clients=n) for _ in range(n))
     target = noise.target_variance(dim, scale=scale)
@@ -62,7 +63,7 @@ def test_simulated_shares_of_n_clients_sum_to_target_variance():
 
 
 def test_secure_shares_of_n_clients_sum_to_target_variance():
-    noise = DiscreteGaussianNoise(noise_multiplier=1.0, clip_norm=1.0, secure=True)
+    noise = DiscreteGaussianNoise(noise_multiplier=1.0, clip_norm=1.0)  # secure: the default
     dim, scale, n = 1500, 64.0, 3
     shares = [noise.sample(dim, scale=scale, num_clients=n, rng=None) for _ in range(n)]
     total = np.sum(shares, axis=0)
@@ -88,7 +89,7 @@ def test_exact_sampler_matches_discrete_gaussian_moments_at_small_variance():
 
 def test_dropout_tolerance_keeps_target_with_that_many_dropouts():
     noise = DiscreteGaussianNoise(noise_multiplier=1.0, clip_norm=1.0, dropout_tolerance=0.25,
-                                  seed=1)
+                                  reproducible_noise=True, seed=1)
     dim, scale, n = 30_000, 256.0, 4
     survivors = sum(noise.sample(dim, scale=scale, num_clients=n) for _ in range(3))
     assert survivors.var() == pytest.approx(noise.target_variance(dim, scale=scale), rel=0.03)
@@ -105,19 +106,21 @@ def test_rho_is_gaussian_value_when_tau_negligible_and_grows_otherwise():
 
 def test_secure_noise_refuses_seed_and_bad_arguments():
     with pytest.raises(ConfigurationError, match="refuses a seed"):
-        DiscreteGaussianNoise(noise_multiplier=1.0, clip_norm=1.0, secure=True, seed=0)
+        DiscreteGaussianNoise(noise_multiplier=1.0, clip_norm=1.0, seed=0)
     with pytest.raises(ConfigurationError, match="refuses a seed"):
-        DistributedDP(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, num_clients=3, secure=True,
-                      seed=0)
+        DistributedDP(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, num_clients=3, seed=0)
+    assert DiscreteGaussianNoise(noise_multiplier=1.0, clip_norm=1.0).secure  # the default
     with pytest.raises(ConfigurationError, match="clip_norm"):
         DiscreteGaussianNoise(noise_multiplier=1.0, clip_norm=0.0)
-    noise = DiscreteGaussianNoise(noise_multiplier=1.0, clip_norm=1.0, seed=0)
+    noise = DiscreteGaussianNoise(noise_multiplier=1.0, clip_norm=1.0, reproducible_noise=True,
+                                  seed=0)
     with pytest.raises(ConfigurationError, match="num_clients"):
         noise.sample(10, scale=16.0, num_clients=0)
 
 
 def test_noisy_aggregate_has_configured_variance():
-    dp = DistributedDP(FedAvg(), clip_norm=0.5, noise_multiplier=1.2, num_clients=3, seed=7)
+    dp = DistributedDP(FedAvg(), clip_norm=0.5, noise_multiplier=1.2, num_clients=3,
+                       reproducible_noise=True, seed=7)
     channel = IntegerSumChannel(dp.integer_noise, scale=2.0 ** 14)
     dim = 20_000
     uploads = [Upload(client_id=i, vector=np.zeros(dim), weight=1.0, payload={}) for i in range(3)]

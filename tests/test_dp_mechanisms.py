@@ -57,10 +57,10 @@ def _zero_result(dim: int, contributors=(0, 1, 2)) -> ChannelResult:
                          received=(), timings={})
 
 
-@pytest.mark.parametrize("secure", [False, True])
-def test_central_noise_std_matches_configuration(secure):
+@pytest.mark.parametrize("reproducible", [False, True])
+def test_central_noise_std_matches_configuration(reproducible):
     dp = CentralDP(FedAvg(), clip_norm=0.7, noise_multiplier=1.5, num_clients=10,
-                   clients_per_round=4, secure=secure)
+                   clients_per_round=4, reproducible_noise=reproducible)
     dp.before_round(0)
     mean = dp.server_aggregate(_zero_result(40_000), rng=np.random.default_rng(0))
     # fixed denominator: the expected number of clients per round (4)
@@ -69,9 +69,10 @@ def test_central_noise_std_matches_configuration(secure):
     assert abs(noise_on_sum.mean()) < 0.03
 
 
-@pytest.mark.parametrize("secure", [False, True])
-def test_local_noise_std_matches_configuration(secure):
-    dp = LocalDP(FedAvg(), clip_norm=2.0, noise_multiplier=0.8, num_clients=3, secure=secure)
+@pytest.mark.parametrize("reproducible", [False, True])
+def test_local_noise_std_matches_configuration(reproducible):
+    dp = LocalDP(FedAvg(), clip_norm=2.0, noise_multiplier=0.8, num_clients=3,
+                 reproducible_noise=reproducible)
     update = np.zeros(40_000)
     vec, payload = dp.client_process(update, 1.0, client_state={}, rng=np.random.default_rng(1))
     assert vec.std() == pytest.approx(0.8 * 2.0, rel=0.02)
@@ -91,25 +92,27 @@ def test_client_side_clips_before_weighting_with_uniform_weights():
     assert state["dp_clipped"] and state["dp_last_norm"] == pytest.approx(np.sqrt(500.0))
 
 
-def test_secure_mode_refuses_a_seed_and_simulation_is_reproducible():
+def test_secure_mode_refuses_a_seed_and_reproducible_mode_is_reproducible():
     with pytest.raises(ConfigurationError, match="refuses a seed"):
-        GaussianNoise(secure=True, seed=3)
+        GaussianNoise(seed=3)
     with pytest.raises(ConfigurationError, match="refuses a seed"):
-        CentralDP(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, num_clients=3, secure=True, seed=1)
-    a = GaussianNoise(seed=5).sample(10, std=1.0)
-    b = GaussianNoise(seed=5).sample(10, std=1.0)
+        CentralDP(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, num_clients=3, seed=1)
+    a = GaussianNoise(reproducible_noise=True, seed=5).sample(10, std=1.0)
+    b = GaussianNoise(reproducible_noise=True, seed=5).sample(10, std=1.0)
     np.testing.assert_array_equal(a, b)
-    s1 = GaussianNoise(secure=True).sample(10, std=1.0, rng=np.random.default_rng(0))
-    s2 = GaussianNoise(secure=True).sample(10, std=1.0, rng=np.random.default_rng(0))
-    assert not np.array_equal(s1, s2)  # the simulation rng is not used in secure mode
+    s1 = GaussianNoise().sample(10, std=1.0, rng=np.random.default_rng(0))
+    s2 = GaussianNoise().sample(10, std=1.0, rng=np.random.default_rng(0))
+    assert not np.array_equal(s1, s2)  # the engine's rng is not used for secure noise
+    with pytest.warns(DeprecationWarning, match="secure= is deprecated"):
+        assert GaussianNoise(secure=False).reproducible  # the old spelling still works
 
 
-def test_dp_run_is_reproducible_from_the_seed():
+def test_dp_run_is_reproducible_from_the_seed_only_when_asked():
     data = pima_federation(seed=0)
     spec = ModelSpec("logreg", n_features=data.num_features)
 
     def run(seed):
-        dp = LocalDP(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, num_clients=3)
+        dp = LocalDP(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, reproducible_noise=True)
         return run_federated(data, strategy=dp, model=spec, rounds=2, seed=seed,
                              record_transcript=False).final_params
 
@@ -165,9 +168,13 @@ def test_cli_stops_at_budget_and_saves_partial_result(tmp_path, capsys):
     assert "target_epsilon=5.0" in capsys.readouterr().err
 
 
-def test_more_contributors_than_accounted_for_is_refused():
-    dp = CentralDP(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, num_clients=3,
-                   clients_per_round=2)
+def test_more_contributors_than_accounted_for_is_refused_when_amplifying():
+    from securefed.federated.types import FederationFacts
+
+    dp = CentralDP(FedAvg(), clip_norm=1.0, noise_multiplier=1.0)
+    dp.start_run(FederationFacts(num_clients=3, clients_per_round=2, sampling="poisson",
+                                 sample_secret=True, sample_published=False))
+    assert dp.amplified
     dp.before_round(0)
     with pytest.raises(ConfigurationError, match="clients_per_round=2"):
         dp.server_aggregate(_zero_result(4, contributors=(0, 1, 2)), rng=np.random.default_rng(0))

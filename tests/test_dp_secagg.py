@@ -18,7 +18,8 @@ torch.set_num_threads(1)
 
 
 def test_noisy_secure_aggregate_has_the_configured_variance():
-    dp = DistributedDP(FedAvg(), clip_norm=0.5, noise_multiplier=1.2, num_clients=4, seed=11)
+    dp = DistributedDP(FedAvg(), clip_norm=0.5, noise_multiplier=1.2, num_clients=4,
+                       reproducible_noise=True, seed=11)
     channel = secagg_channel_for(dp)
     assert isinstance(channel, SecAggChannel)
     dim = 6000
@@ -55,7 +56,8 @@ def test_distributed_dp_trains_under_secagg_and_reports_library_epsilon():
 
 def test_a_client_dropping_before_masked_input_is_accounted_for():
     z, dim = 1.0, 3000
-    dp = DistributedDP(FedAvg(), clip_norm=0.5, noise_multiplier=z, num_clients=4, seed=3)
+    dp = DistributedDP(FedAvg(), clip_norm=0.5, noise_multiplier=z, num_clients=4,
+                       reproducible_noise=True, seed=3)
     channel = secagg_channel_for(dp)
     uploads = [Upload(client_id=i, vector=np.zeros(dim), weight=1.0, payload={}) for i in range(4)]
     dp.before_round(0)

@@ -145,18 +145,34 @@ def test_secagg_aborts_cleanly_below_the_threshold(tmp_path, secagg) -> None:
 
 
 # ------------------------------------------------------------------ DP and compression
-@pytest.mark.parametrize("wrapper", ["central-dp", "local-dp"])
-def test_dp_wrappers_run_as_in_the_simulation(wrapper) -> None:
-    cfg = app_run_config({"num-rounds": 1, "seed": 1, "wrappers": wrapper, "dp-clip-norm": 1.0,
-                          "dp-noise-multiplier": 0.5, "dp-secure": False, **FAST})
+@pytest.mark.parametrize("mode", ["central", "local"])
+def test_dp_runs_as_in_the_simulation(mode) -> None:
+    cfg = app_run_config({"num-rounds": 1, "seed": 1, "dp": mode, "dp-clip-norm": 1.0,
+                          "dp-noise-multiplier": 0.5, "dp-reproducible-noise": True, **FAST})
     summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
     sim = simulate(cfg)
     np.testing.assert_array_equal(summary["final_params"], sim.final_params)
     assert summary["rounds"][-1]["epsilon"] == pytest.approx(sim.history[-1].extra["epsilon"])
-    # secure mode: noise from the OS, so the seed no longer determines (or reveals) it
-    secure = {**cfg, "dp-secure": True}
+    assert summary["privacy"]["client"]["warning"] == "not private: noise reproducible from the seed"
+    # the default: noise from the OS, so the seed no longer determines (or reveals) it
+    secure = {**cfg, "dp-reproducible-noise": False}
     other = run_server(InProcessGrid(client_app, NODES, secure), secure, log=quiet)
     assert np.max(np.abs(np.asarray(other["final_params"]) - sim.final_params)) > 1e-3
+    assert other["privacy"]["private"] is True
+    assert other["privacy"]["client"]["unit"] == "hospital"
+
+
+def test_old_dp_wrapper_names_still_work_with_a_warning() -> None:
+    with pytest.warns(DeprecationWarning, match="use dp = 'central'"):
+        strategy = build_strategy({"wrappers": "central-dp", "dp-clip-norm": 1.0,
+                                   "dp-noise-multiplier": 1.0})
+    assert strategy.mechanism == "central" and strategy.noise.secure
+    with pytest.raises(ConfigurationError, match="two DP mechanisms"), \
+            pytest.warns(DeprecationWarning):
+        build_strategy({"wrappers": "local-dp", "dp": "central", "dp-clip-norm": 1.0,
+                        "dp-noise-multiplier": 1.0})
+    with pytest.raises(ConfigurationError, match="not available in a deployment"):
+        build_strategy({"dp": "distributed", "dp-clip-norm": 1.0, "dp-noise-multiplier": 1.0})
 
 
 def test_compressed_updates_travel_as_in_the_simulation() -> None:

@@ -1,11 +1,12 @@
-"""Differential privacy for securefed: clipping, Gaussian noise (central, local and
-distributed under secure aggregation), example-level DP-SGD, and accounting with the
-``dp-accounting`` library.  See ``docs/dp.md``.
+"""Differential privacy for securefed: clipping and bounding what leaves a client, Gaussian
+noise (central, local and distributed under secure aggregation) from the OS CSPRNG,
+example-level DP-SGD, accounting with the ``dp-accounting`` library in a ledger that travels
+with the model, fully described epsilons, and a one-run empirical audit.  See ``docs/dp.md``.
 
-Floors, as elsewhere in securefed: pure functions (:func:`clip_l2`, the samplers,
-:func:`compute_epsilon`), small stateful objects (:class:`RoundAccountant`, the noise
-sources), and strategy wrappers that wire them into a run (:class:`CentralDP`,
-:class:`LocalDP`, :class:`DistributedDP`, :class:`DPSGD`).
+Floors, as elsewhere in securefed: pure functions (:func:`clip_l2`, :func:`bound_release`,
+the samplers, :func:`compute_epsilon`, :func:`epsilon_lower_bound`), small stateful objects
+(:class:`PrivacyLedger`, the noise sources), and strategy wrappers that wire them into a run
+(:class:`CentralDP`, :class:`LocalDP`, :class:`DistributedDP`, :class:`DPSGD`).
 """
 
 from securefed.dp.accounting import (
@@ -15,7 +16,14 @@ from securefed.dp.accounting import (
     max_rounds_within,
     sampled_gaussian_event,
 )
-from securefed.dp.clipping import clip_l2
+from securefed.dp.audit import (
+    OneRunAudit,
+    audit_for_run,
+    audit_one_run,
+    epsilon_lower_bound,
+    one_run_p_value,
+)
+from securefed.dp.clipping import bound_release, clip_l2
 from securefed.dp.distributed import (
     DiscreteGaussianNoise,
     DistributedDP,
@@ -24,8 +32,9 @@ from securefed.dp.distributed import (
     secure_discrete_gaussian,
 )
 from securefed.dp.dpsgd import DPSGD, per_example_gradients
+from securefed.dp.ledger import EpsilonStatement, PrivacyLedger, PrivacyReport, privacy_report
 from securefed.dp.mechanisms import CentralDP, ClientLevelDP, LocalDP, save_partial_result
-from securefed.dp.noise import GaussianNoise
+from securefed.dp.noise import NOT_PRIVATE, GaussianNoise
 from securefed.dp.registry import (
     DP_MECHANISMS,
     dp_mechanism_names,
@@ -36,10 +45,21 @@ from securefed.dp.registry import (
 
 __all__ = [
     "DP_MECHANISMS",
+    "NOT_PRIVATE",
     "dp_mechanism_names",
     "get_dp_mechanism",
     "register_dp_mechanism",
     "make_dp_strategy",
+    "EpsilonStatement",
+    "OneRunAudit",
+    "PrivacyLedger",
+    "PrivacyReport",
+    "audit_for_run",
+    "audit_one_run",
+    "bound_release",
+    "epsilon_lower_bound",
+    "one_run_p_value",
+    "privacy_report",
     "CentralDP",
     "ClientLevelDP",
     "DPSGD",

@@ -32,8 +32,19 @@ Accounting: per round, the distributed discrete Gaussian satisfies ``rho``-zCDP 
 + tau sqrt(d))`` (Kairouz et al. 2021, Theorem 1 / Proposition 14, with ``s^2`` the
 per-client variance and ``n`` the clients whose noise reached the sum); the round enters
 the library's RDP accountant as ``ZCDpEvent(rho)``, which composes and converts it.
-No amplification by client sampling is claimed (the library cannot subsample a zCDP
-event), which over-states epsilon when ``clients_per_round < num_clients``.
+No amplification by client sampling is claimed: the server runs the protocol with the
+sampled hospitals, so it knows the sample.
+
+Collusion.  The guarantee assumes no hospital hands its noise share to the server.  If ``k``
+of the ``n`` contributors do, the server subtracts their shares and the sum carries only
+``n - k`` shares: the same formula with ``n - k`` clients, ``rho_k = rho * n / (n - k)``
+when ``tau`` is negligible.  With three hospitals, the server and one hospital remove a
+third of the noise variance.  The ledger records the epsilon for every ``k`` so that the
+report can state it beside the collusion-free value.
+
+Floating point.  The noise is an integer drawn by an exact sampler and added to integers,
+so it is not exposed to the floating-point attacks of Mironov (2012) that concern real-valued
+samplers; the division by the fixed-point scale after aggregation is post-processing.
 """
 
 from __future__ import annotations
@@ -46,13 +57,14 @@ from typing import Any
 
 import dp_accounting
 import numpy as np
-from dp_accounting import NeighboringRelation
 from dp_accounting.dp_event import DpEvent
 
 from securefed.channel import ChannelResult
 from securefed.dp.accounting import calibrate_noise_multiplier
 from securefed.dp.clipping import check_clip_norm, check_noise_multiplier
+from securefed.dp.ledger import TRACK_HOSPITAL, TRACK_HOSPITAL_REPLACE, collusion_track
 from securefed.dp.mechanisms import ClientLevelDP
+from securefed.dp.noise import NOT_PRIVATE, resolve_noise_mode
 from securefed.errors import ConfigurationError, ProtocolAbort
 
 __all__ = [
@@ -210,9 +222,10 @@ class DiscreteGaussianNoise:
     with ``dropout_tolerance > 0`` each client adds a little more so that the target still
     holds when that fraction of clients drops out after adding nothing.
 
-    In secure mode the noise comes from the OS CSPRNG via an exact sampler and the ``rng``
-    argument is ignored; a ``seed`` is refused.  In simulation mode the noise comes from
-    ``seed`` (if given) or from the ``rng`` the channel passes.
+    By default the noise comes from the OS CSPRNG via an exact sampler and the ``rng``
+    argument is ignored; a ``seed`` is refused.  With ``reproducible_noise=True`` (not
+    private) it comes from ``seed`` (if given) or from the ``rng`` the channel passes, which
+    in the simulation is the server's generator: the server could recompute every share.
 
     A channel that accepts ``integer_noise`` should add this vector to the client's encoded
     integers *before* masking; only the sum (all masks cancelled) then carries the noise.
@@ -224,22 +237,25 @@ class DiscreteGaussianNoise:
         noise_multiplier: float,
         clip_norm: float,
         dropout_tolerance: float = 0.0,
-        secure: bool = False,
+        reproducible_noise: bool = False,
         seed: int | None = None,
+        secure: bool | None = None,
     ) -> None:
         self.noise_multiplier = check_noise_multiplier(noise_multiplier)
         self.clip_norm = check_clip_norm(clip_norm)
         if not 0.0 <= dropout_tolerance < 1.0:
             raise ConfigurationError(f"dropout_tolerance must be in [0, 1), got {dropout_tolerance!r}")
-        if secure and seed is not None:
-            raise ConfigurationError(
-                f"secure mode draws noise from the OS CSPRNG and refuses a seed; got seed={seed!r}, "
-                "expected seed=None (or secure=False for a reproducible simulation)")
+        self.reproducible = resolve_noise_mode(reproducible_noise=reproducible_noise, seed=seed,
+                                               secure=secure)
         self.dropout_tolerance = float(dropout_tolerance)
-        self.secure = bool(secure)
         self.seed = seed
-        self._rng = None if (secure or seed is None) else np.random.default_rng(seed)
+        self._rng = np.random.default_rng(seed) if (self.reproducible and seed is not None) else None
         self.calls: list[NoiseCall] = []
+
+    @property
+    def secure(self) -> bool:
+        """True when the shares come from the OS CSPRNG (the default)."""
+        return not self.reproducible
 
     def l2_sensitivity(self, dim: int, *, scale: float) -> float:
         """Bound on the L2 norm of an encoded clipped update: ``scale * C + sqrt(dim)``."""
@@ -270,12 +286,15 @@ class DiscreteGaussianNoise:
             return secure_discrete_gaussian(var, int(dim))
         gen = self._rng if self._rng is not None else rng
         if gen is None:
-            raise ConfigurationError("simulation noise needs a seed or an rng; got neither")
+            raise ConfigurationError("reproducible noise needs a seed or an rng; got neither")
         return sample_discrete_gaussian(var, int(dim), rng=gen)
 
     def describe(self) -> dict[str, Any]:
-        return {"noise": "discrete_gaussian", "secure": self.secure, "seed": self.seed,
-                "dropout_tolerance": self.dropout_tolerance}
+        out: dict[str, Any] = {"integer_noise": "discrete_gaussian", "secure": self.secure,
+                               "seed": self.seed, "dropout_tolerance": self.dropout_tolerance}
+        if self.reproducible:
+            out["warning"] = NOT_PRIVATE
+        return out
 
 
 # --------------------------------------------------------------------------------------
@@ -287,54 +306,66 @@ class DistributedDP(ClientLevelDP):
 
     Use it with a channel that accepts ``integer_noise``::
 
-        dp = DistributedDP(FedAvg(), clip_norm=1.0, noise_multiplier=1.0, num_clients=K)
-        channel = SecAggChannel(integer_noise=dp.integer_noise)
+        dp = DistributedDP(FedAvg(), clip_norm=1.0, noise_multiplier=1.0)
+        channel = secagg_channel_for(dp)            # securefed.secagg
         run_federated(data, strategy=dp, channel=channel, ...)
 
-    Clients clip and send uniformly weighted updates (as in :class:`CentralDP`); each adds
-    its noise share to its fixed-point integers; the server divides the noisy sum by the
+    Clients clip, bound what they send (as in :class:`~securefed.dp.CentralDP`) and add
+    their noise share to their fixed-point integers; the server divides the noisy sum by the
     expected number of clients.  Epsilon is accounted from what the channel actually did:
     how many clients' noise reached the sum, at which dimension and scale.  If the channel
     drew no noise in a round (for example a plain channel was used by mistake), the round
     is refused with :class:`~securefed.errors.ProtocolAbort` rather than reported as private.
+
+    Threat model: the server follows the secure-aggregation protocol and sees only masked
+    vectors and the noisy sum; no hospital shares its noise with the server.  The epsilon
+    that holds if ``k`` hospitals do is recorded too (``report().collusion``).
     """
 
     mechanism = "distributed"
+    bounds_release = True
 
     def __init__(self, inner, *, dropout_tolerance: float = 0.0, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]
         if kwargs.get("accountant", "rdp") != "rdp":
             raise ConfigurationError(
                 f"DistributedDP accounts with zCDP events, which only the 'rdp' accountant "
                 f"composes; got accountant={kwargs['accountant']!r}")
+        self._last_charges: dict[str, DpEvent] | None = None
         super().__init__(inner, **kwargs)
         self.integer_noise = DiscreteGaussianNoise(
             noise_multiplier=self.noise_multiplier, clip_norm=self.clip_norm,
-            dropout_tolerance=dropout_tolerance, secure=self.noise.secure, seed=self.noise.seed)
+            dropout_tolerance=dropout_tolerance, reproducible_noise=self.noise.reproducible,
+            seed=self.noise.seed)
         self._calls_seen = 0
-        self._last_rho: float | None = None
 
-    def neighboring_relation(self) -> NeighboringRelation:
-        return NeighboringRelation.ADD_OR_REMOVE_ONE
-
-    def round_event(self) -> DpEvent:
-        """The next round's event: the last round's zCDP cost, or the Gaussian value
-        ``rho = 1 / (2 z^2)`` before any round has run."""
-        rho = self._last_rho if self._last_rho is not None else 0.5 / self.noise_multiplier ** 2
-        return dp_accounting.ZCDpEvent(rho)
+    def round_charges(self) -> dict[str, DpEvent]:
+        """The next round's charges: the last round's, or before any round the Gaussian values
+        (``rho = 1 / (2 z^2)``, four times that for replace-one, ``n / (n - k)`` times that
+        with ``k`` colluders)."""
+        if self._last_charges is not None:
+            return dict(self._last_charges)
+        rho = 0.5 / self.noise_multiplier ** 2
+        out: dict[str, DpEvent] = {TRACK_HOSPITAL: dp_accounting.ZCDpEvent(rho),
+                                   TRACK_HOSPITAL_REPLACE: dp_accounting.ZCDpEvent(4.0 * rho)}
+        n = self.num_clients or 0
+        for k in range(1, n):
+            out[collusion_track(k)] = dp_accounting.ZCDpEvent(rho * n / (n - k))
+        return out
 
     def _calibrate(self, rounds: int) -> float:
         return calibrate_noise_multiplier(
             target_epsilon=self.target_epsilon, delta=self.delta, rounds=rounds,
             sampling_rate=1.0, accountant="rdp")
 
+    def start_run(self, facts) -> None:  # type: ignore[no-untyped-def]
+        self._last_charges = None
+        super().start_run(facts)
+
     def before_round(self, round_index: int) -> None:
-        if round_index == 0:
-            self._last_rho = None
         super().before_round(round_index)
         self._calls_seen = len(self.integer_noise.calls)
 
     def server_aggregate(self, result: ChannelResult, *, rng: np.random.Generator) -> np.ndarray:
-        self.check_participation(result)
         calls = self.integer_noise.calls[self._calls_seen:]
         self._calls_seen = len(self.integer_noise.calls)
         if not calls:
@@ -344,13 +375,23 @@ class DistributedDP(ClientLevelDP):
                 "securefed.secagg.SecAggChannel)")
         call = calls[0]
         survivors = max(1, len(result.contributors))
-        rho = distributed_discrete_gaussian_rho(
-            l2_sensitivity=self.integer_noise.l2_sensitivity(call.dim, scale=call.scale),
-            client_variance=min(c.client_variance for c in calls), num_clients=survivors,
-            dim=call.dim)
-        self._last_rho = rho
-        self.ledger.compose(dp_accounting.ZCDpEvent(rho))
-        fixed = dataclasses.replace(result, weight_sum=float(self.clients_per_round))
+        variance = min(c.client_variance for c in calls)
+        sens = self.integer_noise.l2_sensitivity(call.dim, scale=call.scale)
+
+        def rho(sensitivity: float, shares: int) -> float:
+            return distributed_discrete_gaussian_rho(
+                l2_sensitivity=sensitivity, client_variance=variance, num_clients=shares,
+                dim=call.dim)
+
+        charges: dict[str, DpEvent] = {
+            TRACK_HOSPITAL: dp_accounting.ZCDpEvent(rho(sens, survivors)),
+            TRACK_HOSPITAL_REPLACE: dp_accounting.ZCDpEvent(rho(2.0 * sens, survivors)),
+        }
+        for k in range(1, max(self.num_clients or 0, survivors)):
+            charges[collusion_track(k)] = dp_accounting.ZCDpEvent(rho(sens, max(1, survivors - k)))
+        self._last_charges = charges
+        self._charge_round(charges)
+        fixed = dataclasses.replace(result, weight_sum=float(self.clients_per_round or 1))
         return self.inner.server_aggregate(fixed, rng=rng)
 
     def describe(self) -> dict[str, Any]:
@@ -363,12 +404,13 @@ class DistributedDP(ClientLevelDP):
 
         The channel's overflow check covers ``clip_range`` only, so the range is widened to
         ``C * (1 + 2 * tail * z' / m)`` (``z'`` the noise multiplier after the dropout
-        allowance, ``m`` the clients per round): the sum of the noise shares, of standard
-        deviation ``z' (C + sqrt(d) / scale) <= 2 z' C`` in float units, then stays inside the
-        group except with probability about ``exp(-tail^2 / 2)`` per coordinate.
-        :func:`securefed.secagg.secagg_channel_for` builds the channel with it.
+        allowance, ``m`` the clients per round, 1 while the federation is not known yet):
+        the sum of the noise shares, of standard deviation ``z' (C + sqrt(d) / scale) <= 2 z' C``
+        in float units, then stays inside the group except with probability about
+        ``exp(-tail^2 / 2)`` per coordinate.  :func:`securefed.secagg.secagg_channel_for`
+        builds the channel with it.
         """
         if not tail > 0:
             raise ConfigurationError(f"tail must be > 0, got {tail!r}")
         z_eff = self.noise_multiplier / math.sqrt(1.0 - self.integer_noise.dropout_tolerance)
-        return self.clip_norm * (1.0 + 2.0 * tail * z_eff / self.clients_per_round)
+        return self.clip_norm * (1.0 + 2.0 * tail * z_eff / (self.clients_per_round or 1))

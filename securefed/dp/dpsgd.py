@@ -3,10 +3,20 @@
 DP-SGD (Abadi et al., "Deep Learning with Differential Privacy", CCS 2016, Algorithm 1):
 each step samples a batch by Poisson sampling with rate ``q = L / n`` (``L`` the expected
 batch size), clips every example's gradient to L2 norm ``C`` (``max_grad_norm``), adds
-``N(0, (z C)^2 I)`` to their sum and divides by ``L``.  Each hospital's own accountant
-(the library's, with ``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` per step) then gives
-an example-level epsilon: what one patient's record can change in everything that
-hospital ever uploaded.
+``N(0, (z C)^2 I)`` to their sum and divides by ``L``.  Each hospital's track of the privacy
+ledger (``PoissonSampledDpEvent(q, GaussianDpEvent(z))`` per step) then gives an
+example-level epsilon: what one patient's record can change in everything that hospital ever
+uploaded.
+
+Amplification by sampling is valid only for a batch that nobody else can reconstruct: by
+default both the batch masks and the noise come from the OS CSPRNG, never from the run seed
+(with ``reproducible_noise=True`` both come from the client's seeded stream and the run is
+marked not private).  Threat model: nobody beyond the hospital itself is trusted.
+
+With ``target_epsilon``, the example-level epsilon is a hard stop: before a round, every
+hospital's spending so far plus the round it is about to train is checked, and a hospital
+refuses to train (:class:`~securefed.errors.PrivacyBudgetExceeded`, saying how many rounds
+ran and what epsilon was spent) rather than exceed it.
 
 Why not Opacus's ``PrivacyEngine``.  Opacus 1.6 is installed and is the reference, but
 its front door wants a ``DataLoader`` and owns the training loop, draws its noise from
@@ -20,6 +30,7 @@ against Opacus's ``GradSampleModule`` on the same batch.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping
 from typing import Any
@@ -27,17 +38,18 @@ from typing import Any
 import dp_accounting
 import numpy as np
 import torch
-from dp_accounting import NeighboringRelation
+from dp_accounting.dp_event import DpEvent
 from torch import nn
 from torch.func import functional_call, grad, vmap
 
 from securefed.arrays import ClientArrays
-from securefed.dp.accounting import RoundAccountant
+from securefed.dp.accounting import ACCOUNTANTS
 from securefed.dp.clipping import check_clip_norm, check_delta, check_noise_multiplier
-from securefed.dp.noise import GaussianNoise
-from securefed.errors import ConfigurationError
+from securefed.dp.ledger import DPSGD_ACTIVE, PrivacyLedger, dpsgd_track
+from securefed.dp.noise import NOT_PRIVATE, GaussianNoise, secure_uniform01
+from securefed.errors import ConfigurationError, PrivacyBudgetExceeded
 from securefed.federated.strategy import Strategy, StrategyWrapper
-from securefed.federated.types import LocalConfig, LocalResult
+from securefed.federated.types import FederationFacts, LocalConfig, LocalResult
 from securefed.models import get_flat_params
 
 __all__ = ["DPSGD", "per_example_gradients", "clip_and_noise"]
@@ -85,10 +97,11 @@ class DPSGD(StrategyWrapper):
     The wrapped strategy still decides the optimiser (its ``make_optimizer`` applies the
     noisy gradient), the proximal term (whose gradient depends on no example, so it is
     added after the noise) and everything after local training.  Compose with a
-    client-level wrapper for both guarantees, e.g. ``CentralDP(DPSGD(FedAvg(), ...), ...)``.
+    client-level wrapper for both guarantees, e.g. ``CentralDP(DPSGD(FedAvg(), ...), ...)``;
+    both then write to the same privacy ledger.
 
     ``round_metrics`` reports ``example_epsilon``: the largest epsilon (at ``delta``) over
-    the hospitals' own accountants.
+    the hospitals' tracks.
     """
 
     def __init__(
@@ -98,24 +111,91 @@ class DPSGD(StrategyWrapper):
         max_grad_norm: float,
         noise_multiplier: float,
         delta: float = 1e-5,
+        target_epsilon: float | None = None,
         accountant: str = "rdp",
-        secure: bool = False,
+        reproducible_noise: bool = False,
         seed: int | None = None,
+        secure: bool | None = None,
     ) -> None:
         super().__init__(inner)
         self.max_grad_norm = check_clip_norm(max_grad_norm)
         self.noise_multiplier = check_noise_multiplier(noise_multiplier)
         self.example_delta = check_delta(delta)
+        if accountant not in ACCOUNTANTS:
+            raise ConfigurationError(f"unknown accountant {accountant!r}; valid: {list(ACCOUNTANTS)}")
+        if target_epsilon is not None and not (
+                isinstance(target_epsilon, (int, float)) and math.isfinite(target_epsilon)
+                and target_epsilon > 0):
+            raise ConfigurationError(f"target_epsilon must be a finite number > 0, got {target_epsilon!r}")
+        self.target_epsilon = None if target_epsilon is None else float(target_epsilon)
         self.accountant_name = accountant
-        RoundAccountant(accountant=accountant)  # validates the name now
-        self.noise = GaussianNoise(secure=secure, seed=seed)
-        self.ledgers: dict[int, RoundAccountant] = {}
+        self.noise = GaussianNoise(reproducible_noise=reproducible_noise, seed=seed, secure=secure)
+        self.ledger = PrivacyLedger(accountant=accountant, delta=self.example_delta)
+        self._last_event: dict[int, DpEvent] = {}
+        self._rounds_this_run = 0
+
+    @property
+    def reproducible(self) -> bool:
+        return self.noise.reproducible
+
+    # ------------------------------------------------------------------ run hooks
+    def start_run(self, facts: FederationFacts) -> None:
+        given = facts.privacy_ledger
+        if isinstance(given, PrivacyLedger):
+            self.ledger = given  # shared with a client-level wrapper around this one
+        elif given is not None:
+            self.ledger = PrivacyLedger.from_dict(given)
+        elif facts.continuing:
+            raise ConfigurationError(
+                "training continues from saved parameters but no privacy ledger was handed in")
+        else:
+            self.ledger = PrivacyLedger(accountant=self.accountant_name, delta=self.example_delta)
+        if self.ledger.delta is None:
+            self.ledger.set_delta(self.example_delta)
+        self._last_event = {}
+        self._rounds_this_run = 0
+        self.inner.start_run(dataclasses.replace(facts, privacy_ledger=self.ledger))
+
+    def end_round(self, round_index: int, *, completed: bool) -> None:
+        self.ledger.end_round(completed=completed)
+        if completed:
+            self._rounds_this_run += 1
+        self.inner.end_round(round_index, completed=completed)
+
+    def privacy_ledger(self) -> dict[str, Any]:
+        return self.ledger.to_dict()
+
+    def _epsilon_after(self, client_id: int, event: DpEvent | None) -> float:
+        extra = None
+        if event is not None:
+            extra = self.ledger.hypothetical({dpsgd_track(client_id): event,
+                                              DPSGD_ACTIVE: dp_accounting.NoOpDpEvent()},
+                                             mechanism="dp-sgd")
+        return self.ledger.epsilon(dpsgd_track(client_id), delta=self.example_delta, extra=extra)
+
+    def _refuse(self, who: str, round_text: str, spent: float, after: float) -> PrivacyBudgetExceeded:
+        return PrivacyBudgetExceeded(
+            f"privacy budget reached: {round_text} would raise the example-level epsilon of "
+            f"{who} (one patient's record, add/remove, delta={self.example_delta}, "
+            f"{self.accountant_name.upper()}) from {spent:.4g} to {after:.4g}, above "
+            f"target_epsilon={self.target_epsilon}; stopped after {self.ledger.num_rounds} "
+            f"rounds of this model ({self._rounds_this_run} in this run) with example-level "
+            f"epsilon {self.example_epsilon():.4g} spent")
 
     def before_round(self, round_index: int) -> None:
-        if round_index == 0:
-            self.ledgers = {}
+        """Refuse a round in which a hospital would exceed the example-level budget, judged
+        by the steps it took last time (a hospital seen for the first time is checked when
+        it trains)."""
+        if self.target_epsilon is not None:
+            for cid, event in sorted(self._last_event.items()):
+                after = self._epsilon_after(cid, event)
+                if after > self.target_epsilon:
+                    raise self._refuse(f"hospital {cid}", f"round {round_index}",
+                                       self._epsilon_after(cid, None), after)
+        self.ledger.begin_round()
         self.inner.before_round(round_index)
 
+    # ------------------------------------------------------------------ client side
     def local_train(  # type: ignore[override]
         self,
         model: nn.Module,
@@ -136,13 +216,25 @@ class DPSGD(StrategyWrapper):
         lot = n if config.batch_size is None else min(config.batch_size, n)
         q = lot / n
         steps_per_epoch = max(1, math.ceil(n / lot))
+        total_steps = config.local_epochs * steps_per_epoch
+        gauss = dp_accounting.GaussianDpEvent(self.noise_multiplier)
+        step_event = gauss if q >= 1.0 else dp_accounting.PoissonSampledDpEvent(q, gauss)
+        event = dp_accounting.SelfComposedDpEvent(step_event, total_steps)
+        if self.target_epsilon is not None:
+            after = self._epsilon_after(client.client_id, event)
+            if after > self.target_epsilon:
+                raise self._refuse(f"hospital {client.client_id} ({client.name})",
+                                   "this round", self._epsilon_after(client.client_id, None),
+                                   after)
         global_tensors = [p.detach().clone() for p in model.parameters()]
         losses: list[float] = []
         steps = 0
         model.train()
         for _ in range(config.local_epochs):
             for _ in range(steps_per_epoch):
-                mask = torch.as_tensor(rng.random(n) < q)
+                # Poisson batch: secret (OS CSPRNG) unless the noise is reproducible
+                u = rng.random(n) if self.reproducible else secure_uniform01(n)
+                mask = torch.as_tensor(u < q)
                 Xb, yb = X[mask], y[mask]
                 per_ex = (per_example_gradients(model, Xb, yb).numpy() if Xb.shape[0]
                           else np.zeros((0, sum(p.numel() for p in model.parameters()))))
@@ -164,15 +256,12 @@ class DPSGD(StrategyWrapper):
                         losses.append(float(nn.functional.binary_cross_entropy_with_logits(
                             model(Xb), yb)))
                 steps += 1
-        ledger = client_state.get("dpsgd_ledger")
-        if ledger is None or client.client_id not in self.ledgers:
-            ledger = RoundAccountant(accountant=self.accountant_name,
-                                     neighboring_relation=NeighboringRelation.ADD_OR_REMOVE_ONE)
-            client_state["dpsgd_ledger"] = ledger
-            self.ledgers[client.client_id] = ledger
-        gauss = dp_accounting.GaussianDpEvent(self.noise_multiplier)
-        step_event = gauss if q >= 1.0 else dp_accounting.PoissonSampledDpEvent(q, gauss)
-        ledger.compose(dp_accounting.SelfComposedDpEvent(step_event, steps))
+        self.ledger.charge(dpsgd_track(client.client_id), event, mechanism="dp-sgd",
+                           reproducible=self.reproducible)
+        if not self.ledger.has_charge(DPSGD_ACTIVE):
+            self.ledger.charge(DPSGD_ACTIVE, dp_accounting.NoOpDpEvent(), mechanism="dp-sgd",
+                               reproducible=self.reproducible)
+        self._last_event[client.client_id] = event
         update = get_flat_params(model) - np.asarray(global_params, dtype=np.float64)
         return LocalResult(
             update=update,
@@ -185,16 +274,20 @@ class DPSGD(StrategyWrapper):
 
     def example_epsilon(self) -> float:
         """Largest example-level epsilon over the hospitals that have trained so far."""
-        if not self.ledgers:
-            return 0.0
-        return max(led.epsilon(delta=self.example_delta) for led in self.ledgers.values())
+        hospitals = sorted({int(k.rsplit(":", 1)[1]) for r in self.ledger.entries()
+                            for k in r.charges if k.startswith(DPSGD_ACTIVE + ":")})
+        return max((self._epsilon_after(h, None) for h in hospitals), default=0.0)
 
     def round_metrics(self, round_index: int) -> Mapping[str, float]:
         return {**self.inner.round_metrics(round_index), "example_epsilon": self.example_epsilon(),
                 "example_delta": self.example_delta}
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), "dpsgd": {
+        d: dict[str, Any] = {
             "max_grad_norm": self.max_grad_norm, "noise_multiplier": self.noise_multiplier,
-            "delta": self.example_delta, "accountant": self.accountant_name,
-            **self.noise.describe()}}
+            "delta": self.example_delta, "target_epsilon": self.target_epsilon,
+            "accountant": self.accountant_name, "reproducible_noise": self.reproducible,
+            **self.noise.describe()}
+        if self.reproducible:
+            d["warning"] = NOT_PRIVATE
+        return {**super().describe(), "dpsgd": d}

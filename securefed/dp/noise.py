@@ -1,31 +1,47 @@
-"""Where DP noise comes from: a seeded simulation stream or the operating system's CSPRNG.
+"""Where DP noise comes from: the operating system's CSPRNG (default) or, on request, a stream
+reproducible from a seed.
 
-Two modes, after Opacus's ``secure_mode``:
+* **Secure** (default): noise is drawn from ``os.urandom`` (the OS CSPRNG).  Nobody who knows
+  the run's seed, which every result file records, can regenerate the noise and subtract it
+  again.  A seed is refused: a seeded stream is exactly what this mode exists to rule out.
+* **Reproducible** (``reproducible_noise=True``): noise is drawn from a ``numpy`` generator,
+  either one built from the ``seed`` given here or, without a seed, the stream the engine
+  hands to each phase (spawned from the run's root seed).  Runs repeat bit for bit, and for
+  the same reason **they are not private**: anyone holding the seed recomputes the noise.
+  Every epsilon such a run reports is marked ``"not private: noise reproducible from the
+  seed"`` (:data:`NOT_PRIVATE`).
 
-* **simulation** (default): noise is drawn from a ``numpy.random.Generator``, either one
-  built from the ``seed`` given here or, without a seed, the stream the engine hands to each
-  phase (itself spawned from the run's root seed).  Runs are reproducible bit for bit.
-* **secure**: noise is drawn from ``os.urandom`` (the OS CSPRNG), so nobody who knows the
-  simulation seed can subtract the noise again.  A seed is refused: a seeded stream is
-  exactly what secure mode exists to rule out.
-
-Gaussian samples in secure mode are produced by the Box-Muller transform (Box and Muller,
-1958) from 53-bit uniform doubles built from OS random bytes.  The transform is exact in
-real arithmetic; in floating point the low-order bits of a sample are not perfectly
-distributed (Mironov, CCS 2012, showed this can leak for the Laplace mechanism).  Where that
-matters, use the integer mechanism of :mod:`securefed.dp.distributed`, whose discrete
-Gaussian sampler works in exact integer/rational arithmetic.
+Floating point (Mironov, CCS 2012).  Real-valued secure noise (central and local DP, DP-SGD)
+is the Box-Muller transform (Box and Muller 1958) of 53-bit uniform doubles built from OS
+random bytes.  The transform is exact in real arithmetic; in IEEE doubles the set of values a
+noisy output can take depends on the value before noise, and Mironov showed for the Laplace
+mechanism that those low-order bits can reveal it.  These three modes are therefore *exposed*
+to floating-point attacks of that kind: their epsilon is the epsilon of the ideal Gaussian
+mechanism, not a proof about the doubles computed here.  Distributed DP is not exposed: its
+noise is an integer drawn by an exact sampler (:mod:`securefed.dp.distributed`) and added to
+integers.  ``docs/dp.md`` states this beside every mode.
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 
 import numpy as np
 
 from securefed.errors import ConfigurationError
 
-__all__ = ["GaussianNoise", "secure_uniform01", "secure_standard_normal"]
+__all__ = [
+    "GaussianNoise",
+    "NOT_PRIVATE",
+    "resolve_noise_mode",
+    "secure_uniform01",
+    "secure_standard_normal",
+    "secure_generator",
+]
+
+#: The mark every epsilon of a run with reproducible noise carries.
+NOT_PRIVATE = "not private: noise reproducible from the seed"
 
 
 def secure_uniform01(size: int) -> np.ndarray:
@@ -45,39 +61,82 @@ def secure_standard_normal(size: int) -> np.ndarray:
     return np.concatenate([radius * np.cos(angle), radius * np.sin(angle)])[:size]
 
 
+def secure_generator() -> np.random.Generator:
+    """A ``numpy`` generator seeded with 256 bits from ``os.urandom``: a stream nobody can
+    recompute, for randomness that must be secret but is drawn in bulk (Poisson batch masks,
+    the canaries of an audit)."""
+    return np.random.default_rng(np.random.SeedSequence(int.from_bytes(os.urandom(32), "big")))
+
+
+def resolve_noise_mode(
+    *, reproducible_noise: bool, seed: int | None, secure: bool | None = None
+) -> bool:
+    """Whether noise is reproducible, from the keyword arguments every DP class takes.
+
+    ``secure`` is the old name of the switch (``secure=False`` meant reproducible); it still
+    works with a :class:`DeprecationWarning`.  A seed without ``reproducible_noise=True`` is
+    refused: secure noise takes no seed.
+    """
+    if secure is not None:
+        warnings.warn(
+            "secure= is deprecated: noise is secure (OS CSPRNG) by default; pass "
+            "reproducible_noise=True for noise reproducible from the seed (not private)",
+            DeprecationWarning, stacklevel=3)
+        if not secure:
+            reproducible_noise = True
+        elif reproducible_noise:
+            raise ConfigurationError(
+                "secure=True and reproducible_noise=True contradict each other; pass only "
+                "reproducible_noise")
+    if seed is not None and not reproducible_noise:
+        raise ConfigurationError(
+            f"secure noise is drawn from the OS CSPRNG and refuses a seed; got seed={seed!r}, "
+            "expected seed=None (or reproducible_noise=True for noise reproducible from the "
+            "seed, which is not private)")
+    return bool(reproducible_noise)
+
+
 class GaussianNoise:
-    """Isotropic Gaussian noise ``N(0, std^2 I)`` from a seeded or a secure source.
+    """Isotropic Gaussian noise ``N(0, std^2 I)`` from the OS CSPRNG or a reproducible stream.
 
     Parameters
     ----------
-    secure:
-        Draw from the OS CSPRNG; ``seed`` must then be ``None``.
+    reproducible_noise:
+        Draw from a seeded ``numpy`` generator instead of the OS CSPRNG (not private).
     seed:
-        Simulation only: a private stream for this noise, independent of the engine's.
-        Without it, :meth:`sample` uses the ``rng`` it is given.
+        Reproducible mode only: a private stream for this noise, independent of the
+        engine's.  Without it, :meth:`sample` uses the ``rng`` it is given.
+    secure:
+        Deprecated spelling: ``secure=False`` is ``reproducible_noise=True``.
     """
 
-    def __init__(self, *, secure: bool = False, seed: int | None = None) -> None:
-        if secure and seed is not None:
-            raise ConfigurationError(
-                f"secure mode draws noise from the OS CSPRNG and refuses a seed; got seed={seed!r}, "
-                "expected seed=None (or secure=False for a reproducible simulation)"
-            )
-        self.secure = bool(secure)
+    def __init__(self, *, reproducible_noise: bool = False, seed: int | None = None,
+                 secure: bool | None = None) -> None:
+        self.reproducible = resolve_noise_mode(reproducible_noise=reproducible_noise, seed=seed,
+                                               secure=secure)
         self.seed = seed
-        self._rng = None if (secure or seed is None) else np.random.default_rng(seed)
+        self._rng = np.random.default_rng(seed) if (self.reproducible and seed is not None) else None
+
+    @property
+    def secure(self) -> bool:
+        """True when the noise comes from the OS CSPRNG."""
+        return not self.reproducible
 
     def sample(self, size: int, *, std: float, rng: np.random.Generator | None = None) -> np.ndarray:
-        """``size`` draws of ``N(0, std^2)`` as float64."""
+        """``size`` draws of ``N(0, std^2)`` as float64 (``rng`` is ignored in secure mode)."""
         if not std >= 0:
             raise ConfigurationError(f"noise std must be >= 0, got {std!r}")
-        if self.secure:
+        if not self.reproducible:
             return std * secure_standard_normal(size)
         gen = self._rng if self._rng is not None else rng
         if gen is None:
             raise ConfigurationError(
-                "simulation noise needs a seed or an rng (numpy Generator); got neither")
+                "reproducible noise needs a seed or an rng (numpy Generator); got neither")
         return gen.normal(0.0, std, size=int(size))
 
     def describe(self) -> dict[str, object]:
-        return {"secure": self.secure, "seed": self.seed}
+        out: dict[str, object] = {"noise": "reproducible" if self.reproducible else "csprng",
+                                  "secure": self.secure, "seed": self.seed}
+        if self.reproducible:
+            out["warning"] = NOT_PRIVATE
+        return out

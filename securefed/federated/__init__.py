@@ -33,6 +33,7 @@ _EXPORTS = {
     "proximal_term": "securefed.federated.strategy",
     "train_local": "securefed.federated.strategy",
     "weighted_mean": "securefed.federated.strategy",
+    "FederationFacts": "securefed.federated.types",
     "LocalConfig": "securefed.federated.types",
     "LocalResult": "securefed.federated.types",
     "RoundRecord": "securefed.federated.types",
@@ -78,6 +79,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; nothing is imported at 
         weighted_mean,
     )
     from securefed.federated.types import (
+        FederationFacts,
         LocalConfig,
         LocalResult,
         RoundRecord,

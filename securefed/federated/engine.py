@@ -4,13 +4,19 @@ byte counts, per-phase wall times and a transcript of what the server received.
 
 Randomness: one root seed; per-client and per-round streams come from
 ``numpy.random.SeedSequence`` so that the same seed gives the same run, bit for bit.
-Cryptographic channels draw their secrets from the OS CSPRNG, never from this seed.
+Cryptographic channels draw their secrets from the OS CSPRNG, never from this seed, and so
+does differential-privacy noise unless a strategy was built with ``reproducible_noise=True``.
+
+Privacy ledger.  A strategy with differential privacy keeps a ledger of what every round
+cost; it belongs to the model, so the result carries it (``RunResult.privacy_ledger``) and a
+run that continues from saved parameters must be given it back (``privacy_ledger=``).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,7 +28,7 @@ from securefed.errors import ConfigurationError, PrivacyBudgetExceeded
 from securefed.federated.metrics import roc_auc
 from securefed.federated.round import client_step, sample_clients, seed_streams
 from securefed.federated.strategy import Strategy
-from securefed.federated.types import RoundRecord, RoundTranscript, RunResult
+from securefed.federated.types import FederationFacts, RoundRecord, RoundTranscript, RunResult
 from securefed.models import ModelSpec, get_flat_params, set_flat_params
 
 __all__ = ["run_federated", "evaluate", "evaluate_per_hospital", "ProgressCallback"]
@@ -90,6 +96,7 @@ def run_federated(
     dropout_stage: str | None = None,
     record_transcript: bool = True,
     initial_params: np.ndarray | None = None,
+    privacy_ledger: Mapping[str, Any] | None = None,
     progress: bool | ProgressCallback = False,
 ) -> RunResult:
     """Simulate ``rounds`` rounds of federated training and return a :class:`RunResult`.
@@ -101,11 +108,18 @@ def run_federated(
     dropout_rate:
         Probability that a sampled client drops out during the round; ``dropout_stage``
         names the channel stage before which it drops (``None``: a random stage).
+    initial_params:
+        Parameters to continue training from (``None``: a fresh model from the seed).
+    privacy_ledger:
+        The privacy ledger saved with ``initial_params`` (``RunResult.privacy_ledger`` or the
+        ``"privacy_ledger"`` of a result JSON).  A strategy with differential privacy refuses
+        to continue from ``initial_params`` without it: the model's epsilon includes every
+        round that produced those parameters.
     progress:
         ``True`` shows a progress bar; a callable is called with each round's record.
 
-    If the strategy raises :class:`PrivacyBudgetExceeded` before a round, the run stops and
-    the exception carries the result so far in ``partial``.
+    If the strategy raises :class:`PrivacyBudgetExceeded`, before a round or during one, the
+    run stops and the exception carries the result of the completed rounds in ``partial``.
     """
     if rounds < 1:
         raise ConfigurationError(f"rounds must be >= 1, got {rounds}")
@@ -123,6 +137,22 @@ def run_federated(
             f"dropout_stage {dropout_stage!r} is not a stage of channel {channel.name!r}; "
             f"valid: {list(channel.stages)}"
         )
+    uses_dp = strategy.privacy_ledger() is not None
+    if initial_params is not None and uses_dp and privacy_ledger is None:
+        raise ConfigurationError(
+            "training continues from initial_params under differential privacy, but no "
+            "privacy_ledger was given; expected the ledger saved with those parameters "
+            "(RunResult.privacy_ledger, or the 'privacy_ledger' of the result JSON), since "
+            "their epsilon includes every round that produced them")
+    if privacy_ledger is not None and not uses_dp:
+        raise ConfigurationError(
+            "a privacy_ledger was given but the strategy adds no differential privacy; "
+            f"training on without DP would void that ledger's epsilon; got strategy "
+            f"{strategy.name!r} without a DP wrapper")
+    strategy.start_run(FederationFacts(
+        num_clients=len(data.clients), clients_per_round=clients_per_round, sampling="fixed",
+        sample_secret=False, sample_published=True, continuing=initial_params is not None,
+        privacy_ledger=privacy_ledger))
     streams = seed_streams(seed, len(data.clients))
     client_rngs = [streams.client_rng(i) for i in range(len(data.clients))]
     server_rng = streams.server_rng()
@@ -148,6 +178,7 @@ def run_federated(
             history=tuple(history),
             final_params=params.copy(),
             transcript=tuple(transcript) if record_transcript else None,
+            privacy_ledger=strategy.privacy_ledger(),
             settings={
                 "strategy": strategy.describe(),
                 "rounds": rounds,
@@ -173,20 +204,28 @@ def run_federated(
             losses: list[float] = []
             t_train = 0.0
             t_process = 0.0
-            for cid in selected:
-                step = client_step(strategy, net, data.clients[cid], params, config,
-                                   rng=client_rngs[cid], client_state=client_states[cid])
-                t_train += step.train_seconds
-                t_process += step.process_seconds
-                losses.append(step.local.train_loss)
-                uploads.append(step.upload)
-            t0 = time.perf_counter()
-            result = channel.aggregate(uploads, round_index=r, dim=dim, codec=strategy.codec,
-                                       dropouts=plan, rng=server_rng)
-            t1 = time.perf_counter()
-            mean_update = strategy.server_aggregate(result, rng=server_rng)
-            new_params = strategy.server_update(params, mean_update, round_index=r)
-            t2 = time.perf_counter()
+            try:
+                for cid in selected:
+                    step = client_step(strategy, net, data.clients[cid], params, config,
+                                       rng=client_rngs[cid], client_state=client_states[cid])
+                    t_train += step.train_seconds
+                    t_process += step.process_seconds
+                    losses.append(step.local.train_loss)
+                    uploads.append(step.upload)
+                t0 = time.perf_counter()
+                result = channel.aggregate(uploads, round_index=r, dim=dim, codec=strategy.codec,
+                                           dropouts=plan, rng=server_rng)
+                t1 = time.perf_counter()
+                mean_update = strategy.server_aggregate(result, rng=server_rng)
+                new_params = strategy.server_update(params, mean_update, round_index=r)
+                t2 = time.perf_counter()
+            except PrivacyBudgetExceeded as exc:  # a hospital refused to spend more
+                strategy.end_round(r, completed=False)
+                raise PrivacyBudgetExceeded(str(exc), partial=_result()) from exc
+            except BaseException:
+                strategy.end_round(r, completed=False)
+                raise
+            strategy.end_round(r, completed=True)
             if record_transcript:
                 transcript.append(RoundTranscript(
                     round_index=r, global_params=params.copy(), config=config,

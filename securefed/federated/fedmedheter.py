@@ -77,6 +77,13 @@ Notation: round :math:`t`, global parameters :math:`w_t`, client :math:`k` with
    weight between rounds does not rescale the debt.  The encoded fields are what the plain
    channel transmits and counts.
 
+   Under client-level differential privacy the quantised, error-corrected message can leave
+   the clipping ball (each entry is rounded to a level between the vector's minimum and
+   maximum, and the residual of earlier rounds is added).  The DP wrappers therefore bound
+   the encoded message after this step (``securefed.dp.clipping.bound_release``, using the
+   codecs' ``scale_fields``); the part the bound removes is dropped, not added to the
+   residual, so the residual stays what the codec alone left behind.
+
 5. **Server-side adaptive update** (``server_optimizer``; off: ``None``,
    :math:`w_{t+1} = w_t + \eta_s \Delta_t` with :math:`\Delta_t` the weighted mean update).
 

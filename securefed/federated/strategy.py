@@ -28,7 +28,7 @@ from securefed.arrays import ClientArrays
 from securefed.channel import ChannelResult
 from securefed.codec import Codec, Float32Codec
 from securefed.errors import ConfigurationError
-from securefed.federated.types import LocalConfig, LocalResult
+from securefed.federated.types import FederationFacts, LocalConfig, LocalResult
 from securefed.models import get_flat_params, set_flat_params
 
 __all__ = [
@@ -226,6 +226,18 @@ class Strategy:
         payload = self.codec.encode(vector, rng=rng)
         return self.codec.decode(payload, dim=vector.shape[0]), payload
 
+    # ----------------------------------------------------------------- run hooks
+    def start_run(self, facts: FederationFacts) -> None:
+        """Hook called once before round 0 with the facts of the federation (a DP wrapper
+        checks its declared number of clients against them and adopts the privacy ledger)."""
+
+    def end_round(self, round_index: int, *, completed: bool) -> None:
+        """Hook called after each round; ``completed=False`` when the round was abandoned."""
+
+    def privacy_ledger(self) -> Mapping[str, Any] | None:
+        """The privacy ledger of the model being trained (JSON-ready), ``None`` without DP."""
+        return None
+
     # ----------------------------------------------------------------- server side
     def before_round(self, round_index: int) -> None:
         """Hook called before a round starts (a DP wrapper checks its budget here)."""
@@ -326,6 +338,15 @@ class StrategyWrapper(Strategy):
 
     def before_round(self, round_index: int) -> None:
         self.inner.before_round(round_index)
+
+    def start_run(self, facts: FederationFacts) -> None:
+        self.inner.start_run(facts)
+
+    def end_round(self, round_index: int, *, completed: bool) -> None:
+        self.inner.end_round(round_index, completed=completed)
+
+    def privacy_ledger(self) -> Mapping[str, Any] | None:
+        return self.inner.privacy_ledger()
 
     def server_aggregate(self, result: ChannelResult, *, rng: np.random.Generator) -> np.ndarray:
         return self.inner.server_aggregate(result, rng=rng)

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from securefed.channel import ReceivedMessage
 
 __all__ = [
+    "FederationFacts",
     "LocalConfig",
     "LocalResult",
     "RoundTranscript",
@@ -66,13 +67,29 @@ class LocalResult:
     label_balance: float  # fraction of positive labels
     steps: int
 
+@dataclass(frozen=True)
+class FederationFacts:
+    """What a runner tells the strategy before round 0: the federation it really runs on, how
+    it samples clients, and whether training continues from saved parameters.
 
+    Privacy accounting depends on every field: the number of clients comes from the data, not
+    from a declaration; amplification by sampling is valid only for a Poisson sample drawn
+    from a secret CSPRNG and never published (``sampling="poisson"``, ``sample_secret``,
+    ``not sample_published``).  The in-process engine and the Flower ServerApp draw a
+    fixed-size sample from the seeded server generator and record it, so they state
+    ``sampling="fixed"``, ``sample_secret=False``, ``sample_published=True``.
 
+    ``privacy_ledger`` is the ledger saved with the parameters training continues from
+    (``RunResult.privacy_ledger``), ``None`` for a fresh model.
+    """
 
-
-
-
-
+    num_clients: int
+    clients_per_round: int | None = None
+    sampling: str = "fixed"
+    sample_secret: bool = False
+    sample_published: bool = True
+    continuing: bool = False
+    privacy_ledger: Any = None
 
 
 @dataclass(frozen=True)
@@ -120,6 +137,7 @@ class RunResult:
     final_params: np.ndarray
     transcript: tuple[RoundTranscript, ...] | None = None
     settings: Mapping[str, Any] = field(default_factory=dict)
+    privacy_ledger: Mapping[str, Any] | None = None  # saved with the model (securefed.dp.ledger)
 
     @property
     def final(self) -> RoundRecord:
@@ -155,4 +173,5 @@ class RunResult:
                 for r in self.history
             ],
             "final_params": [float(x) for x in self.final_params],
+            "privacy_ledger": None if self.privacy_ledger is None else dict(self.privacy_ledger),
         }

@@ -49,7 +49,7 @@ from securefed.channel import ChannelResult, DropoutPlan, PlainChannel, Upload
 from securefed.errors import ConfigurationError, ProtocolAbort
 from securefed.federated.engine import evaluate
 from securefed.federated.round import sample_clients, seed_streams
-from securefed.federated.types import LocalConfig
+from securefed.federated.types import FederationFacts, LocalConfig
 from securefed.flower.node import config_to_json
 from securefed.flower.settings import (
     DeploymentSettings,
@@ -193,6 +193,11 @@ class ServerRun:
         self.params = get_flat_params(self.net)
         self.test = _test_data(self.settings)
         self.clients_per_round = self.run_config.get("clients-per-round", 0) or None
+        # the federation is num-clients hospitals (connect() requires every id); the sample
+        # is drawn from the seeded generator and recorded, so no amplification by sampling
+        self.strategy.start_run(FederationFacts(
+            num_clients=self.settings.num_clients, clients_per_round=self.clients_per_round,
+            sampling="fixed", sample_secret=False, sample_published=True))
         self.nodes: dict[int, int] = {}  # client id -> node id
         self.total_rounds = self.settings.num_rounds
         self.offset = 0  # rounds completed before this run started (resumed from a checkpoint)
@@ -318,8 +323,17 @@ class ServerRun:
         r = plan.round_index + self.offset
         now = time.perf_counter()
         seconds, self._last_finish = now - self._last_finish, now
-        mean_update = self.strategy.server_aggregate(result, rng=self.rng)
-        self.params = self.strategy.server_update(self.params, mean_update, round_index=r)
+        try:
+            mean_update = self.strategy.server_aggregate(result, rng=self.rng)
+            self.params = self.strategy.server_update(self.params, mean_update, round_index=r)
+        except BaseException:
+            self.strategy.end_round(r, completed=False)
+            raise
+        self.strategy.end_round(r, completed=True)
+        ledger = self.strategy.privacy_ledger()
+        if ledger is not None:  # every epsilon, described (unit, relation, trust, warning)
+            self.summary["privacy_ledger"] = ledger
+            self.summary["privacy"] = ledger.get("report")
         record: dict[str, Any] = {
             "round": r, "selected": list(plan.selected), "contributors": list(result.contributors),
             "failures": {str(k): v for k, v in sorted(plan.failures.items())},

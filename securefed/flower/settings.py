@@ -18,6 +18,7 @@ draws for that client.  Cryptographic secrets never come from these seeds.
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,8 @@ from securefed.registry import accepted_parameters
 
 __all__ = [
     "DeploymentSettings",
+    "DP_MODES",
+    "dp_mode",
     "app_run_config",
     "parse_codec",
     "build_strategy",
@@ -89,44 +92,85 @@ def _strategy_values(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-def _dp_wrapper(kind: str) -> Callable[[Strategy, Mapping[str, Any]], Strategy]:
-    """``central-dp`` / ``local-dp`` from the run config's ``dp-*`` keys.
+#: DP mechanisms a deployment can use, by their run-config name (``dp = "central"``).
+#: Distributed DP needs integer noise inside the secure-aggregation stages, which the
+#: deployment does not carry yet.
+DP_MODES = ("central", "local")
+_OLD_WRAPPER_NAMES = {"central-dp": "central", "local-dp": "local"}
 
-    ``dp-secure`` (default true) draws the noise from the OS CSPRNG: in a deployment the
-    seed is public, so seeded noise could be subtracted again.  Set it to false only to
-    compare a deployment with a simulation.
+
+def _dp_wrapper(kind: str) -> Callable[[Strategy, Mapping[str, Any]], Strategy]:
+    """A DP wrapper (``central`` or ``local``) from the run config's ``dp-*`` keys.
+
+    Noise comes from the OS CSPRNG unless ``dp-reproducible-noise = true``: in a deployment
+    the seed is written in the run config, so seeded noise could be recomputed and
+    subtracted; the reproducible mode exists only to compare a deployment with a simulation
+    bit for bit, and the run's summary then says it is not private.  The old key
+    ``dp-secure`` is still read (``false`` = reproducible), with a warning.
     """
 
     def wrap(strategy: Strategy, cfg: Mapping[str, Any]) -> Strategy:
         from securefed import dp
 
-        cls = {"central-dp": dp.CentralDP, "local-dp": dp.LocalDP}[kind]
+        cls = {"central": dp.CentralDP, "local": dp.LocalDP}[kind]
         clip = cfg.get("dp-clip-norm", "")
         if clip == "":
-            raise ConfigurationError(f"{kind} needs dp-clip-norm (the L2 bound C), got none")
+            raise ConfigurationError(f"dp = {kind!r} needs dp-clip-norm (the L2 bound C), got none")
         z = _none_if(cfg.get("dp-noise-multiplier", ""))
         eps = _none_if(cfg.get("dp-target-epsilon", ""))
         cpr = cfg.get("clients-per-round", 0) or None
+        reproducible = bool(cfg.get("dp-reproducible-noise", False))
+        if "dp-secure" in cfg and cfg["dp-secure"] != "":
+            warnings.warn("run-config key dp-secure is deprecated: noise is secure by default; "
+                          "set dp-reproducible-noise = true for reproducible (not private) noise",
+                          DeprecationWarning, stacklevel=3)
+            reproducible = reproducible or not bool(cfg["dp-secure"])
         return cls(strategy, clip_norm=float(clip),
                    noise_multiplier=None if z is None else float(z),
                    target_epsilon=None if eps is None else float(eps),
                    delta=float(cfg.get("dp-delta", 1e-5) or 1e-5),
                    num_clients=int(cfg.get("num-clients", 3)), clients_per_round=cpr,
-                   rounds=int(cfg.get("num-rounds", 1)),
-                   secure=bool(cfg.get("dp-secure", True)))
+                   rounds=int(cfg.get("num-rounds", 1)), reproducible_noise=reproducible)
 
     return wrap
 
 
-WRAPPERS["central-dp"] = _dp_wrapper("central-dp")
-WRAPPERS["local-dp"] = _dp_wrapper("local-dp")
+DP_WRAPPERS = {name: _dp_wrapper(name) for name in DP_MODES}
+
+
+def dp_mode(run_config: Mapping[str, Any]) -> str | None:
+    """The DP mechanism a run config asks for (``dp = "central" | "local"``), or ``None``.
+
+    The old spelling ``wrappers = "central-dp"`` / ``"local-dp"`` still works, with a
+    :class:`DeprecationWarning`; asking for two different mechanisms is an error.
+    """
+    mode = str(run_config.get("dp", "") or "").strip().lower()
+    if mode in ("", "none"):
+        mode = ""
+    elif mode not in DP_MODES:
+        hint = ("distributed DP is not available in a deployment yet (the secure-aggregation "
+                "stages carry no integer noise); use it in the simulation"
+                if mode == "distributed" else "")
+        raise ConfigurationError(f"dp must be one of {['none', *DP_MODES]}, got {mode!r}"
+                                 + (f"; {hint}" if hint else ""))
+    old = [w.strip() for w in str(run_config.get("wrappers", "")).split(",")
+           if w.strip() in _OLD_WRAPPER_NAMES]
+    for w in old:
+        warnings.warn(f"wrappers = {w!r} is deprecated; use dp = {_OLD_WRAPPER_NAMES[w]!r}",
+                      DeprecationWarning, stacklevel=3)
+        if mode and mode != _OLD_WRAPPER_NAMES[w]:
+            raise ConfigurationError(
+                f"dp = {mode!r} and wrappers = {w!r} ask for two DP mechanisms; keep one")
+        mode = _OLD_WRAPPER_NAMES[w]
+    return mode or None
 
 
 def build_strategy(run_config: Mapping[str, Any]) -> Strategy:
     """The strategy named by ``run_config["strategy"]``, with its hyper-parameters.
 
     ``batch-size = 0`` means full batch (``None``).  Wrappers listed in
-    ``run_config["wrappers"]`` (comma separated, applied in order) are added around it.
+    ``run_config["wrappers"]`` (comma separated, applied in order) are added around it, then
+    the DP mechanism named by ``run_config["dp"]`` (:func:`dp_mode`).
     """
     name = str(run_config.get("strategy", "fedavg")).lower()
     factory = STRATEGIES.get(name)
@@ -146,9 +190,15 @@ def build_strategy(run_config: Mapping[str, Any]) -> Strategy:
         kwargs["batch_size"] = None
     strategy = factory(**_strategy_values(kwargs))
     for wrapper in [w.strip() for w in str(run_config.get("wrappers", "")).split(",") if w.strip()]:
+        if wrapper in _OLD_WRAPPER_NAMES:
+            continue  # the old spelling of dp; read by dp_mode below
         if wrapper not in WRAPPERS:
-            raise ConfigurationError(f"unknown strategy wrapper {wrapper!r}; valid: {sorted(WRAPPERS)}")
+            raise ConfigurationError(f"unknown strategy wrapper {wrapper!r}; valid: "
+                                     f"{sorted(WRAPPERS)} (DP: the dp key)")
         strategy = WRAPPERS[wrapper](strategy, run_config)
+    mode = dp_mode(run_config)
+    if mode is not None:
+        strategy = DP_WRAPPERS[mode](strategy, run_config)
     return strategy
 
 
