@@ -63,8 +63,8 @@ def _central_dp(**extra):
     # FedMedHeter with a server optimiser (server state) under central DP (a ledger); the
     # reproducible noise mode draws the noise from the server generator, so two runs compare
     return app_run_config({"strategy": "fedmedheter", "server-optimizer": "adam",
-                           "num-rounds": 4, "seed": 3, "wrappers": "central-dp",
-                           "dp-clip-norm": 1.0, "dp-noise-multiplier": 1.1, "dp-secure": False,
+                           "num-rounds": 4, "seed": 3, "dp": "central",
+                           "dp-clip-norm": 1.0, "dp-noise-multiplier": 1.1, "dp-reproducible-noise": True,
                            **FAST, **extra})
 
 

@@ -12,7 +12,9 @@ After every completed round the ServerApp writes one checkpoint file holding:
 * the strategy's server-side state: every plain attribute (numbers, strings, arrays,
   JSON-able lists) of the strategy and of each wrapper around it, e.g. FedMedHeter's server
   optimiser moments;
-* the DP ledger (the rounds the DP wrapper has accounted), when the strategy has one;
+* the DP ledger (``Strategy.privacy_ledger()``: every round's charges), when the strategy
+  has one; the continued run hands it back to the strategy (``FederationFacts.privacy_ledger``)
+  so that epsilon continues from it;
 * the run summary so far (per-round records, contributors, epsilon per round);
 * a digest of the run settings that decide the computation, so that a checkpoint is never
   continued under other settings.
@@ -130,45 +132,6 @@ def restore_strategy_state(strategy: Any, state: list[Mapping[str, Any]]) -> Non
             if isinstance(vars(obj)[name], tuple) and isinstance(decoded, list):
                 decoded = tuple(decoded)
             setattr(obj, name, decoded)
-
-
-def _ledger_owner(strategy: Any) -> Any:
-    for obj in strategy_chain(strategy):
-        if "ledger" in vars(obj):
-            return obj
-    return None
-
-
-def export_ledger(strategy: Any) -> dict[str, Any] | None:
-    """The DP ledger of the strategy chain, in a form :func:`restore_ledger` reads back."""
-    owner = _ledger_owner(strategy)
-    if owner is None:
-        return None
-    ledger = owner.ledger
-    if hasattr(ledger, "to_dict"):
-        return {"kind": "dict", "data": ledger.to_dict()}
-    # A ledger that composes one identical event per round: the count restores it.
-    return {"kind": "rounds", "rounds": int(len(ledger.events))}
-
-
-def restore_ledger(strategy: Any, saved: Mapping[str, Any] | None) -> None:
-    owner = _ledger_owner(strategy)
-    if saved is None:
-        if owner is not None:
-            raise ConfigurationError("the checkpoint holds no DP ledger but this run's strategy "
-                                     "accounts privacy; expected the ledger saved with the model")
-        return
-    if owner is None:
-        raise ConfigurationError("the checkpoint holds a DP ledger but this run's strategy has no "
-                                 "DP wrapper; expected the same wrappers")
-    if saved["kind"] == "dict":
-        owner.ledger = type(owner.ledger).from_dict(saved["data"])
-        return
-    ledger = owner.ledger
-    if ledger.events:
-        raise ConfigurationError("the DP ledger to restore into is not empty")
-    for _ in range(int(saved["rounds"])):
-        ledger.compose(owner.round_event())
 
 
 @dataclass

@@ -193,11 +193,7 @@ class ServerRun:
         self.params = get_flat_params(self.net)
         self.test = _test_data(self.settings)
         self.clients_per_round = self.run_config.get("clients-per-round", 0) or None
-        # the federation is num-clients hospitals (connect() requires every id); the sample
-        # is drawn from the seeded generator and recorded, so no amplification by sampling
-        self.strategy.start_run(FederationFacts(
-            num_clients=self.settings.num_clients, clients_per_round=self.clients_per_round,
-            sampling="fixed", sample_secret=False, sample_published=True))
+        self.strategy.start_run(self._facts())
         self.nodes: dict[int, int] = {}  # client id -> node id
         self.total_rounds = self.settings.num_rounds
         self.offset = 0  # rounds completed before this run started (resumed from a checkpoint)
@@ -210,21 +206,24 @@ class ServerRun:
             "final_params": [float(x) for x in self.params],
         }
 
+    def _facts(self, *, ledger: Any = None) -> FederationFacts:
+        # the federation is num-clients hospitals (connect() requires every id); the sample
+        # is drawn from the seeded generator and recorded, so no amplification by sampling
+        return FederationFacts(
+            num_clients=self.settings.num_clients, clients_per_round=self.clients_per_round,
+            sampling="fixed", sample_secret=False, sample_published=True,
+            continuing=ledger is not None, privacy_ledger=ledger)
+
     # -------------------------------------------------------------- checkpoints
     def checkpoint(self) -> Any:
-        from securefed.flower.checkpoint import (
-            Checkpoint,
-            config_digest,
-            export_ledger,
-            export_strategy_state,
-        )
+        from securefed.flower.checkpoint import Checkpoint, config_digest, export_strategy_state
 
         return Checkpoint(
             completed=int(self.summary["rounds"][-1]["round"]) + 1 if self.summary["rounds"] else 0,
             params=np.asarray(self.params, dtype=np.float64).copy(),
             server_rng=generator_to_json(self.rng),
             strategy_state=export_strategy_state(self.strategy),
-            ledger=export_ledger(self.strategy), summary=dict(self.summary),
+            ledger=self.strategy.privacy_ledger(), summary=dict(self.summary),
             digest=config_digest(self.run_config))
 
     def resume_from(self, path: str) -> None:
@@ -232,7 +231,6 @@ class ServerRun:
         from securefed.flower.checkpoint import (
             config_digest,
             load_checkpoint,
-            restore_ledger,
             restore_strategy_state,
         )
 
@@ -245,7 +243,11 @@ class ServerRun:
             raise ConfigurationError(f"checkpoint {path} holds {saved.params.shape[0]} parameters, "
                                      f"the model has {np.asarray(self.params).shape[0]}")
         restore_strategy_state(self.strategy, saved.strategy_state)
-        restore_ledger(self.strategy, saved.ledger)
+        if (saved.ledger is None) != (self.strategy.privacy_ledger() is None):
+            raise ConfigurationError(f"checkpoint {path} and this run disagree on DP (one has a "
+                                     "privacy ledger, the other not); expected the same wrappers")
+        if saved.ledger is not None:  # the model's ledger continues: epsilon never restarts
+            self.strategy.start_run(self._facts(ledger=saved.ledger))
         self.rng = generator_from_json(saved.server_rng)
         self.params = saved.params
         self.summary = dict(saved.summary)
