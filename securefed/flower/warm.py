@@ -186,8 +186,12 @@ class ForkExecutor:
         self.reconcile()
 
 
-def run_executor(argv: Sequence[str]) -> None:
-    """``flower-superexec`` with :class:`ForkExecutor`; ``argv`` as for flower-superexec."""
+def run_executor(argv: Sequence[str], *, ready_file: str | None = None) -> None:
+    """``flower-superexec`` with :class:`ForkExecutor`; ``argv`` as for flower-superexec.
+
+    ``ready_file`` is created once the modules are loaded (the supervisor starts the
+    SuperNode only then, so a node that is online answers at once).
+    """
     missing = _preload(PRELOAD)
     if missing:
         print("securefed: warm executor could not preload " + "; ".join(missing), flush=True)
@@ -205,6 +209,12 @@ def run_executor(argv: Sequence[str]) -> None:
 
     executor = ForkExecutor()
     loop.get_executor = lambda *_a, **_k: executor  # the one change to Flower's loop
+    if ready_file:
+        with open(ready_file, "w", encoding="ascii") as fh:
+            fh.write(str(os.getpid()))
+        # Enter Flower's loop only once the SuperNode's Runtime API accepts connections:
+        # a refused first call would start Flower's exponential back-off (up to seconds).
+        _wait_for_port(_runtime_address(argv, flag="--runtime-api-address"))
     sys.argv = ["flower-superexec", *argv]
     flower_superexec()
 
@@ -245,16 +255,33 @@ def run_supernode(argv: Sequence[str], *, poll_interval: float = 0.25,
     flower_supernode()
 
 
-def _runtime_address(argv: Sequence[str]) -> str:
-    """The SuperNode's Runtime API address from its arguments (``--host``/``--port``)."""
+def _runtime_address(argv: Sequence[str], *, flag: str | None = None) -> str:
+    """The SuperNode's Runtime API address from its arguments (``--host``/``--port``, or
+    the value of ``flag``)."""
     host, port = "127.0.0.1", "9094"
     args = list(argv)
     for i, arg in enumerate(args[:-1]):
+        if flag is not None and arg == flag:
+            return args[i + 1]
         if arg == "--host":
             host = args[i + 1]
         elif arg == "--port":
             port = args[i + 1]
     return f"{host}:{port}"
+
+
+def _wait_for_port(address: str) -> None:
+    """Block until ``address`` accepts a TCP connection (or the parent process is gone)."""
+    import socket
+
+    host, _, port = address.rpartition(":")
+    parent = os.getppid()
+    while os.getppid() == parent:
+        try:
+            with socket.create_connection((host.strip("[]"), int(port)), timeout=1.0):
+                return
+        except OSError:
+            time.sleep(0.1)
 
 
 def run_node(argv: Sequence[str], *, poll_interval: float = 0.25,
@@ -287,12 +314,25 @@ def run_node(argv: Sequence[str], *, poll_interval: float = 0.25,
         return subprocess.Popen([*me, "supernode", "--poll-interval", str(poll_interval),  # noqa: S603
                                  "--", *node_args])
 
-    procs["supernode"] = start_node()
-    procs["executor"] = subprocess.Popen([*me, "executor", "--runtime-api-address", runtime,  # noqa: S603
-                                          "--insecure", "--parent-pid", str(os.getpid())])
+    import tempfile
+
+    ready = os.path.join(tempfile.mkdtemp(prefix="securefed-node-"), "executor-ready")
+    procs["executor"] = subprocess.Popen([*me, "executor", "--ready-file", ready,  # noqa: S603
+                                          "--runtime-api-address", runtime, "--insecure",
+                                          "--parent-pid", str(os.getpid())])
     first_refusal: float | None = None
     code = 0
     try:
+        # The node goes online only once its ClientApps can start at once.
+        deadline = time.monotonic() + 300.0
+        while not stopping and not os.path.exists(ready):
+            if procs["executor"].poll() is not None or time.monotonic() > deadline:
+                print("securefed: the warm executor did not start", flush=True)
+                return procs["executor"].poll() or 1
+            time.sleep(0.1)
+        os.remove(ready)
+        os.rmdir(os.path.dirname(ready))
+        procs["supernode"] = start_node()
         while not stopping:
             time.sleep(0.2)
             node_rc = procs["supernode"].poll()
@@ -338,7 +378,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     if command == "executor":
-        run_executor(rest)
+        ready = None
+        if "--ready-file" in rest:
+            i = rest.index("--ready-file")
+            ready = rest[i + 1]
+            rest = rest[:i] + rest[i + 2:]
+        run_executor(rest, ready_file=ready)
         return 0
     parser = argparse.ArgumentParser(prog=f"python -m securefed.flower.warm {command}")
     parser.add_argument("--poll-interval", type=float, default=0.25,
