@@ -228,7 +228,7 @@ class LocalCluster:
         warm: bool = True,
         database: bool = True,
         pythonpath: Sequence[str] | None = None,
-        startup_timeout: float = 90.0,
+        startup_timeout: float = 300.0,
         stop_timeout: float = 10.0,
     ) -> None:
         if not node_configs:
