@@ -328,3 +328,39 @@ def test_deploy_node_command_line(tmp_path) -> None:
     config = flower[flower.index("--node-config") + 1]
     assert "client-id=0" in config and json.dumps(str(tmp_path / "r.csv")) in config
     assert Path(cmd[1]).name.startswith("python") or cmd[1] == "-m"
+
+
+# ------------------------------------------------------------------ DP under secure aggregation
+@pytest.mark.parametrize("mode", [
+    pytest.param("central", marks=pytest.mark.xfail(strict=True, reason=(
+        "the simulation's SecAggChannel rounds to the fixed-point grid with the server's "
+        "generator, from which central DP then draws its noise; deployed nodes round with "
+        "their own OS generator, so the two noises differ (issue 15, item 4): waits for the "
+        "secure-aggregation rework"))),
+    "local",
+])
+def test_secure_deployment_agrees_with_the_simulation_under_dp(mode) -> None:
+    """Secure aggregation with central or local DP, noise in the reproducible mode: the
+    deployed run and the simulation agree to 1e-4 (they differ only by the nodes' stochastic
+    rounding to the fixed-point grid) and report the same epsilon per round."""
+    from securefed.data import pima_federation
+    from securefed.federated import run_federated
+    from securefed.flower.secagg_stages import build_secagg_channel
+    from securefed.flower.settings import build_model, build_strategy
+
+    cfg = app_run_config({"channel": "secagg", "dp": mode, "dp-clip-norm": 1.0,
+                          "dp-noise-multiplier": 0.8, "dp-reproducible-noise": True,
+                          "num-rounds": 3, "seed": 4, **FAST})
+    summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+    sim = run_federated(pima_federation(seed=0, n_hospitals=3), strategy=build_strategy(cfg),
+                        model=build_model(cfg), rounds=3, seed=4,
+                        channel=build_secagg_channel(cfg))
+    gap = np.max(np.abs(np.asarray(summary["final_params"]) - sim.final_params))
+    assert gap <= 1e-4
+    assert [r["epsilon"] for r in summary["rounds"]] == pytest.approx(
+        [h.extra["epsilon"] for h in sim.history], rel=1e-12)
+    # and the noise is really there: without it the model is elsewhere
+    plain = run_federated(pima_federation(seed=0, n_hospitals=3),
+                          strategy=build_strategy({**cfg, "dp": "none"}), model=build_model(cfg),
+                          rounds=3, seed=4, channel=build_secagg_channel(cfg))
+    assert np.max(np.abs(plain.final_params - sim.final_params)) > 1000 * max(gap, 1e-7)
