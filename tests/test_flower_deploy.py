@@ -282,6 +282,7 @@ def _killer(cluster: LocalCluster, plan: dict[int, str], *, restart: bool = Fals
     return on_poll, done
 
 
+@full_only
 def test_a_restarted_supernode_rejoins_at_the_next_round(cluster, tmp_path) -> None:
     """Node 2 crashes when round 0's model reaches it and is started again at once.  Round 0
     ends without it after the straggler timeout (25 s: longer than the two heartbeat
@@ -301,6 +302,7 @@ def test_a_restarted_supernode_rejoins_at_the_next_round(cluster, tmp_path) -> N
         "to report a heartbeat within 2 × its expected interval.")
 
 
+@full_only
 def test_a_killed_superlink_resumes_from_the_last_completed_round(cluster, tmp_path) -> None:
     """The SuperLink (and the ServerApp under it) is killed once round 0 is checkpointed and
     started again on its database; the run is submitted again with resume = true and ends
