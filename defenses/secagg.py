@@ -2,7 +2,10 @@
 
 ``secagg``: Bonawitz et al. (CCS 2017) double masking; the server learns only the sum of
 the surviving hospitals' (weighted, fixed-point) updates.  With ``secagg_plus = true`` the
-masks follow a random Harary graph (Bell et al., CCS 2020).
+masks follow a random Harary graph (Bell et al., CCS 2020).  The default mode is secure
+against a server that deviates from the protocol (``mode = "malicious"``: identity keys,
+consistency round, client-side checks); ``mode = "honest-but-curious"`` is the faster
+option.  No round releases the sum of fewer than ``min_clients`` hospitals (default 3).
 """
 
 from __future__ import annotations
@@ -12,9 +15,9 @@ from securefed.secagg import SecAggChannel
 
 __all__: list[str] = []
 
-_SERVER_SECAGG = ("public keys, encrypted key shares, each hospital's masked vector (uniformly "
-                  "random on its own) and, at the end of each round, the sum of the survivors' "
-                  "updates")
+_SERVER_SECAGG = ("public keys and signatures, encrypted key shares, each hospital's masked "
+                  "vector (uniformly random on its own) and, at the end of each round, the sum "
+                  "of the survivors' updates (at least min_clients of them)")
 
 
 def secagg_views(server: str = _SERVER_SECAGG) -> tuple[PartyView, ...]:
@@ -28,16 +31,17 @@ def secagg_views(server: str = _SERVER_SECAGG) -> tuple[PartyView, ...]:
 
 
 def _secagg(*, clip_range: float = 100.0, bits: int = 32, threshold: int | None = None,
-            secagg_plus: bool = False) -> Defense:
+            secagg_plus: bool = False, mode: str = "malicious", min_clients: int = 3) -> Defense:
     params = {"clip_range": clip_range, "bits": bits, "threshold": threshold,
-              "secagg_plus": secagg_plus}
+              "secagg_plus": secagg_plus, "mode": mode, "min_clients": min_clients}
     return Defense(
         name="secagg",
         summary="Pairwise-masking secure aggregation (Bonawitz et al. 2017): the server sees "
                 "only masked vectors and the sum.",
         channel_factory=lambda strategy: SecAggChannel(clip_range=clip_range, bits=bits,
                                                        threshold=threshold,
-                                                       secagg_plus=secagg_plus),
+                                                       secagg_plus=secagg_plus, mode=mode,
+                                                       min_clients=min_clients),
         views=secagg_views(),
         params=params,
     )

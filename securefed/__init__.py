@@ -30,6 +30,10 @@ _EXPORTS = {
     "FedMedHeter": "securefed.federated.fedmedheter",
     "RunResult": "securefed.federated.types",
     "run_federated": "securefed.federated.engine",
+    "run_centralized": "securefed.federated.centralized",
+    "run_algorithm": "securefed.federated.train",
+    "algorithm_names": "securefed.federated.train",
+    "load_federation": "securefed.data.federation",
     "ModelSpec": "securefed.models",
     "SecAggChannel": "securefed.secagg.channel",
     "CKKSChannel": "securefed.he.channel",
@@ -52,12 +56,15 @@ __getattr__, __dir__ = lazy(__name__, _EXPORTS)
 
 if TYPE_CHECKING:  # what a type checker and an IDE see; nothing is imported at run time
     from securefed.channel import AggregationChannel, PlainChannel
+    from securefed.data.federation import load_federation
     from securefed.dp.distributed import DistributedDP
     from securefed.dp.dpsgd import DPSGD
     from securefed.dp.mechanisms import CentralDP, LocalDP
+    from securefed.federated.centralized import run_centralized
     from securefed.federated.engine import run_federated
     from securefed.federated.fedmedheter import FedMedHeter
     from securefed.federated.strategy import FedAvg, FedProx, Strategy
+    from securefed.federated.train import algorithm_names, run_algorithm
     from securefed.federated.types import RunResult
     from securefed.he.channel import CKKSChannel
     from securefed.he.keys import CKKSKeyHolder, CKKSParameters, CKKSPublicContext

@@ -126,6 +126,9 @@ class AggregationChannel(ABC):
 
     name: str = "abstract"
     stages: tuple[str, ...] = ("upload",)
+    #: the fewest contributors whose sum the channel releases (a protecting channel refuses
+    #: to reveal the aggregate of fewer: with one or two, it is a hospital's own update)
+    min_contributors: int = 1
 
     @abstractmethod
     def aggregate(

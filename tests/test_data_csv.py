@@ -88,7 +88,7 @@ def test_one_csv_with_site_column(small):
                          "held,33,male,120,no\nheld,66,female,200,yes\n")
     ds = load_csv_federation(p, schema_path=schema, site_column="site", test_site="held")
     assert ds.names == ("north", "south") and ds.sizes == (2, 2)
-    np.testing.assert_array_equal(ds.hospitals[0].row_numbers, [1, 3])
+    np.testing.assert_array_equal(ds.hospitals[0].row_numbers, [2, 4])
     assert len(ds.test) == 2
     data = ds.prepare()
     assert data.X_test.shape == (2, 3)
@@ -108,7 +108,7 @@ def test_non_numeric_value_names_file_row_and_column(small):
     schema, write = small
     a = write("a.csv", GOOD_A)
     b = write("b.csv", GOOD_B.replace("70,female,180", "70,female,high"))
-    with pytest.raises(InvalidDataError, match=r"b\.csv, row 2, column 'glucose': expected a number, got 'high'"):
+    with pytest.raises(InvalidDataError, match=r"b\.csv, row 3, column 'glucose': expected a number, got 'high'"):
         load_csv_federation([a, b], schema_path=schema)
 
 
@@ -116,7 +116,7 @@ def test_unknown_category(small):
     schema, write = small
     a = write("a.csv", GOOD_A.replace("61,male", "61,mail"))
     with pytest.raises(InvalidDataError,
-                       match=r"a\.csv, row 2, column 'sex': unknown category 'mail'; expected one of \['female', 'male'\]"):
+                       match=r"a\.csv, row 3, column 'sex': unknown category 'mail'; expected one of \['female', 'male'\]"):
         load_csv_federation([a], schema_path=schema)
 
 
@@ -126,8 +126,8 @@ def test_unknown_target_code_and_missing_target(small):
     with pytest.raises(InvalidDataError) as err:
         load_csv_federation([a], schema_path=schema)
     msg = str(err.value)
-    assert "a.csv, row 1, column 'dx': unknown target code 'maybe'" in msg
-    assert "a.csv, row 2, column 'dx': target value missing" in msg
+    assert "a.csv, row 2, column 'dx': unknown target code 'maybe'" in msg
+    assert "a.csv, row 3, column 'dx': target value missing" in msg
     assert len(err.value.problems) == 2
 
 
@@ -153,7 +153,7 @@ def test_empty_site_declared_in_schema(small, tmp_path):
 def test_site_column_problems(small):
     schema, write = small
     p = write("all.csv", "site,age,sex,glucose,dx\nnorth,50,female,100,no\n,61,male,150,yes\n")
-    with pytest.raises(InvalidDataError, match=r"all\.csv, row 2, column 'site': site name is empty"):
+    with pytest.raises(InvalidDataError, match=r"all\.csv, row 3, column 'site': site name is empty"):
         load_csv_federation(p, schema_path=schema, site_column="site")
     with pytest.raises(InvalidDataError, match=r"all\.csv, column 'hospital': site column missing"):
         load_csv_federation(p, schema_path=schema, site_column="hospital")
@@ -177,7 +177,7 @@ def test_nothing_half_loaded_and_every_problem_listed(small):
         load_csv_federation([a, b, c], schema_path=schema)
     problems = err.value.problems
     where = {(Path(p.source).name, p.row, p.column) for p in problems}
-    assert where == {("b.csv", 1, "age"), ("b.csv", 3, "sex"), ("c.csv", None, "dx")}
+    assert where == {("b.csv", 2, "age"), ("b.csv", 4, "sex"), ("c.csv", None, "dx")}
     assert str(err.value).startswith("3 problems in the input data")
 
 
@@ -219,7 +219,7 @@ def test_site_format_is_harmonised(small, tmp_path):
     np.testing.assert_allclose(t["glucose"], [90.078, 180.156])
     assert list(t["dx"]) == [0, 1] and list(t["sex"].astype(str)) == ["male", "female"]
     bad = write("b.csv", "age,sex,glc,outcome\n40,male,5.0,0\n70,F,10.0,1\n")
-    with pytest.raises(InvalidDataError, match=r"b\.csv, row 1, column 'sex': unknown category 'male'; expected one of \['F', 'M'\]"):
+    with pytest.raises(InvalidDataError, match=r"b\.csv, row 2, column 'sex': unknown category 'male'; expected one of \['F', 'M'\]"):
         load_csv_federation([a, bad], schema_path=schema)
 
 

@@ -78,14 +78,28 @@ def _wait_for(predicate, *, timeout: float, what: str):
 
 
 @pytest.fixture(scope="module")
-def consortium(tmp_path_factory):
-    return make_consortium(tmp_path_factory.mktemp("bundle"), hospitals=HOSPITALS)
+def identities(tmp_path_factory):
+    """The hospitals' identity keys and pinned roster (``securefed keys identity``), made
+    apart from the coordinator's folder, as the hospitals make them."""
+    from securefed.identity import write_identity_files
+
+    return write_identity_files(HOSPITALS, tmp_path_factory.mktemp("hospital-keys"))
 
 
 @pytest.fixture(scope="module")
-def cluster(tmp_path_factory, consortium):
+def consortium(tmp_path_factory, identities):
+    roster, _ = identities
+    return make_consortium(tmp_path_factory.mktemp("bundle"), hospitals=HOSPITALS, roster=roster)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory, consortium, identities):
     work = tmp_path_factory.mktemp("cluster")
-    nodes = [{"partition-id": i, "num-partitions": 3} for i in range(3)]
+    _, keys = identities
+    # Each hospital names its own identity file; an explicit minimum of 2 contributors lets
+    # the killed-node test complete a round with two survivors (the default minimum is 3).
+    nodes = [{"partition-id": i, "num-partitions": 3, "identity-key": str(keys[name]),
+              "secagg-min-clients": 2} for i, name in enumerate(HOSPITALS)]
     with LocalCluster(work, node_configs=nodes, consortium=consortium) as c:
         yield c
         pids = c.all_pids()
@@ -356,7 +370,7 @@ def test_killed_supernodes_survivors_then_abort(cluster, tmp_path) -> None:
     2 >= t = 2 remain, so the round completes with the survivors' sum.  Round 1: node 1 dies
     the same way; 1 < t, so the run aborts cleanly.  (Runs last: it kills shared nodes.)"""
     config = {"channel": "secagg", "num-rounds": 2, "seed": 2, "secagg-threshold": 2,
-              "straggler-timeout": 20.0}
+              "secagg-min-clients": 2, "straggler-timeout": 20.0}
     on_poll, killed = _killer(cluster, {2: "0.masked_input", 1: "1.masked_input"})
     outcome, summary = run(cluster, tmp_path, config, on_poll=on_poll, timeout=900)
     assert killed == {1, 2}

@@ -74,11 +74,30 @@ def test_unknown_node_config_fails_the_run_with_the_reason() -> None:
 
 
 # ------------------------------------------------------------------ secure aggregation
-@pytest.fixture
-def secagg():
-    import securefed.secagg
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """Identity keys of the three hospitals and the pinned roster (securefed keys identity)."""
+    from securefed.identity import write_identity_files
 
-    return securefed.secagg
+    roster, keys = write_identity_files(["h0", "h1", "h2"], tmp_path_factory.mktemp("pki"))
+    return roster, [keys[f"h{i}"] for i in range(3)]
+
+
+@pytest.fixture
+def secagg(pki):
+    """Node configs with each hospital's identity and roster, and the server's run-config
+    keys: the default (malicious-server) mode of secure aggregation."""
+    roster, keys = pki
+
+    class Setup:
+        nodes = [{**NODES[i], "identity-key": str(keys[i]), "roster": str(roster)} for i in range(3)]
+        run = {"secagg-roster": str(roster)}
+
+        @classmethod
+        def lenient(cls, minimum):  # an explicit, weaker minimum at the nodes too
+            return [{**n, "secagg-min-clients": minimum} for n in cls.nodes]
+
+    return Setup
 
 
 def _tolerance(summary: dict) -> float:
@@ -97,8 +116,9 @@ def test_secagg_rounds_equal_the_simulation_within_quantisation(strategy, secagg
     from securefed.flower.secagg_stages import build_secagg_channel
 
     cfg = app_run_config({"strategy": strategy, "channel": "secagg", "num-rounds": 3, "seed": 4,
-                          **FAST})
-    summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+                          **secagg.run, **FAST})
+    summary = run_server(InProcessGrid(client_app, secagg.nodes, cfg), cfg, log=quiet)
+    assert summary["rounds"][0]["revealed"]["mode"] == "malicious"
     sim = simulate(cfg, channel=build_secagg_channel(cfg))
     got = np.asarray(summary["final_params"])
     tol = _tolerance(summary)
@@ -110,13 +130,16 @@ def test_secagg_rounds_equal_the_simulation_within_quantisation(strategy, secagg
 
 
 def test_secagg_round_completes_with_the_survivors_sum(secagg) -> None:
+    """Two of three survive: allowed only because the server and the nodes both lower the
+    minimum of contributors to 2, explicitly."""
     cfg = app_run_config({"channel": "secagg", "num-rounds": 1, "seed": 2, "secagg-threshold": 2,
-                          **FAST})
+                          "secagg-min-clients": 2, **secagg.run, **FAST})
 
     def node2_crashes(i, _t, fields):  # after sharing its keys, before its masked input
         return i == 2 and "masked" in fields and fields["round"] == 0
 
-    summary = run_server(InProcessGrid(client_app, NODES, cfg, silent=node2_crashes), cfg, log=quiet)
+    grid = InProcessGrid(client_app, secagg.lenient(2), cfg, silent=node2_crashes)
+    summary = run_server(grid, cfg, log=quiet)
     (r0,) = summary["rounds"]
     assert r0["contributors"] == [0, 1] and r0["revealed"]["dropped_after_sharing"] == [2]
     assert "masked_input" in r0["failures"]["2"]
@@ -130,13 +153,15 @@ def test_secagg_round_completes_with_the_survivors_sum(secagg) -> None:
 def test_secagg_aborts_cleanly_below_the_threshold(tmp_path, secagg) -> None:
     result = tmp_path / "out.json"
     cfg = app_run_config({"channel": "secagg", "num-rounds": 2, "seed": 2, "secagg-threshold": 2,
-                          "result-path": str(result), **FAST})
+                          "secagg-min-clients": 2, "result-path": str(result), **secagg.run,
+                          **FAST})
 
     def two_crash(i, _t, fields):  # node 2 before its masked input of round 0, node 1 of round 1
         return "masked" in fields and (i, fields["round"]) in ((2, 0), (1, 1))
 
     with pytest.raises(ProtocolAbort, match="below the threshold t = 2"):
-        run_server(InProcessGrid(client_app, NODES, cfg, silent=two_crash), cfg, log=quiet)
+        run_server(InProcessGrid(client_app, secagg.lenient(2), cfg, silent=two_crash), cfg,
+                   log=quiet)
     import json
 
     saved = json.loads(result.read_text())
@@ -191,8 +216,8 @@ def test_a_node_answers_one_unmask_request_per_round(secagg) -> None:
 
     from securefed.flower.transport import make_content
 
-    cfg = app_run_config({"channel": "secagg", "num-rounds": 1, "seed": 3, **FAST})
-    grid = InProcessGrid(client_app, NODES, cfg)
+    cfg = app_run_config({"channel": "secagg", "num-rounds": 1, "seed": 3, **secagg.run, **FAST})
+    grid = InProcessGrid(client_app, secagg.nodes, cfg)
     run_server(grid, cfg, log=quiet)
     ctx = next(iter(grid._contexts.values()))
     assert not [k for k in ctx.state.config_records if k.startswith("securefed-secagg-client")]
@@ -214,7 +239,41 @@ def test_client_sampling_matches_the_engine() -> None:
 
 def test_secagg_with_client_sampling_uses_only_the_selected(secagg) -> None:
     cfg = app_run_config({"channel": "secagg", "num-rounds": 2, "clients-per-round": 2,
-                          "seed": 9, **FAST})
-    summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
+                          "seed": 9, "secagg-min-clients": 2, **secagg.run, **FAST})
+    summary = run_server(InProcessGrid(client_app, secagg.lenient(2), cfg), cfg, log=quiet)
     for r in summary["rounds"]:
         assert len(r["selected"]) == 2 and r["contributors"] == r["selected"]
+
+
+def test_secagg_honest_but_curious_mode_is_named_on_both_sides(secagg) -> None:
+    """The weaker mode runs without identity keys when the run config and the nodes both
+    name it; a node that keeps the default refuses to join it."""
+    cfg = app_run_config({"channel": "secagg", "num-rounds": 1, "seed": 4,
+                          "secagg-mode": "honest-but-curious", **FAST})
+    hbc_nodes = [{**n, "secagg-mode": "honest-but-curious"} for n in NODES]
+    summary = run_server(InProcessGrid(client_app, hbc_nodes, cfg), cfg, log=quiet)
+    assert summary["rounds"][0]["revealed"]["mode"] == "honest-but-curious"
+    with pytest.raises(ProtocolAbort, match="advertised keys"):
+        run_server(InProcessGrid(client_app, secagg.nodes, cfg), cfg, log=quiet)
+
+
+def test_secagg_node_refuses_a_server_survivor_set_below_its_minimum(secagg) -> None:
+    """The server lowers its own minimum to 2; the nodes keep theirs (3): when a node
+    crashes, the survivors refuse to sign a set of two and the run aborts."""
+    cfg = app_run_config({"channel": "secagg", "num-rounds": 1, "seed": 2, "secagg-threshold": 2,
+                          "secagg-min-clients": 2, **secagg.run, **FAST})
+
+    def node2_crashes(i, _t, fields):
+        return i == 2 and "masked" in fields
+
+    with pytest.raises(ProtocolAbort, match="signed the survivor set"):
+        run_server(InProcessGrid(client_app, secagg.nodes, cfg, silent=node2_crashes), cfg,
+                   log=quiet)
+
+
+def test_secagg_malicious_mode_needs_the_roster_at_the_server() -> None:
+    from securefed.errors import ConfigurationError
+
+    cfg = app_run_config({"channel": "secagg", "num-rounds": 1, **FAST})
+    with pytest.raises(ConfigurationError, match="needs secagg-roster"):
+        run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from securefed import FedAvg, FedProx, ModelSpec, run_federated
 from securefed.data import pima_federation
-from securefed.errors import InvalidDataError, KeyMaterialError, MessageRejected
+from securefed.errors import InvalidDataError, KeyMaterialError, MessageRejected, ProtocolAbort
 from securefed.federated import DropoutPlan, Float32Codec, PlainChannel, Upload
 from securefed.he import (
     CKKSChannel,
@@ -49,7 +49,7 @@ def _tolerance(params: CKKSParameters, k: int) -> float:
 
 
 @settings(max_examples=12, deadline=None)
-@given(dim=st.integers(1, 4500), n=st.integers(1, 4), seed=st.integers(0, 2**16),
+@given(dim=st.integers(1, 4500), n=st.integers(3, 5), seed=st.integers(0, 2**16),
        magnitude=st.sampled_from([1e-3, 1.0, 1e3]))
 def test_decrypted_sum_is_within_the_ckks_bound(channel, dim, n, seed, magnitude):
     rng = np.random.default_rng(seed)
@@ -76,8 +76,8 @@ def test_server_receives_only_ciphertexts_and_real_bytes(channel):
     # about q0/2 = 25 bytes per slot after SEAL's compression, far above float32's 4
     per_param = res.received[1].nbytes / (dim + 1)
     assert 20 < per_param < 40
-    assert set(res.timings) == {"encrypt", "add", "decrypt"}
-    assert set(res.revealed) == {"weighted_sum", "weight_sum", "grid"}
+    assert set(res.timings) == {"encrypt", "add", "decrypt", "key_authority_bytes_in"}
+    assert set(res.revealed) == {"weighted_sum", "weight_sum", "grid", "reveal", "min_contributors"}
     # IND-CPA^D mitigation: what is revealed sits on the rounding grid.
     g = res.revealed["grid"]
     assert g == reveal_grid(channel.parameters, 3)
@@ -98,7 +98,7 @@ def test_dropped_client_is_simply_missing(channel):
 
 
 def test_all_clients_dropped_aborts(channel):
-    with pytest.raises(MessageRejected, match="no CKKS upload"):
+    with pytest.raises(ProtocolAbort, match="0 contributor\\(s\\), below the minimum of 3"):
         _aggregate(channel, _uploads([np.ones(3)], [1.0]), 3, drops={0: "upload"})
 
 
@@ -154,7 +154,8 @@ def test_vector_longer_than_the_slots_and_overflow_are_refused(channel):
         channel.key_holder.encrypt_vector(np.zeros(slots + 1))
     big = channel.parameters.max_abs_value
     with pytest.raises(InvalidDataError, match="sum must stay below"):
-        _aggregate(channel, _uploads([np.full(4, big / 2), np.ones(4)], [1.0, 1.0]), 4)
+        _aggregate(channel, _uploads([np.full(4, big / 3), np.ones(4), np.ones(4)],
+                                     [1.0, 1.0, 1.0]), 4)
 
 
 # ------------------------------------------------------------------ federated equivalence

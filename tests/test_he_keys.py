@@ -123,8 +123,8 @@ def test_cli_writes_public_and_secret_files(tmp_path, capsys):
 def test_docstring_examples():
     import doctest
 
-    from securefed.he import channel, encrypted_lr, keys
+    from securefed.he import encrypted_lr, keys, uploads
 
-    for module in (keys, channel, encrypted_lr):
+    for module in (keys, uploads, encrypted_lr):
         result = doctest.testmod(module, optionflags=doctest.ELLIPSIS)
         assert result.failed == 0 and result.attempted > 0, module.__name__

@@ -35,6 +35,7 @@ BASE = {
     "securefed.codec",
     "securefed.channel",
     "securefed.registry",
+    "securefed.identity",
 }
 CORE_BELOW_DEPLOYMENT = BASE | {
     "securefed.data", "securefed.models", "securefed.compression", "securefed.federated",
@@ -51,6 +52,7 @@ ALLOWED: dict[str, set[str]] = {
     "securefed.codec": {"securefed.errors"},
     "securefed.channel": {"securefed.errors", "securefed.wire", "securefed.codec"},
     "securefed.registry": {"securefed.errors"},
+    "securefed.identity": {"securefed.errors"},
     "securefed.models": {"securefed.errors"},
     "securefed.data": BASE,
     "securefed.compression": BASE,

@@ -11,7 +11,8 @@ EXPECTED = {
     "SecurefedError", "InvalidDataError", "ConfigurationError", "ProtocolAbort",
     "MessageRejected", "KeyMaterialError", "PrivacyBudgetExceeded",
     "AggregationChannel", "PlainChannel", "FedAvg", "FedMedHeter", "FedProx", "Strategy",
-    "RunResult", "run_federated", "ModelSpec", "SecAggChannel",
+    "RunResult", "run_federated", "run_centralized", "run_algorithm", "algorithm_names",
+    "load_federation", "ModelSpec", "SecAggChannel",
     "CKKSChannel", "CKKSKeyHolder", "CKKSParameters", "CKKSPublicContext",
     "CentralDP", "LocalDP", "DistributedDP", "DPSGD",
 }

@@ -119,7 +119,7 @@ def test_integer_noise_hook_adds_noise_to_update_coordinates_only():
 
 def test_secagg_plus_mode_in_channel():
     ups = _uploads(n=30, dim=10)
-    ch = SecAggChannel(clip_range=50.0, max_weight=200.0, secagg_plus=True, degree=8, threshold=4)
+    ch = SecAggChannel(clip_range=50.0, max_weight=200.0, secagg_plus=True, degree=8, threshold=5)
     res = _aggregate(ch, ups, 10, drops={10: "masked_input", 20: "unmask"})
     assert res.revealed["degree"] == 8
     exact = sum(u.vector for u in ups if u.client_id != 10)
@@ -177,11 +177,51 @@ def test_engine_multi_round_close_and_reproducible():
 
 
 def test_small_rounds():
+    """Fewer than the minimum of 3 contributors: refused by default; accepted only when the
+    minimum is lowered explicitly (with a warning).  Six clients in SecAgg+ mode fall back
+    to the complete graph with a majority threshold, and say so."""
+    for n in (1, 2):
+        with pytest.raises(ProtocolAbort, match=f"{n} contributor\\(s\\), below the minimum of 3"):
+            _aggregate(SecAggChannel(clip_range=50.0, max_weight=200.0), _uploads(n=n), 20)
     one = _uploads(n=1)
-    with pytest.warns(UserWarning, match="single client"):
-        res = _aggregate(SecAggChannel(clip_range=50.0, max_weight=200.0), one, 20)
+    with pytest.warns(UserWarning, match="min_clients = 1"):
+        ch = SecAggChannel(clip_range=50.0, max_weight=200.0, min_clients=1)
+    res = _aggregate(ch, one, 20)
     assert np.max(np.abs(res.weighted_sum - one[0].vector)) < 1 / res.revealed["scale"]
     ups = _uploads(n=6)
     with pytest.warns(UserWarning, match="complete graph"):
         res = _aggregate(SecAggChannel(clip_range=50.0, max_weight=200.0, secagg_plus=True), ups, 20)
     assert res.revealed["degree"] == 5 and res.revealed["threshold"] == 4
+    exact = sum(u.vector for u in ups)
+    assert np.max(np.abs(res.weighted_sum - exact)) < 6 / res.revealed["scale"]
+
+
+def test_honest_but_curious_mode_is_explicit_and_cheaper():
+    ups = _uploads(n=5)
+    mal = _aggregate(SecAggChannel(clip_range=50.0, max_weight=200.0), ups, 20)
+    hbc_ch = SecAggChannel(clip_range=50.0, max_weight=200.0, mode="honest-but-curious")
+    hbc = _aggregate(hbc_ch, ups, 20)
+    assert mal.revealed["mode"] == "malicious" and hbc.revealed["mode"] == "honest-but-curious"
+    assert "consistency" in SecAggChannel().stages and "consistency" not in hbc_ch.stages
+    assert {m.stage for m in hbc.received} == set(hbc_ch.stages)
+    # no signatures, no consistency round: fewer bytes per client
+    assert all(hbc.bytes_up[c] < mal.bytes_up[c] for c in hbc.bytes_up)
+    exact = sum(u.vector for u in ups)
+    for res in (mal, hbc):
+        assert np.max(np.abs(res.weighted_sum - exact)) < 5 / res.revealed["scale"]
+
+
+def test_identities_persist_across_rounds_and_can_be_given():
+    from securefed.identity import generate_identities
+
+    ids, roster = generate_identities([10, 11, 12, 13])
+    ch = SecAggChannel(clip_range=50.0, max_weight=200.0, identities=ids, roster=roster)
+    ups = _uploads(n=4)
+    _aggregate(ch, ups, 20)
+    assert ch._pki_for([10, 11])[1] is roster
+    from securefed.errors import KeyMaterialError
+
+    with pytest.raises(KeyMaterialError, match="no identity key for clients \\[14\\]"):
+        _aggregate(ch, ups + _uploads(n=5)[4:], 20)
+    with pytest.raises(KeyMaterialError, match="both identities and roster"):
+        SecAggChannel(roster=roster)

@@ -1,4 +1,9 @@
-"""The masking protocol: exact recovery under dropouts, aborts, and refusal of bad messages."""
+"""The masking protocol: exact recovery under dropouts, aborts, and refusal of bad messages.
+
+The attacks of a server that deviates from the protocol are in
+``tests/test_secagg_malicious.py``."""
+
+import warnings
 
 import numpy as np
 import pytest
@@ -7,8 +12,17 @@ from hypothesis import strategies as st
 from scipy.stats import chisquare
 
 from securefed.errors import InvalidDataError, MessageRejected, ProtocolAbort
-from securefed.secagg import STAGES, SecAggClient, SecAggServer, harary_graph, run_round
-from securefed.secagg.messages import SHARE_CIPHERTEXT_BYTES, ShareDelivery, UnmaskRequest
+from securefed.identity import generate_identities
+from securefed.secagg import (
+    HONEST_BUT_CURIOUS,
+    MALICIOUS,
+    STAGES,
+    SecAggClient,
+    SecAggServer,
+    harary_graph,
+    run_round,
+)
+from securefed.secagg.messages import SHARE_CIPHERTEXT_BYTES, ShareDelivery
 
 
 def _alive(drops):
@@ -39,22 +53,52 @@ def _expected(xs, ids, bits):
     bits=st.sampled_from([8, 16, 31, 32, 64]),
 )
 def test_recovered_sum_is_exact_for_any_dropouts(n, data, length, bits):
+    """Honest-but-curious mode, named explicitly: any threshold 1 <= t <= n and no minimum
+    number of contributors (both are only allowed in this mode and with min_clients=1)."""
     t = data.draw(st.integers(1, n), label="t")
     ids = sorted(data.draw(st.lists(st.integers(0, 10_000), min_size=n, max_size=n, unique=True)))
+    stages = tuple(s for s in STAGES if s != "consistency")
     drops = {i: s for i in ids
-             if (s := data.draw(st.sampled_from((None,) + STAGES), label=f"drop{i}")) is not None}
+             if (s := data.draw(st.sampled_from((None,) + stages), label=f"drop{i}")) is not None}
     xs = _inputs(ids, length, bits)
     alive = _alive(drops)
-    sets = [[i for i in ids if alive(i, s)] for s in STAGES]  # U1, U2, U3, U5
-    if any(len(u) < t for u in sets):
-        with pytest.raises(ProtocolAbort, match=f"threshold t = {t}"):
-            run_round(ids, xs.__getitem__, round_index=5, threshold=t, bits=bits, length=length,
-                      alive=alive)
-        return
-    out = run_round(ids, xs.__getitem__, round_index=5, threshold=t, bits=bits, length=length,
-                    alive=alive)
+    sets = [[i for i in ids if alive(i, s)] for s in stages]  # U1, U2, U3, U5
+    kw = dict(round_index=5, threshold=t, bits=bits, length=length, alive=alive,
+              mode=HONEST_BUT_CURIOUS, min_clients=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # sub-majority thresholds warn in this mode
+        if any(len(u) < t for u in sets):
+            with pytest.raises(ProtocolAbort, match=f"threshold t = {t}"):
+                run_round(ids, xs.__getitem__, **kw)
+            return
+        out = run_round(ids, xs.__getitem__, **kw)
     assert list(out.survivors) == sets[2]
     assert [int(v) for v in out.total] == list(_expected(xs, sets[2], bits))
+
+
+@settings(max_examples=15, deadline=None)
+@given(n=st.integers(3, 7), data=st.data(), length=st.integers(1, 8))
+def test_malicious_mode_recovers_the_sum_or_aborts(n, data, length):
+    """The default mode, with every majority threshold and dropouts at any of its five
+    stages (including the consistency round): the exact sum over U3, or an abort naming the
+    threshold or the minimum of 3 contributors."""
+    t = data.draw(st.integers(n // 2 + 1, n), label="t")
+    ids = list(range(n))
+    drops = {i: s for i in ids
+             if (s := data.draw(st.sampled_from((None,) + STAGES), label=f"drop{i}")) is not None}
+    xs = _inputs(ids, length, 32)
+    alive = _alive(drops)
+    sets = [[i for i in ids if alive(i, s)] for s in STAGES]  # U1, U2, U3, U4, U5
+    if any(len(u) < max(t, 3) for u in sets):
+        with pytest.raises(ProtocolAbort, match=f"threshold t = {t}|minimum of 3"):
+            run_round(ids, xs.__getitem__, round_index=1, threshold=t, bits=32, length=length,
+                      alive=alive)
+        return
+    out = run_round(ids, xs.__getitem__, round_index=1, threshold=t, bits=32, length=length,
+                    alive=alive)
+    assert out.mode == MALICIOUS and list(out.signed) == sets[3]
+    assert list(out.survivors) == sets[2]
+    assert [int(v) for v in out.total] == list(_expected(xs, sets[2], 32))
 
 
 @pytest.mark.parametrize("drop_stage", ["share_keys", "masked_input", "unmask"])
@@ -63,14 +107,14 @@ def test_secagg_plus_graph_recovers_the_sum(drop_stage):
     graph = harary_graph(ids, degree=10)
     xs = _inputs(ids, 30, 32, seed=3)
     drops = {i: drop_stage for i in (2, 11, 17, 29)}
-    out = run_round(ids, xs.__getitem__, round_index=0, threshold=5, bits=32, length=30,
+    out = run_round(ids, xs.__getitem__, round_index=0, threshold=6, bits=32, length=30,
                     graph=graph, alive=_alive(drops))
     survivors = [i for i in ids if i not in drops or drop_stage == "unmask"]
     assert list(out.survivors) == survivors
     assert [int(v) for v in out.total] == list(_expected(xs, survivors, 32))
     # each client only talks to its neighbours: about 10 ciphertexts, not 39
     share_msgs = [m for m in out.received if m.stage == "share_keys"]
-    assert all(len(m.content["recipients"]) == 10 for m in share_msgs)
+    assert all(m.content["count"] == 10 for m in share_msgs)
 
 
 def test_abort_names_the_counts():
@@ -119,13 +163,18 @@ def test_server_transcript_holds_no_plaintext():
 class _Round:
     """A hand-driven round, to inject bad messages between the stages."""
 
-    def __init__(self, n=4, t=3, length=8, round_index=0):
+    def __init__(self, n=4, t=3, length=8, round_index=0, mode=MALICIOUS):
         self.ids = list(range(n))
         self.length = length
+        self.identities, self.roster = generate_identities(self.ids)
+        kw = {} if mode != MALICIOUS else {"roster": self.roster}
         self.server = SecAggServer(self.ids, round_index=round_index, threshold=t, bits=32,
-                                   length=length)
+                                   length=length, mode=mode, **kw)
         self.clients = {i: SecAggClient(i, session=self.server.session, round_index=round_index,
-                                        bits=32, length=length) for i in self.ids}
+                                        bits=32, length=length, mode=mode,
+                                        **({} if mode != MALICIOUS else
+                                           {"identity": self.identities[i], "roster": self.roster}))
+                        for i in self.ids}
 
     def advertise(self):
         for i, c in self.clients.items():
@@ -143,6 +192,12 @@ class _Round:
         for i, c in self.clients.items():
             self.server.receive(i, c.masked_input(deliveries[i], np.full(self.length, i, np.uint32)))
         return self.server.close_masked_input()
+
+    def consistency(self):
+        requests = self.mask()
+        for i, c in self.clients.items():
+            self.server.receive(i, c.consistency(requests[i]))
+        return self.server.close_consistency()
 
 
 def test_wrong_stage_round_session_and_sender_are_rejected():
@@ -223,16 +278,26 @@ def test_wrong_length_and_bad_values_are_rejected():
 
 
 def test_honest_client_never_reveals_both_shares():
-    r = _Round()
-    requests = r.mask()
-    req = UnmaskRequest.from_bytes(requests[0])
-    both = UnmaskRequest(req.session, req.round_index, 0, req.num_survivors,
-                         req.survivors, np.array([1], dtype=np.uint32)).to_bytes()
-    with pytest.raises(MessageRejected, match="both the seed and the key shares of \\[1\\]"):
-        r.clients[0].unmask(both)
-    r.clients[0].unmask(requests[0])
+    """What a client reveals is derived from the survivor set: seed shares of survivors, key
+    shares of dropped partners, never both; and it answers once per round."""
+    r = _Round(n=5, t=3)
+    deliveries = r.share()
+    for i, c in r.clients.items():
+        if i != 4:  # client 4 shared its keys, then dropped
+            r.server.receive(i, c.masked_input(deliveries[i], np.full(8, i, np.uint32)))
+    requests = r.server.close_masked_input()
+    for i in requests:
+        r.server.receive(i, r.clients[i].consistency(requests[i]))
+    unmask = r.server.close_consistency()
+    from securefed.secagg.messages import UnmaskResponse
+
+    resp = UnmaskResponse.from_bytes(r.clients[0].unmask(unmask[0]))
+    assert resp.seed_shares.shape == (4, 5) and resp.key_shares.shape == (1, 5)  # 0..3 | 4
     with pytest.raises(MessageRejected, match="at stage 'done'"):
-        r.clients[0].unmask(both)  # no second answer in the same round
+        r.clients[0].unmask(unmask[0])  # no second answer in the same round
+    for i in (1, 2, 3):
+        r.server.receive(i, r.clients[i].unmask(unmask[i]))
+    assert [int(v) for v in r.server.finish()] == [0 + 1 + 2 + 3] * 8
 
 
 def test_duplicate_and_invalid_client_ids():
@@ -242,26 +307,29 @@ def test_duplicate_and_invalid_client_ids():
         SecAggServer([-1, 2], round_index=0, threshold=2, bits=32, length=4)
 
 
-def test_client_state_survives_export_and_restore_at_every_stage():
+@pytest.mark.parametrize("mode", [MALICIOUS, HONEST_BUT_CURIOUS])
+def test_client_state_survives_export_and_restore_at_every_stage(mode):
     """A node that runs each message in a fresh process keeps its client state as bytes;
     a round driven through export/restore between every stage recovers the same sum."""
     import os as _os
-
-    from securefed.secagg import SecAggClient, SecAggServer
 
     n, d, t = 4, 6, 3
     session = _os.urandom(16)
     rng = np.random.default_rng(0)
     inputs = {cid: rng.integers(0, 2**32, size=d + 1, dtype=np.uint64).astype(np.uint32)
               for cid in range(n)}
+    identities, roster = generate_identities(range(n))
+    keys = {cid: ({"identity": identities[cid], "roster": roster} if mode == MALICIOUS else {})
+            for cid in range(n)}
 
     def hop(client: SecAggClient) -> SecAggClient:
-        return SecAggClient.restore_state(client.export_state())
+        return SecAggClient.restore_state(client.export_state(), **keys[client.client_id])
 
-    clients = {cid: SecAggClient(cid, session=session, round_index=0, bits=32, length=d + 1)
-               for cid in range(n)}
+    clients = {cid: SecAggClient(cid, session=session, round_index=0, bits=32, length=d + 1,
+                                 mode=mode, **keys[cid]) for cid in range(n)}
     server = SecAggServer(list(range(n)), round_index=0, threshold=t, session=session,
-                          bits=32, length=d + 1)
+                          bits=32, length=d + 1, mode=mode,
+                          roster=roster if mode == MALICIOUS else None)
     for cid in range(n):
         server.receive(cid, clients[cid].advertise_keys())
         clients[cid] = hop(clients[cid])
@@ -274,6 +342,11 @@ def test_client_state_survives_export_and_restore_at_every_stage():
         server.receive(cid, clients[cid].masked_input(deliveries[cid], inputs[cid]))
         clients[cid] = hop(clients[cid])
     requests = server.close_masked_input()
+    if mode == MALICIOUS:
+        for cid in requests:
+            server.receive(cid, clients[cid].consistency(requests[cid]))
+            clients[cid] = hop(clients[cid])
+        requests = server.close_consistency()
     for cid in requests:
         server.receive(cid, clients[cid].unmask(requests[cid]))
     total = server.finish()

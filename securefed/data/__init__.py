@@ -1,6 +1,7 @@
 """Data: bundled Pima records, hospital splits with heterogeneity, harmonisation,
 federated standardisation, a synthetic EHR generator and a loader for user CSV files.
 
+A consortium's own hospitals are read from a federation file with :func:`load_federation`.
 The sources return a :class:`FederatedDataset` (each hospital's raw table in its own export
 format); :meth:`FederatedDataset.prepare` harmonises each hospital into the agreed
 :class:`Schema` and standardises from shared sums into
@@ -8,7 +9,14 @@ format); :meth:`FederatedDataset.prepare` harmonises each hospital into the agre
 """
 
 from securefed.data.csvio import load_csv_federation
-from securefed.data.dataset import DataWarning, FederatedDataset, Hospital, SingleClassWarning
+from securefed.data.dataset import (
+    DataWarning,
+    FederatedDataset,
+    Hospital,
+    PreparedFederation,
+    SingleClassWarning,
+)
+from securefed.data.federation import FederationFile, HospitalFiles, load_federation
 from securefed.data.formats import export_table, harmonise_table, simulated_format
 from securefed.data.heterogeneity import Heterogeneity, LabelRule
 from securefed.data.pima import PIMA_SCHEMA, load_pima, pima_federation, pima_hospitals
@@ -28,6 +36,10 @@ __all__ = [
     "synthetic_federation",
     "synthetic_hospitals",
     "load_csv_federation",
+    "load_federation",
+    "FederationFile",
+    "HospitalFiles",
+    "PreparedFederation",
     "Heterogeneity",
     "LabelRule",
     "Schema",

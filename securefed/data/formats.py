@@ -14,13 +14,13 @@ maps are exact affine maps, see :mod:`securefed.data.units`).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
 
-from securefed.data.schema import CATEGORICAL, ExportFormat, Schema
+from securefed.data.schema import CATEGORICAL, ExportFormat, Feature, Schema
 from securefed.data.units import convert, normalise_unit
 from securefed.errors import InvalidDataError
 
@@ -41,10 +41,16 @@ NA_TOKENS = frozenset({"", "NA", "N/A", "NaN", "nan", "NULL", "null", "None", "?
 
 @dataclass(frozen=True)
 class Problem:
-    """One bad cell (or column, or file): where it is and what is wrong."""
+    """One bad cell (or row, column or file): where it is and what is wrong.
+
+    ``row`` is the row number as an editor or a spreadsheet shows it: the line number in the
+    file, the header being row 1 and the first patient row 2 (blank lines count as lines but
+    are never rows of patients).  For an in-memory table it is the row the patient would have
+    in a CSV file written with a header.  ``None``: the problem concerns a whole column or file.
+    """
 
     source: str
-    row: int | None  # 1-based data row as in the file (header not counted); None: whole column/file
+    row: int | None
     column: str | None
     message: str
 
@@ -59,28 +65,61 @@ class Problem:
 
 @dataclass
 class ProblemLog:
-    """Collects problems so that every file is checked before anything is returned."""
+    """Collects problems so that every file is checked before anything is returned.
+
+    The first ``keep`` problems are kept (``.problems`` of the error); any beyond are only
+    counted, so the count in the message is always the true number of bad cells.  The
+    message lists the first ``show``.
+    """
 
     problems: list[Problem] = field(default_factory=list)
     show: int = 20
+    keep: int = 1000
+    omitted: int = 0
+
+    @property
+    def count(self) -> int:
+        """Every problem found, kept or only counted."""
+        return len(self.problems) + self.omitted
 
     def add(self, source: str, row: int | None, column: str | None, message: str) -> None:
-        self.problems.append(Problem(source, row, column, message))
+        if len(self.problems) < self.keep:
+            self.problems.append(Problem(source, row, column, message))
+        else:
+            self.omitted += 1
+
+    def add_cells(
+        self,
+        source: str,
+        indices: np.ndarray,
+        column: str | None,
+        message: Callable[[int], str],
+        *,
+        row_of: Callable[[int], int],
+    ) -> None:
+        """One problem per table index in ``indices`` (messages built only for those kept)."""
+        indices = np.asarray(indices)
+        room = max(self.keep - len(self.problems), 0)
+        for i in indices[:room]:
+            self.problems.append(Problem(source, row_of(int(i)), column, message(int(i))))
+        self.omitted += max(len(indices) - room, 0)
 
     def raise_if_any(self) -> None:
-        if not self.problems:
+        if not self.problems and not self.omitted:
             return
         order = {src: i for i, src in reversed(list(enumerate(p.source for p in self.problems)))}
         self.problems.sort(key=lambda p: (order[p.source], -1 if p.row is None else p.row))
+        total = self.count
         shown = "\n".join(f"  {p}" for p in self.problems[: self.show])
-        more = len(self.problems) - self.show
+        more = total - min(self.show, len(self.problems))
         tail = f"\n  ... and {more} more" if more > 0 else ""
         first = self.problems[0]
         err = InvalidDataError(
-            f"{first}" if len(self.problems) == 1
-            else f"{len(self.problems)} problems in the input data, first: {first}\n{shown}{tail}"
+            f"{first}" if total == 1
+            else f"{total} problems in the input data, first: {first}\n{shown}{tail}"
         )
         err.problems = tuple(self.problems)  # type: ignore[attr-defined]
+        err.count = total  # type: ignore[attr-defined]
         raise err
 
 
@@ -122,7 +161,34 @@ def _numeric_missing(values: pd.Series) -> np.ndarray:
 
 
 def _row_label(row_numbers: np.ndarray | None, i: int) -> int:
-    return int(row_numbers[i]) if row_numbers is not None else i + 1
+    """The file row of table row ``i`` (see :class:`Problem`): header = row 1."""
+    return int(row_numbers[i]) if row_numbers is not None else i + 2
+
+
+#: Out-of-range values that are typical "not measured" codes; the error then suggests
+#: declaring the code for the site instead of fixing the value.
+_SENTINELS = frozenset({0.0, -1.0, -9.0, -99.0, -999.0, 999.0, 9999.0})
+
+
+def _declared_missing(values: pd.Series, codes: Sequence[str]) -> np.ndarray:
+    """Cells holding one of a site's declared "not measured" codes (as text, or numerically)."""
+    if not codes:
+        return np.zeros(len(values), dtype=bool)
+    text = values.astype(str).str.strip() if _is_text(values) else values.map(_code_text)
+    mask = text.isin(list(codes)).to_numpy().copy()
+    num_codes = [float(c) for c in codes if _is_number(c)]
+    if num_codes:
+        nums = pd.to_numeric(values, errors="coerce").to_numpy(np.float64, na_value=np.nan)
+        mask |= np.isin(nums, num_codes)
+    return mask
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def harmonise_table(
@@ -140,15 +206,17 @@ def harmonise_table(
     unit (NaN where missing), categorical features as ``pandas.Categorical`` over the agreed
     categories (NaN where missing), and the target as int 0/1.  Columns not in the schema are dropped.
 
-    Problems (missing column, non-numeric value in a numeric column, unknown category or
-    target code, missing target) name ``source``, the 1-based data row (``row_numbers`` gives
-    the file's row for each table row when the table is a subset of a file) and the column.
-    Without ``log`` the first batch of problems raises :class:`InvalidDataError`; with a
-    ``log`` they are appended there and ``None`` is returned.
+    Missing values are the tokens of :data:`NA_TOKENS` and the site's declared codes
+    (``fmt.missing``).  Problems (missing column, non-numeric value in a numeric column, a
+    value outside the schema's plausible range, unknown category or target code, missing
+    target) name ``source``, the row (:class:`Problem`; ``row_numbers`` gives the file's row
+    of each table row, else table row ``i`` is row ``i + 2``, as under a header line) and the
+    column.  Without ``log`` the problems raise :class:`InvalidDataError`; with a ``log`` they
+    are appended there and ``None`` is returned.
     """
     own_log = log is None
     log = ProblemLog() if log is None else log
-    n_before = len(log.problems)
+    n_before = log.count
     rows = None if row_numbers is None else np.asarray(row_numbers)
     renamed = table.rename(columns=dict(fmt.rename))
     cols = list(renamed.columns)
@@ -162,7 +230,7 @@ def harmonise_table(
             what = "target" if col == schema.target else "feature"
             log.add(source, None, local[0] if local else col,
                     f"{what} column missing; columns present: {list(table.columns)}")
-    if len(log.problems) > n_before:
+    if log.count > n_before:
         if own_log:
             log.raise_if_any()
         return None
@@ -172,49 +240,84 @@ def harmonise_table(
         if feat.kind == CATEGORICAL:
             decode = dict(fmt.codes.get(feat.name, {}))
             idx, u_text, u_miss, u_dec = _decode(raw, decode)
+            u_miss = u_miss | np.isin(u_text, list(fmt.missing.get(feat.name, ())))
             cats = list(feat.categories)
             u_code = np.array([cats.index(d) if d in cats else -1 for d in u_dec], dtype=np.int64)
             u_code[u_miss] = -1
             u_bad = ~u_miss & (u_code < 0)
-            for i in np.flatnonzero(u_bad[idx])[: log.show]:
-                log.add(source, _row_label(rows, i), _local_name(fmt, feat.name),
-                        f"unknown category {u_text[idx[i]]!r}; expected one of "
-                        f"{sorted(decode) if decode else cats}")
+            expected = sorted(decode) if decode else cats
+            log.add_cells(source, np.flatnonzero(u_bad[idx]), _local_name(fmt, feat.name),
+                          lambda i, t=u_text, ix=idx, e=expected:
+                              f"unknown category {t[ix[i]]!r}; expected one of {e}",
+                          row_of=lambda i: _row_label(rows, i))
             out[feat.name] = pd.Categorical.from_codes(u_code[idx], categories=cats)
         else:
-            miss = _numeric_missing(raw)
-            if _is_text(raw):
-                nums = pd.to_numeric(raw.where(~pd.Series(miss, index=raw.index), None),
-                                     errors="coerce")
-            else:
-                nums = raw.astype(np.float64)
-            arr = nums.to_numpy(np.float64, na_value=np.nan)
-            bad = ~miss & ~np.isfinite(arr)
-            for i in np.flatnonzero(bad)[: log.show]:
-                log.add(source, _row_label(rows, i), _local_name(fmt, feat.name),
-                        f"expected a number, got {raw.iloc[i]!r}")
-            local_unit = fmt.units.get(feat.name)
-            if local_unit is not None and normalise_unit(local_unit) != normalise_unit(feat.unit):
-                arr = convert(arr, local_unit, feat.unit, quantity=feat.quantity or feat.name)
-            out[feat.name] = arr
+            out[feat.name] = _harmonise_numeric(raw, feat, fmt, source=source, rows=rows, log=log)
 
     decode_t = dict(fmt.codes.get(schema.target, {}))
     idx, u_text, u_miss, u_dec = _decode(renamed[schema.target], decode_t)
-    for i in np.flatnonzero(u_miss[idx])[: log.show]:
-        log.add(source, _row_label(rows, i), _local_name(fmt, schema.target), "target value missing")
+    target_local = _local_name(fmt, schema.target)
+    log.add_cells(source, np.flatnonzero(u_miss[idx]), target_local,
+                  lambda i: "target value missing", row_of=lambda i: _row_label(rows, i))
     if schema.negative is not None:
         u_bad = ~u_miss & ~np.isin(u_dec, np.array(schema.target_codes, dtype=object))
-        for i in np.flatnonzero(u_bad[idx])[: log.show]:
-            expect = sorted(decode_t) if decode_t else list(schema.target_codes)
-            log.add(source, _row_label(rows, i), _local_name(fmt, schema.target),
-                    f"unknown target code {u_text[idx[i]]!r}; expected one of {expect}")
+        expect = sorted(decode_t) if decode_t else list(schema.target_codes)
+        log.add_cells(source, np.flatnonzero(u_bad[idx]), target_local,
+                      lambda i: f"unknown target code {u_text[idx[i]]!r}; expected one of {expect}",
+                      row_of=lambda i: _row_label(rows, i))
     out[schema.target] = (u_dec == schema.positive).astype(np.int64)[idx]
 
-    if len(log.problems) > n_before:
+    if log.count > n_before:
         if own_log:
             log.raise_if_any()
         return None
     return pd.DataFrame(out, columns=list(schema.columns))
+
+
+def _harmonise_numeric(
+    raw: pd.Series,
+    feat: Feature,
+    fmt: ExportFormat,
+    *,
+    source: str,
+    rows: np.ndarray | None,
+    log: ProblemLog,
+) -> np.ndarray:
+    """One numeric column in the agreed unit: NaN where missing (an NA token or one of the
+    site's declared codes); a non-number or a value outside the schema's plausible range is
+    logged with its row."""
+    local = _local_name(fmt, feat.name)
+    declared = _declared_missing(raw, fmt.missing.get(feat.name, ()))
+    miss = _numeric_missing(raw) | declared
+    if _is_text(raw):
+        nums = pd.to_numeric(raw.where(~pd.Series(miss, index=raw.index), None), errors="coerce")
+    else:
+        nums = raw.astype(np.float64).where(~pd.Series(declared, index=raw.index))
+    arr = nums.to_numpy(np.float64, na_value=np.nan)
+    log.add_cells(source, np.flatnonzero(~miss & ~np.isfinite(arr)), local,
+                  lambda i: f"expected a number, got {raw.iloc[i]!r}",
+                  row_of=lambda i: _row_label(rows, i))
+    local_unit = fmt.units.get(feat.name)
+    converted = local_unit is not None and normalise_unit(local_unit) != normalise_unit(feat.unit)
+    if converted:
+        arr = convert(arr, local_unit, feat.unit, quantity=feat.quantity or feat.name)
+    if feat.min is not None or feat.max is not None:
+        with np.errstate(invalid="ignore"):
+            outside = np.flatnonzero(feat.out_of_range(arr))
+
+        def message(i: int) -> str:
+            value = str(raw.iloc[i]).strip()
+            text = (f"{value} {local_unit} (= {arr[i]:.4g} {feat.unit})" if converted
+                    else f"{value}")
+            hint = ""
+            if _is_number(value) and float(value) in _SENTINELS:
+                hint = (f"; if {value} means 'not measured' at this site, declare it: "
+                        f"missing = {{ {feat.name} = {value} }} for this hospital")
+            return (f"{text} is outside the plausible range {feat.range_text} declared in the "
+                    f"schema{hint}")
+
+        log.add_cells(source, outside, local, message, row_of=lambda i: _row_label(rows, i))
+    return arr
 
 
 def _local_name(fmt: ExportFormat, agreed: str) -> str:

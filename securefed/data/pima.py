@@ -165,7 +165,7 @@ def pima_hospitals(
             table=export_table(table, fmt, PIMA_SCHEMA),
             export_format=fmt,
             source=f"Pima.{split} (hospital-{k})",
-            row_numbers=idx + 1,
+            row_numbers=idx + 2,  # the row in the CSV file (header = row 1)
             notes=notes,
         ))
     return FederatedDataset(

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from securefed.errors import ConfigurationError, InvalidDataError
 
 if sys.version_info >= (3, 11):
@@ -39,7 +41,9 @@ class Feature:
     ``unit`` is the agreed unit of a numeric feature (``"mg/dL"``); ``quantity`` names what is
     measured when a unit conversion depends on it (glucose: mg/dL <-> mmol/L needs the molar
     mass of glucose).  ``categories`` lists the agreed codes of a categorical feature, in the
-    order used for encoding.
+    order used for encoding.  ``min``/``max`` bound the plausible values of a numeric feature
+    in the agreed unit (inclusive; ``None``: no bound): a value outside is an input error,
+    not a patient (an age of -40 is a typing or export mistake).
     """
 
     name: str
@@ -48,6 +52,8 @@ class Feature:
     categories: tuple[str, ...] = ()
     quantity: str | None = None
     description: str = ""
+    min: float | None = None
+    max: float | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.name, str) or not self.name:
@@ -70,6 +76,39 @@ class Feature:
             raise ConfigurationError(
                 f"feature {self.name!r}: categories given for a numeric feature ({list(cats)})"
             )
+        for label in ("min", "max"):
+            bound = getattr(self, label)
+            if bound is None:
+                continue
+            if self.kind != NUMERIC:
+                raise ConfigurationError(
+                    f"feature {self.name!r}: {label} given for a categorical feature ({bound!r})")
+            if isinstance(bound, bool) or not isinstance(bound, (int, float)) or bound != bound:
+                raise ConfigurationError(
+                    f"feature {self.name!r}: {label} must be a number, got {bound!r}")
+            object.__setattr__(self, label, float(bound))
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise ConfigurationError(
+                f"feature {self.name!r}: min {self.min:g} is above max {self.max:g}")
+
+    def out_of_range(self, values: np.ndarray) -> np.ndarray:
+        """True where a (present) value lies outside ``[min, max]``; NaN is never out of range."""
+        bad = np.zeros(values.shape, dtype=bool)
+        if self.min is not None:
+            bad |= values < self.min
+        if self.max is not None:
+            bad |= values > self.max
+        return bad
+
+    @property
+    def range_text(self) -> str:
+        """The declared range as text (``"[0, 120] years"``, ``">= 0 mg/dL"``)."""
+        unit = f" {self.unit}" if self.unit else ""
+        if self.min is not None and self.max is not None:
+            return f"[{self.min:g}, {self.max:g}]{unit}"
+        if self.min is not None:
+            return f">= {self.min:g}{unit}"
+        return f"<= {self.max:g}{unit}"
 
     @property
     def encoded_names(self) -> tuple[str, ...]:
@@ -87,20 +126,23 @@ class ExportFormat:
 
     ``rename`` maps a local column name to the agreed one; ``units`` maps an agreed numeric
     feature to the unit the hospital exports it in; ``codes`` maps an agreed column (a
-    categorical feature or the target) to a ``{local code: agreed code}`` table.  Anything not
-    listed is already in the agreed form.  The empty format (``ExportFormat()``) is the agreed
-    format itself.
+    categorical feature or the target) to a ``{local code: agreed code}`` table; ``missing``
+    maps an agreed feature to the local codes that mean "not measured" at this hospital (a
+    site that writes ``0`` for an unmeasured cholesterol: ``{"chol": ("0",)}``; a numeric code
+    also matches the same number written otherwise, ``0.0``).  Anything not listed is already
+    in the agreed form.  The empty format (``ExportFormat()``) is the agreed format itself.
     """
 
     name: str = "agreed"
     rename: Mapping[str, str] = field(default_factory=dict)
     units: Mapping[str, str] = field(default_factory=dict)
     codes: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    missing: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def is_agreed(self) -> bool:
         """True when the hospital already exports in the agreed schema."""
-        return not (self.rename or self.units or self.codes)
+        return not (self.rename or self.units or self.codes or self.missing)
 
     def summary(self) -> str:
         """One line naming what differs (``"glu in mmol/L; 8 columns renamed; type coded 1/0"``)."""
@@ -111,6 +153,8 @@ class ExportFormat:
             parts.append(f"{len(self.rename)} columns renamed")
         for col, table in self.codes.items():
             parts.append(f"{col} coded {'/'.join(table)}")
+        for col, codes in self.missing.items():
+            parts.append(f"{col} = {'/'.join(codes)} means missing")
         return "; ".join(parts)
 
 
@@ -184,7 +228,8 @@ class Schema:
                  + (f", negative = {self.negative!r}" if self.negative is not None else "")]
         for f in self.features:
             if f.kind == NUMERIC:
-                lines.append(f"  {f.name}: numeric" + (f" [{f.unit}]" if f.unit else ""))
+                rng = "" if f.min is None and f.max is None else f", plausible {f.range_text}"
+                lines.append(f"  {f.name}: numeric" + (f" [{f.unit}]" if f.unit else "") + rng)
             else:
                 lines.append(f"  {f.name}: categorical {list(f.categories)}")
         return "\n".join(lines)
@@ -209,10 +254,17 @@ class Schema:
             type = "categorical"
             categories = ["female", "male"]
 
+            [features.chol]
+            type = "numeric"
+            unit = "mg/dL"
+            min = 50                 # optional plausible range, in the agreed unit
+            max = 700
+
             [sites.clinic-b]         # optional: how one site's export differs
             rename = { fpg_mmol = "glucose" }
             units = { glucose = "mmol/L" }
             codes.sex = { F = "female", M = "male" }
+            missing = { chol = 0 }   # codes that mean "not measured" at this site
         """
         path = Path(path)
         try:
@@ -249,26 +301,35 @@ class Schema:
             if not isinstance(spec, Mapping):
                 raise InvalidDataError(f"[features.{fname}] must be a table, got {spec!r}")
             kind = spec.get("type", NUMERIC)
-            extra = set(spec) - {"type", "unit", "categories", "quantity", "description"}
+            extra = set(spec) - {"type", "unit", "categories", "quantity", "description",
+                                 "min", "max"}
             if extra:
-                raise InvalidDataError(f"[features.{fname}]: unknown keys {sorted(extra)}")
-            features.append(
-                Feature(
-                    name=str(fname),
-                    kind=kind,
-                    unit=spec.get("unit"),
-                    categories=tuple(str(c) for c in spec.get("categories", ())),
-                    quantity=spec.get("quantity"),
-                    description=str(spec.get("description", "")),
+                raise InvalidDataError(f"[features.{fname}]: unknown keys {sorted(extra)}; "
+                                       "expected type, unit, categories, quantity, description, "
+                                       "min, max")
+            try:
+                features.append(
+                    Feature(
+                        name=str(fname),
+                        kind=kind,
+                        unit=spec.get("unit"),
+                        categories=tuple(str(c) for c in spec.get("categories", ())),
+                        quantity=spec.get("quantity"),
+                        description=str(spec.get("description", "")),
+                        min=spec.get("min"),
+                        max=spec.get("max"),
+                    )
                 )
-            )
+            except ConfigurationError as exc:
+                raise InvalidDataError(f"[features.{fname}]: {exc}") from None
         sites = {}
         for site, spec in (raw.get("sites") or {}).items():
             if not isinstance(spec, Mapping):
                 raise InvalidDataError(f"[sites.{site}] must be a table, got {spec!r}")
-            extra = set(spec) - {"rename", "units", "codes"}
+            extra = set(spec) - {"rename", "units", "codes", "missing"}
             if extra:
-                raise InvalidDataError(f"[sites.{site}]: unknown keys {sorted(extra)}")
+                raise InvalidDataError(f"[sites.{site}]: unknown keys {sorted(extra)}; "
+                                       "expected rename, units, codes, missing")
             sites[str(site)] = ExportFormat(
                 name=f"site {site}",
                 rename={str(k): str(v) for k, v in spec.get("rename", {}).items()},
@@ -277,6 +338,7 @@ class Schema:
                     str(col): {str(k): str(v) for k, v in table.items()}
                     for col, table in spec.get("codes", {}).items()
                 },
+                missing=parse_missing_codes(spec.get("missing", {}), where=f"[sites.{site}]"),
             )
         neg = target.get("negative")
         schema = cls(
@@ -290,6 +352,37 @@ class Schema:
         for site, fmt in sites.items():
             _check_site(schema, site, fmt)
         return schema
+
+
+def missing_code_text(value: Any) -> str:
+    """A declared missing code as text: integral numbers lose their ``.0`` (``0.0`` -> ``"0"``)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise InvalidDataError(f"a missing code must be a number or a string, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value).strip()
+
+
+def parse_missing_codes(raw: Any, *, where: str) -> dict[str, tuple[str, ...]]:
+    """``{column: code or [codes]}`` from a schema or federation file, codes as text."""
+    if not isinstance(raw, Mapping):
+        raise InvalidDataError(
+            f"{where} missing must be a table {{column = code or [codes]}}, got {raw!r}")
+    out: dict[str, tuple[str, ...]] = {}
+    for col, codes in raw.items():
+        values = codes if isinstance(codes, list) else [codes]
+        try:
+            out[str(col)] = tuple(missing_code_text(v) for v in values)
+        except InvalidDataError as exc:
+            raise InvalidDataError(f"{where} missing.{col}: {exc}") from None
+        if not out[str(col)]:
+            raise InvalidDataError(f"{where} missing.{col}: give at least one code, got []")
+    return out
+
+
+def check_site_format(schema: Schema, site: str, fmt: ExportFormat) -> None:
+    """Public form of the site-table check (a federation file adds ``missing`` codes)."""
+    _check_site(schema, site, fmt)
 
 
 def _check_site(schema: Schema, site: str, fmt: ExportFormat) -> None:
@@ -309,6 +402,12 @@ def _check_site(schema: Schema, site: str, fmt: ExportFormat) -> None:
     if bad:
         raise InvalidDataError(
             f"[sites.{site}] codes given for {bad}, expected categorical features or the target {sorted(coded)}"
+        )
+    bad = [c for c in fmt.missing if c not in schema.feature_names]
+    if bad:
+        raise InvalidDataError(
+            f"[sites.{site}] missing codes given for {bad}, expected features "
+            f"{list(schema.feature_names)} (a missing target is never allowed)"
         )
     for col, table in fmt.codes.items():
         agreed = schema.target_codes if col == schema.target else schema.feature(col).categories

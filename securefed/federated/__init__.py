@@ -24,6 +24,10 @@ _EXPORTS = {
     "FederatedArrays": "securefed.arrays",
     "evaluate": "securefed.federated.engine",
     "run_federated": "securefed.federated.engine",
+    "run_centralized": "securefed.federated.centralized",
+    "run_algorithm": "securefed.federated.train",
+    "algorithm_names": "securefed.federated.train",
+    "check_weight_bound": "securefed.federated.weight_bound",
     "FedMedHeter": "securefed.federated.fedmedheter",
     "FedAvg": "securefed.federated.strategy",
     "FedProx": "securefed.federated.strategy",
@@ -60,6 +64,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; nothing is imported at 
         check_uploads,
     )
     from securefed.codec import Codec, Float32Codec
+    from securefed.federated.centralized import run_centralized
     from securefed.federated.engine import evaluate, run_federated
     from securefed.federated.fedmedheter import FedMedHeter
     from securefed.federated.registry import (
@@ -78,6 +83,7 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; nothing is imported at 
         train_local,
         weighted_mean,
     )
+    from securefed.federated.train import algorithm_names, run_algorithm
     from securefed.federated.types import (
         FederationFacts,
         LocalConfig,
@@ -86,3 +92,4 @@ if TYPE_CHECKING:  # what a type checker and an IDE see; nothing is imported at 
         RoundTranscript,
         RunResult,
     )
+    from securefed.federated.weight_bound import check_weight_bound

@@ -15,7 +15,7 @@ import torch
 
 from securefed.arrays import ClientArrays, FederatedArrays
 from securefed.errors import ConfigurationError
-from securefed.federated.engine import ProgressCallback, evaluate
+from securefed.federated.engine import ProgressCallback, evaluate, evaluate_per_hospital
 from securefed.federated.strategy import train_local
 from securefed.federated.types import LocalConfig, RoundRecord, RunResult
 from securefed.models import ModelSpec, get_flat_params
@@ -35,7 +35,13 @@ def run_centralized(
     batch_size: int | None = 16,
     progress: bool | ProgressCallback = False,
 ) -> RunResult:
-    """Train ``model`` on all training rows pooled at one server; history per round."""
+    """Train ``model`` on all training rows pooled at one server; history per round.
+
+    Evaluated like a federated run: on the union test set every round, and on each
+    hospital's own test patients where it has some (``RoundRecord.per_hospital``).  Also
+    reachable as ``run_algorithm(data, "centralized", ...)`` and ``securefed train
+    --algorithm centralized``.
+    """
     if rounds < 1:
         raise ConfigurationError(f"rounds must be >= 1, got {rounds}")
     X, y = data.pooled()
@@ -61,12 +67,13 @@ def run_centralized(
             params = params + local.update
             t1 = time.perf_counter()
             loss, acc, auc = evaluate(net, data.X_test, data.y_test)
+            per_hospital = evaluate_per_hospital(net, data)
             t2 = time.perf_counter()
             rec = RoundRecord(
                 round_index=r, train_loss=local.train_loss, test_loss=loss, test_accuracy=acc,
                 test_auc=auc, bytes_up=upload_bytes if r == 0 else 0, bytes_down=0,
                 times={"local_training": t1 - t0, "evaluation": t2 - t1},
-                num_selected=1, num_contributors=1,
+                num_selected=1, num_contributors=1, per_hospital=per_hospital,
             )
             history.append(rec)
             if bar is not None:

@@ -29,6 +29,7 @@ from securefed.federated.metrics import roc_auc
 from securefed.federated.round import client_step, sample_clients, seed_streams
 from securefed.federated.strategy import Strategy
 from securefed.federated.types import FederationFacts, RoundRecord, RoundTranscript, RunResult
+from securefed.federated.weight_bound import check_weight_bound
 from securefed.models import ModelSpec, get_flat_params, set_flat_params
 
 __all__ = ["run_federated", "evaluate", "evaluate_per_hospital", "ProgressCallback"]
@@ -132,6 +133,15 @@ def run_federated(
             f"model expects {model.n_features} features, data has {data.num_features}"
         )
     channel = channel or PlainChannel()
+    check_weight_bound(strategy, channel, data)  # before round 0, not at the first upload
+    per_round = len(data.clients) if clients_per_round is None else min(clients_per_round,
+                                                                            len(data.clients))
+    if per_round < channel.min_contributors:
+        raise ConfigurationError(
+            f"channel {channel.name!r} releases only sums of at least {channel.min_contributors} "
+            f"hospitals, and this run has {per_round} per round; add hospitals or, knowing that "
+            "a sum of two reveals each to the other, lower the channel's minimum "
+            "(SecAggChannel(min_clients=...), CKKSChannel(min_contributors=...))")
     if dropout_stage is not None and dropout_stage not in channel.stages:
         raise ConfigurationError(
             f"dropout_stage {dropout_stage!r} is not a stage of channel {channel.name!r}; "

@@ -10,8 +10,10 @@ writes::
         app-signing.key         the consortium's Ed25519 app-signing key (mode 0600)
         trusted-entities.yaml   its public key, as Flower's --trusted-entities reads it
         nodes/<name>.pub        each hospital's node public key, registered at start
+        roster.json             the hospitals' pinned identity roster (with --roster)
     DIR/hospitals/<name>/
         node.json               this hospital's settings (SuperLink address, client id, data)
+        roster.json             the same roster (with --roster)
         ca.pem                  the CA certificate: the only server this node accepts
         node.key, node.pub      this hospital's node key (private key mode 0600)
         trusted-entities.yaml   the consortium's app-signing public key
@@ -35,6 +37,12 @@ docs/deployment.md, "What each hospital trusts"):
   machine keeps it elsewhere and hands the coordinator only the signature
   (``securefed deploy sign``).
 * **TLS** (ECDSA P-256, :mod:`securefed.flower.tls`).  Hospitals hold only ``ca.pem``.
+* **Identity keys** for secure aggregation against a deviating server
+  (:mod:`securefed.identity`, ``securefed keys identity``) are *not* made here: the server
+  must never hold a hospital's identity key, so the hospitals make them (or a party they
+  trust does) and only the public roster is handed to ``make_consortium(roster=...)``; it is
+  copied to every folder, and each hospital names its own identity file when it starts
+  (``securefed deploy node --identity-key``).
 
 Key generation uses ``cryptography`` (OpenSSL) and the OS CSPRNG; private keys are written
 with mode 0600 and never overwritten silently.
@@ -177,6 +185,12 @@ class Coordinator:
     def trusted_entities(self) -> Path:
         return self.folder / "trusted-entities.yaml"
 
+    @property
+    def roster(self) -> Path | None:
+        """The server's copy of the pinned roster (``secagg-roster``), when there is one."""
+        path = self.folder / "roster.json"
+        return path if path.is_file() else None
+
     def node_public_keys(self) -> dict[str, Path]:
         return {name: self.folder / "nodes" / f"{name}.pub" for name, _ in self.hospitals}
 
@@ -188,6 +202,7 @@ def make_consortium(
     host: str = "127.0.0.1",
     port: int = 9092,
     node_configs: Mapping[str, Mapping[str, Any]] | None = None,
+    roster: str | Path | None = None,
     overwrite: bool = False,
 ) -> tuple[Coordinator, list[Hospital]]:
     """Write the coordinator's folder and one folder per hospital (see the module docstring).
@@ -207,6 +222,16 @@ def make_consortium(
         raise ConfigurationError(f"hospital names must be unique, got {names}")
     if not (isinstance(port, int) and 0 < port < 65536):
         raise ConfigurationError(f"port must be in 1..65535, got {port!r}")
+    roster_text = None
+    if roster is not None:
+        from securefed.identity import Roster
+
+        pinned = Roster.load(roster)
+        listed = [pinned.name_of(c) for c in pinned.client_ids()]
+        if listed != names:
+            raise ConfigurationError(f"the roster lists hospitals {listed} (client-id order), "
+                                     f"the consortium {names}; expected the same, in order")
+        roster_text = Path(roster).read_text(encoding="utf-8")
     out = Path(out_dir).absolute()
     coord_dir = out / "coordinator"
     (coord_dir / "nodes").mkdir(parents=True, exist_ok=True)
@@ -219,6 +244,8 @@ def make_consortium(
         "host": host, "port": port,
         "hospitals": [{"name": n, "client-id": i} for i, n in enumerate(names)],
     }, indent=1) + "\n", encoding="utf-8")
+    if roster_text is not None:
+        (coord_dir / "roster.json").write_text(roster_text, encoding="utf-8")
     ca_pem = (coord_dir / "tls" / "ca.pem").read_bytes()
     result = []
     for cid, name in enumerate(names):
@@ -229,6 +256,9 @@ def make_consortium(
         (folder / "ca.pem").write_bytes(ca_pem)
         write_trusted_entities(folder / "trusted-entities.yaml", signing_public)
         config = {"client-id": cid, **dict((node_configs or {}).get(name, {}))}
+        if roster_text is not None:
+            (folder / "roster.json").write_text(roster_text, encoding="utf-8")
+            config.setdefault("roster", str(folder / "roster.json"))
         config.setdefault("name", name)
         settings = {"name": name, "superlink": f"{host}:{port}", "node-config": config}
         (folder / "node.json").write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")

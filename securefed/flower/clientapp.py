@@ -59,7 +59,8 @@ def _build_app() -> Any:
 
         fields, _ = read_content(msg.content)
         reply = client_stage(dict(context.run_config), node_client_id(context.node_config),
-                             lambda: load_node_data(context.node_config), fields, context.state)
+                             lambda: load_node_data(context.node_config), fields, context.state,
+                             node_config=context.node_config)
         return Message(make_content(reply), reply_to=msg)
 
     return client_app

@@ -503,6 +503,8 @@ class LocalCluster:
             from securefed.flower.bundle import load_signing_key
 
             assert self.database is not None
+            if self.coordinator.roster is not None and "secagg-roster" not in (run_config or {}):
+                run_config = {**(run_config or {}), "secagg-roster": str(self.coordinator.roster)}
             app = sign_fab(build_fab(app_dir), load_signing_key(self.coordinator.signing_key))
             store_signed_app(self.database, app)
             return start_run(self.control_address, root_certificates=self.tls_dir / "ca.pem"

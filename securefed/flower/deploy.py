@@ -46,7 +46,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
     names = [n.strip() for n in args.hospitals.split(",") if n.strip()]
     coordinator, hospitals = make_consortium(args.out, hospitals=names, host=args.host,
-                                             port=args.port, overwrite=args.overwrite)
+                                             port=args.port, roster=args.roster,
+                                             overwrite=args.overwrite)
     print(f"coordinator folder (keep on the coordinator machine): {coordinator.folder}")
     print(f"  start with: securefed deploy superlink --bundle {coordinator.folder}")
     print(f"  CA private key {coordinator.tls_dir / 'ca.key'}: move it offline")
@@ -130,16 +131,25 @@ def _write_cli_config(coord: Any, internal: int) -> Path:
     return home
 
 
-def node_command(hospital: Any, *, data: str | None = None, schema: str | None = None,
-                 runtime_port: int = 9094, poll_interval: float = 0.25) -> list[str]:
-    """The command a hospital's ``securefed deploy node`` runs (exposed for tests)."""
-    from securefed.flower.cluster import _config_arg
-
+def _node_config(hospital: Any, *, data: str | None = None, schema: str | None = None,
+                 identity_key: str | None = None) -> dict[str, Any]:
     config = dict(hospital.node_config)
     if data is not None:
         config["data-path"] = str(Path(data).absolute())
     if schema is not None:
         config["schema-path"] = str(Path(schema).absolute())
+    if identity_key is not None:
+        config["identity-key"] = str(Path(identity_key).absolute())
+    return config
+
+
+def node_command(hospital: Any, *, data: str | None = None, schema: str | None = None,
+                 identity_key: str | None = None, runtime_port: int = 9094,
+                 poll_interval: float = 0.25) -> list[str]:
+    """The command a hospital's ``securefed deploy node`` runs (exposed for tests)."""
+    from securefed.flower.cluster import _config_arg
+
+    config = _node_config(hospital, data=data, schema=schema, identity_key=identity_key)
     return [sys.executable, "-m", "securefed.flower.warm", "node", "--poll-interval",
             str(poll_interval), "--", "--root-certificates", str(hospital.ca_cert),
             "--superlink", hospital.superlink, "--port", str(runtime_port),
@@ -159,12 +169,13 @@ def _cmd_node(args: argparse.Namespace) -> int:
     else:
         check_superlink(hospital.superlink, root_certificates=hospital.ca_cert)
     command = node_command(hospital, data=args.data, schema=args.schema,
-                           runtime_port=args.runtime_port, poll_interval=args.poll_interval)
-    config = dict(hospital.node_config)
-    if args.data:
-        config["data-path"] = str(Path(args.data).absolute())
-    if args.schema:
-        config["schema-path"] = str(Path(args.schema).absolute())
+                           identity_key=args.identity_key, runtime_port=args.runtime_port,
+                           poll_interval=args.poll_interval)
+    config = _node_config(hospital, data=args.data, schema=args.schema,
+                          identity_key=args.identity_key)
+    if "roster" in config and "identity-key" not in config:
+        print("securefed: no --identity-key: this node can take part in plain runs only; secure "
+              "aggregation (malicious-server mode) needs the hospital's identity file", flush=True)
     data = load_node_data(config)  # refuse bad data here, with the row named
     print(f"securefed: {hospital.name} (client {hospital.client_id}): {data.num_examples} records, "
           f"{data.X.shape[1]} features; SuperLink {hospital.superlink} reachable over TLS",
@@ -276,6 +287,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     internal = args.internal_port or coord.port + _INTERNAL_PORT_OFFSET
     state = Path(args.state or coord.folder / "state").absolute()
     config = _run_config(args.run_config or [])
+    if coord.roster is not None:
+        config.setdefault("secagg-roster", str(coord.roster))
     status, run_ids = submit_and_wait(
         address=f"127.0.0.1:{internal}", ca=coord.tls_dir / "ca.pem",
         database=state / "superlink.db", app=app, run_config=config,
@@ -294,6 +307,8 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--host", required=True, help="the name or address hospitals dial")
     p.add_argument("--port", type=int, default=9092, help="the hospital-facing port (default 9092)")
     p.add_argument("--out", required=True, help="folder to write")
+    p.add_argument("--roster", help="the hospitals' roster.json (securefed keys identity, made "
+                   "by the hospitals, not the coordinator), copied to every folder")
     p.add_argument("--overwrite", action="store_true", help="replace existing keys")
     p.set_defaults(func=_cmd_init)
 
@@ -309,6 +324,8 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--bundle", required=True, help="this hospital's folder")
     p.add_argument("--data", help="the hospital's records (CSV)")
     p.add_argument("--schema", help="the agreed schema (JSON)")
+    p.add_argument("--identity-key", help="this hospital's identity file (securefed keys "
+                   "identity), for secure aggregation")
     p.add_argument("--runtime-port", type=int, default=9094,
                    help="local port between the SuperNode and its ClientApps (127.0.0.1)")
     p.add_argument("--poll-interval", type=float, default=0.25,

@@ -246,6 +246,9 @@ class DeploymentSettings:
     eval_data: str
     result_path: str
     secagg_threshold: int
+    secagg_mode: str = "malicious"
+    secagg_min_clients: int = 3
+    secagg_roster: str = ""
     checkpoint_path: str = ""
     resume: bool = False
     rejoin_wait: float = 0.0
@@ -296,10 +299,27 @@ class DeploymentSettings:
             eval_data=str(run_config.get("eval-data", "pima-test")),
             result_path=result_path,
             secagg_threshold=_int("secagg-threshold", 0, 0),
+            secagg_mode=_secagg_mode(run_config, channel),
+            secagg_min_clients=_int("secagg-min-clients", 3, 1),
+            secagg_roster=str(run_config.get("secagg-roster", "")),
             checkpoint_path=checkpoint_path,
             resume=resume,
             rejoin_wait=float(rejoin_wait),
         )
+
+
+def _secagg_mode(run_config: Mapping[str, Any], channel: str) -> str:
+    """``secagg-mode``: ``malicious`` (default; needs ``secagg-roster``) or
+    ``honest-but-curious`` (named explicitly)."""
+    mode = str(run_config.get("secagg-mode", "malicious"))
+    if mode not in ("malicious", "honest-but-curious"):
+        raise ConfigurationError(
+            f"secagg-mode must be 'malicious' or 'honest-but-curious', got {mode!r}")
+    if channel == "secagg" and mode == "malicious" and not str(run_config.get("secagg-roster", "")):
+        raise ConfigurationError(
+            "secagg-mode 'malicious' (the default) needs secagg-roster: the path of the roster "
+            "written by 'securefed keys identity' (or name secagg-mode = 'honest-but-curious')")
+    return mode
 
 
 def client_generator(seed: int, client_id: int, num_clients: int) -> np.random.Generator:

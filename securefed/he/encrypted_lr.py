@@ -34,14 +34,17 @@ slot: nothing but complete sums over all patients is ever decrypted, so the key 
 learns the weights and nothing about single patients (no partial sums, no masks needed).
 Four levels fit ``N = 8192`` at 128-bit security (:meth:`CKKSParameters.training`).
 
-Key-holder refresh
-------------------
+Key-authority refresh
+---------------------
 After four levels the weights cannot be multiplied again.  Each epoch the server sends the
-``d + 1`` weight ciphertexts to the key holder (a hospital), who decrypts, averages the
-replicated slots, and returns fresh encryptions.  The key holder learns the weights after
-every epoch (it would learn the final model anyway); the server never sees a decryption, so
-the IND-CPA^D caveat (see :mod:`securefed.he.channel`) does not arise during training.  The
-time and bytes of every refresh are counted.
+``d + 1`` weight ciphertexts to the key authority
+(:meth:`~securefed.he.authority.CKKSKeyAuthority.refresh_weights`), which checks them
+(declared epoch, count, level, one value replicated in every slot), decrypts, averages the
+replicated slots, releases the mean rounded to a grid calibrated on the ciphertext's own
+error, and returns fresh encryptions.  The server never sees a decryption; the released
+weights (history and final model) are never exact decryptions (IND-CPA^D, see
+:mod:`securefed.he.uploads`).  Hospitals encrypt their columns with the public context
+only.  The time and bytes of every refresh are counted.
 
 Sigmoid
 -------
@@ -62,8 +65,6 @@ the resulting multiplicative error per level.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -74,7 +75,9 @@ from tenseal import sealapi as seal
 
 from securefed.arrays import FederatedArrays
 from securefed.errors import ConfigurationError, InvalidDataError, KeyMaterialError
+from securefed.he.authority import CKKSKeyAuthority
 from securefed.he.keys import CKKSKeyHolder, CKKSParameters, CKKSPublicContext
+from securefed.he.seal_ops import Blobs, Party
 
 __all__ = [
     "fit_sigmoid_polynomial",
@@ -199,149 +202,8 @@ class EncryptedLRResult:
         }
 
 
-# ---------------------------------------------------------------------------- SEAL plumbing
-class _Blobs:
-    """Ciphertext <-> bytes through SEAL's own (compressed) format, via a private temp dir."""
-
-    def __init__(self) -> None:
-        shm = "/dev/shm"
-        base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-        self._dir = tempfile.TemporaryDirectory(prefix="securefed-ckks-", dir=base)
-        self._path = os.path.join(self._dir.name, "ct")
-
-    def dump(self, ct: seal.Ciphertext) -> bytes:
-        ct.save(self._path)
-        with open(self._path, "rb") as fh:
-            return fh.read()
-
-    def load(self, context: Any, blob: bytes, *, what: str) -> seal.Ciphertext:
-        with open(self._path, "wb") as fh:
-            fh.write(blob)
-        ct = seal.Ciphertext()
-        try:
-            ct.load(context, self._path)
-        except (RuntimeError, ValueError) as exc:
-            raise InvalidDataError(f"{what}: not a valid ciphertext for these parameters ({exc})") from exc
-        return ct
-
-    def close(self) -> None:
-        self._dir.cleanup()
-
-
-class _Party:
-    """SEAL objects of one party, built from a TenSEAL context."""
-
-    def __init__(self, context: Any, parameters: CKKSParameters, *, secret: bool,
-                 rotation_keys: Any = None) -> None:
-        self.ctx = context.seal_context().data
-        self.encoder = seal.CKKSEncoder(self.ctx)
-        self.evaluator = seal.Evaluator(self.ctx)
-        self.encryptor = seal.Encryptor(self.ctx, context.public_key().data)
-        self.decryptor = seal.Decryptor(self.ctx, context.secret_key().data) if secret else None
-        self.relin = context.relin_keys().data if context.has_relin_keys() else None
-        self.galois = rotation_keys
-        self.scale = parameters.scale
-        self.slots = parameters.slots
-        self._parms_at: dict[int, Any] = {}
-        cd = self.ctx.first_context_data()
-        while cd is not None:
-            self._parms_at[int(cd.chain_index())] = cd.parms_id()
-            cd = cd.next_context_data()
-
-    def encode(self, values: np.ndarray | float, *, like: seal.Ciphertext | None = None,
-               scale: float | None = None) -> seal.Plaintext:
-        pt = seal.Plaintext()
-        sc = self.scale if scale is None else scale
-        vals = values if isinstance(values, float) else [float(v) for v in values]
-        if like is None:
-            self.encoder.encode(vals, sc, pt)
-        else:
-            self.encoder.encode(vals, like.parms_id(), sc, pt)
-        return pt
-
-    def encrypt(self, values: np.ndarray) -> seal.Ciphertext:
-        ct = seal.Ciphertext()
-        self.encryptor.encrypt(self.encode(np.asarray(values, dtype=np.float64)), ct)
-        return ct
-
-    def decrypt(self, ct: seal.Ciphertext) -> np.ndarray:
-        assert self.decryptor is not None
-        pt = seal.Plaintext()
-        self.decryptor.decrypt(ct, pt)
-        return np.asarray(self.encoder.decode_double(pt), dtype=np.float64)
-
-    # -- arithmetic with scale bookkeeping (scale reset to 2^scale_bits after each rescale)
-    def _rescale(self, ct: seal.Ciphertext) -> None:
-        self.evaluator.rescale_to_next_inplace(ct)
-        ct.scale = self.scale
-
-    def mul(self, a: seal.Ciphertext, b: seal.Ciphertext) -> seal.Ciphertext:
-        a, b = self.align(a, b)
-        out = seal.Ciphertext()
-        self.evaluator.multiply(a, b, out)
-        self.evaluator.relinearize_inplace(out, self.relin)
-        self._rescale(out)
-        return out
-
-    def square(self, a: seal.Ciphertext) -> seal.Ciphertext:
-        out = seal.Ciphertext()
-        self.evaluator.square(a, out)
-        self.evaluator.relinearize_inplace(out, self.relin)
-        self._rescale(out)
-        return out
-
-    def mul_plain(self, a: seal.Ciphertext, values: np.ndarray | float) -> seal.Ciphertext:
-        out = seal.Ciphertext()
-        self.evaluator.multiply_plain(a, self.encode(values, like=a), out)
-        self._rescale(out)
-        return out
-
-    def level(self, ct: seal.Ciphertext) -> int:
-        return int(self.ctx.get_context_data(ct.parms_id()).chain_index())
-
-    def lower(self, ct: seal.Ciphertext, level: int) -> seal.Ciphertext:
-        """A copy of ``ct`` mod-switched down to chain index ``level``."""
-        out = seal.Ciphertext()
-        self.evaluator.mod_switch_to(ct, self._parms_at[level], out)
-        return out
-
-    def align(self, a: seal.Ciphertext, b: seal.Ciphertext) -> tuple[seal.Ciphertext, seal.Ciphertext]:
-        la, lb = self.level(a), self.level(b)
-        if la > lb:
-            a = self.lower(a, lb)
-        elif lb > la:
-            b = self.lower(b, la)
-        return a, b
-
-    def add(self, a: seal.Ciphertext, b: seal.Ciphertext) -> seal.Ciphertext:
-        a, b = self.align(a, b)
-        out = seal.Ciphertext()
-        self.evaluator.add(a, b, out)
-        return out
-
-    def sub(self, a: seal.Ciphertext, b: seal.Ciphertext) -> seal.Ciphertext:
-        a, b = self.align(a, b)
-        out = seal.Ciphertext()
-        self.evaluator.sub(a, b, out)
-        return out
-
-    def add_const(self, a: seal.Ciphertext, value: float) -> seal.Ciphertext:
-        out = seal.Ciphertext()
-        self.evaluator.add_plain(a, self.encode(float(value), like=a, scale=a.scale), out)
-        return out
-
-    def replicate_sum(self, a: seal.Ciphertext) -> seal.Ciphertext:
-        """Rotate-and-add by 1, 2, ..., N/4: every slot ends up holding the sum of all slots."""
-        out = seal.Ciphertext()
-        self.evaluator.rotate_vector(a, 1, self.galois, out)
-        self.evaluator.add_inplace(out, a)
-        tmp = seal.Ciphertext()
-        step = 2
-        while step < self.slots:
-            self.evaluator.rotate_vector(out, step, self.galois, tmp)
-            self.evaluator.add_inplace(out, tmp)
-            step *= 2
-        return out
+_Blobs = Blobs  # the names the tests and older code use
+_Party = Party
 
 
 # ---------------------------------------------------------------------------- training
@@ -363,54 +225,26 @@ def _layout(counts: Sequence[int], slots: int) -> list[list[tuple[int, int, int]
     return spans
 
 
-def train_encrypted_logreg(
-    data: FederatedArrays,
-    *,
-    epochs: int,
-    learning_rate: float = 1.0,
-    interval: tuple[float, float] = (-8.0, 8.0),
-    key_holder: CKKSKeyHolder | None = None,
-    server_context: CKKSPublicContext | None = None,
-    record_history: bool = False,
-    progress: bool = False,
-) -> EncryptedLRResult:
-    """Train logistic regression on the hospitals' encrypted rows (see the module docstring).
-
-    Parameters
-    ----------
-    data:
-        Hospitals' standardised rows and 0/1 labels (``data.clients``); test data unused here.
-    epochs, learning_rate:
-        Full-batch gradient descent from zero weights; one refresh per epoch.
-    interval:
-        Where the degree-3 sigmoid polynomial is fitted.
-    key_holder, server_context:
-        Keys; generated (with rotation keys, :meth:`CKKSParameters.training`) when omitted.
-        The key holder's parameters must support depth 4 and the server context must be the
-        matching public context with rotation keys (a secret context is refused); when
-        omitted, it is derived from the key holder through its serialised form.
-    record_history:
-        Keep the decrypted weights after each epoch (the key holder sees them anyway).
-    progress:
-        Show a progress bar over the epochs.
-    """
-    if not (isinstance(epochs, int) and epochs >= 1):
-        raise ConfigurationError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if not learning_rate > 0:
-        raise ConfigurationError(f"learning_rate must be > 0, got {learning_rate!r}")
-    if key_holder is None:
-        key_holder = CKKSKeyHolder.generate(CKKSParameters.training(), galois_keys=True)
-    params = key_holder.parameters
+def _keys_for_training(key_holder: CKKSKeyHolder | None, server_context: Any,
+                       key_authority: CKKSKeyAuthority | None
+                       ) -> tuple[CKKSKeyAuthority, CKKSPublicContext]:
+    """The key authority and the public context the hospitals and the server use, checked."""
+    if key_authority is None:
+        if key_holder is None:
+            key_holder = CKKSKeyHolder.generate(CKKSParameters.training(), galois_keys=True)
+        key_authority = CKKSKeyAuthority(key_holder, require_signatures=False)
+    holder = key_authority.key_holder
+    params = holder.parameters
     if params.depth < REQUIRED_DEPTH:
         raise ConfigurationError(
             f"encrypted logistic regression needs multiplicative depth {REQUIRED_DEPTH}, the key "
             f"holder's parameters give {params.depth} (use CKKSParameters.training())"
         )
-    if not key_holder.has_rotation_keys:
+    if not holder.has_rotation_keys:
         raise KeyMaterialError("encrypted training needs rotation (Galois) keys; generate them "
                                "with CKKSKeyHolder.generate(..., galois_keys=True)")
-    if server_context is None:  # the key holder sends its public share; the server loads it
-        server_pub = CKKSPublicContext.from_bytes(key_holder.public_context().to_bytes())
+    if server_context is None:  # the authority sends its public share; the server loads it
+        server_pub = CKKSPublicContext.from_bytes(holder.public_context().to_bytes())
     elif not isinstance(server_context, CKKSPublicContext):
         raise KeyMaterialError(
             f"server_context must be a CKKSPublicContext (public keys only), got "
@@ -418,15 +252,18 @@ def train_encrypted_logreg(
         )
     else:
         server_pub = server_context
-    public_bytes = server_pub.serialized_size()
-    if server_pub.key_id != key_holder.key_id:
+    if server_pub.key_id != holder.key_id:
         raise KeyMaterialError(
             f"server context is for key {server_pub.key_id.hex()[:16]}, the key holder holds "
-            f"{key_holder.key_id.hex()[:16]}"
+            f"{holder.key_id.hex()[:16]}"
         )
     if not server_pub.has_rotation_keys:
         raise KeyMaterialError("the server's public context lacks rotation (Galois) keys")
+    return key_authority, server_pub
 
+
+def _check_rows(data: FederatedArrays) -> list[int]:
+    """Every hospital's rows: shape, finite values, 0/1 labels; returns the row counts."""
     clients = data.clients
     if not clients:
         raise InvalidDataError("no hospital in the data")
@@ -443,113 +280,164 @@ def train_encrypted_logreg(
             raise InvalidDataError(f"hospital {c.name!r}: labels must be 0 or 1, got "
                                    f"{sorted(set(np.unique(c.y).tolist()))[:5]}")
     counts = [c.num_examples for c in clients]
-    n = int(sum(counts))
-    if n == 0:
+    if sum(counts) == 0:
         raise InvalidDataError("no training rows in any hospital")
-    slots = params.slots
+    return counts
+
+
+def _encrypt_columns(data: FederatedArrays, counts: Sequence[int], hospital: Party,
+                     blobs: Blobs) -> list[list[tuple[int, list[bytes]]]]:
+    """Hospitals: one ciphertext per feature column and one for the labels, per chunk they
+    have patients in, in the shared layout (public key only)."""
+    slots = hospital.slots
+    d = data.num_features
+    uploads: list[list[tuple[int, list[bytes]]]] = []
+    for c, spans in zip(data.clients, _layout(counts, slots), strict=True):
+        X = np.asarray(c.X, dtype=np.float64)
+        y = np.asarray(c.y, dtype=np.float64)
+        mine: list[tuple[int, list[bytes]]] = []
+        for chunk, slot, row in spans:
+            take = min(c.num_examples - row, slots - slot)
+            cts = []
+            for col in [X[row:row + take, j] for j in range(d)] + [y[row:row + take]]:
+                full = np.zeros(slots)
+                full[slot:slot + take] = col
+                cts.append(blobs.dump(hospital.encrypt(full)))
+            mine.append((chunk, cts))
+        uploads.append(mine)
+    return uploads
+
+
+@dataclass
+class _ServerData:
+    """What the server holds after the upload: per chunk, the summed column and label
+    ciphertexts, the public 0/1 mask of used slots, and ``-k y`` (level 1)."""
+
+    X: list[list[Any]]
+    masks: list[np.ndarray]
+    kY: list[Any]
+
+
+def _server_setup(server: Party, blobs: Blobs, uploads: list[list[tuple[int, list[bytes]]]], *,
+                  d: int, n: int, k: float) -> _ServerData:
+    slots = server.slots
     n_chunks = -(-n // slots)
+    Xc: list[list[seal.Ciphertext | None]] = [[None] * d for _ in range(n_chunks)]
+    Yc: list[seal.Ciphertext | None] = [None] * n_chunks
+    for h, mine in enumerate(uploads):
+        for chunk, cts in mine:
+            parsed = [blobs.load(server.ctx, b, what=f"hospital {h} column upload") for b in cts]
+            for j in range(d):
+                prev = Xc[chunk][j]
+                Xc[chunk][j] = parsed[j] if prev is None else server.add(prev, parsed[j])
+            Yc[chunk] = parsed[d] if Yc[chunk] is None else server.add(Yc[chunk], parsed[d])
+    masks = []
+    for chunk in range(n_chunks):
+        m = np.zeros(slots)
+        m[:min(slots, n - chunk * slots)] = 1.0
+        masks.append(m)
+    kY = [server.mul_plain(Yc[c], -k) for c in range(n_chunks)]
+    return _ServerData(X=Xc, masks=masks, kY=kY)  # type: ignore[arg-type]
+
+
+def _server_epoch(server: Party, W: list[Any], data: _ServerData, *, coef: np.ndarray, k: float,
+                  d: int) -> list[Any]:
+    """One homomorphic epoch (the table of the module docstring): new weight ciphertexts."""
+    G: list[seal.Ciphertext | None] = [None] * (d + 1)
+    for c, Xc in enumerate(data.X):
+        z = server.mul_plain(W[d], data.masks[c])
+        for j in range(d):
+            z = server.add(z, server.mul(W[j], Xc[j]))
+        z2 = server.square(z)
+        t = server.mul_plain(z, k * coef[3])
+        lin = server.mul_plain(z, k * coef[1])
+        e = server.add(server.mul(z2, t), lin)
+        e = server.add_const(e, k * coef[0])
+        e = server.add(e, data.kY[c])
+        for j in range(d):
+            p = server.mul(e, Xc[j])
+            G[j] = p if G[j] is None else server.add(G[j], p)
+        pb = server.mul_plain(e, data.masks[c])
+        G[d] = pb if G[d] is None else server.add(G[d], pb)
+    return [server.sub(W[j], server.replicate_sum(G[j])) for j in range(d + 1)]
+
+
+def train_encrypted_logreg(
+    data: FederatedArrays,
+    *,
+    epochs: int,
+    learning_rate: float = 1.0,
+    interval: tuple[float, float] = (-8.0, 8.0),
+    key_holder: CKKSKeyHolder | None = None,
+    server_context: CKKSPublicContext | None = None,
+    key_authority: CKKSKeyAuthority | None = None,
+    record_history: bool = False,
+    progress: bool = False,
+) -> EncryptedLRResult:
+    """Train logistic regression on the hospitals' encrypted rows (see the module docstring).
+
+    Parameters
+    ----------
+    data:
+        Hospitals' standardised rows and 0/1 labels (``data.clients``); test data unused here.
+    epochs, learning_rate:
+        Full-batch gradient descent from zero weights; one refresh per epoch.
+    interval:
+        Where the degree-3 sigmoid polynomial is fitted.
+    key_authority, key_holder, server_context:
+        The key authority (built from ``key_holder`` when omitted; keys generated with
+        rotation keys and :meth:`CKKSParameters.training` when both are omitted).  Its
+        parameters must support depth 4; the server context must be the matching public
+        context with rotation keys (a secret context is refused); when omitted, it is
+        derived from the authority through its serialised form.
+    record_history:
+        Keep the released (rounded) weights after each epoch.
+    progress:
+        Show a progress bar over the epochs.
+    """
+    if not (isinstance(epochs, int) and epochs >= 1):
+        raise ConfigurationError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not learning_rate > 0:
+        raise ConfigurationError(f"learning_rate must be > 0, got {learning_rate!r}")
+    authority, server_pub = _keys_for_training(key_holder, server_context, key_authority)
+    params = authority.parameters
+    counts = _check_rows(data)
+    d, n = data.num_features, int(sum(counts))
     coef = fit_sigmoid_polynomial(interval=interval, degree=3)
     k = learning_rate / n
 
-    holder = _Party(key_holder.context, params, secret=True)
-    server = _Party(server_pub.context, params, secret=False,
-                    rotation_keys=server_pub.rotation_keys())
-    blobs = _Blobs()
+    hospital = Party(server_pub.context, params, secret=False)
+    server = Party(server_pub.context, params, secret=False, rotation_keys=server_pub.rotation_keys())
+    blobs = Blobs()
     bar = None
     try:
-        # ---- hospitals encrypt their columns (features and labels) in the shared layout
         t0 = time.perf_counter()
-        uploads: list[list[tuple[int, list[bytes]]]] = []
-        for c, spans in zip(clients, _layout(counts, slots), strict=True):
-            X = np.asarray(c.X, dtype=np.float64)
-            y = np.asarray(c.y, dtype=np.float64)
-            mine: list[tuple[int, list[bytes]]] = []
-            for chunk, slot, row in spans:
-                take = min(c.num_examples - row, slots - slot)
-                cols = [X[row:row + take, j] for j in range(d)] + [y[row:row + take]]
-                cts = []
-                for col in cols:
-                    full = np.zeros(slots)
-                    full[slot:slot + take] = col
-                    cts.append(blobs.dump(holder.encrypt(full)))
-                mine.append((chunk, cts))
-            uploads.append(mine)
+        uploads = _encrypt_columns(data, counts, hospital, blobs)
         time_encrypt = time.perf_counter() - t0
-        bytes_upload = sum(len(b) for mine in uploads for _, cts in mine for b in cts)
-
-        # ---- server: parse, sum hospitals per chunk, masks, pre-scaled labels
         t0 = time.perf_counter()
-        Xc: list[list[seal.Ciphertext | None]] = [[None] * d for _ in range(n_chunks)]
-        Yc: list[seal.Ciphertext | None] = [None] * n_chunks
-        for h, mine in enumerate(uploads):
-            for chunk, cts in mine:
-                parsed = [blobs.load(server.ctx, b, what=f"hospital {h} column upload") for b in cts]
-                for j in range(d):
-                    prev = Xc[chunk][j]
-                    Xc[chunk][j] = parsed[j] if prev is None else server.add(prev, parsed[j])
-                Yc[chunk] = parsed[d] if Yc[chunk] is None else server.add(Yc[chunk], parsed[d])
-        masks = []
-        for chunk in range(n_chunks):
-            m = np.zeros(slots)
-            used = min(slots, n - chunk * slots)
-            m[:used] = 1.0
-            masks.append(m)
-        kY = [server.mul_plain(Yc[c], -k) for c in range(n_chunks)]  # -k * y, level 1
+        held = _server_setup(server, blobs, uploads, d=d, n=n, k=k)
         time_setup = time.perf_counter() - t0
 
-        # ---- key holder: initial encrypted weights (zeros), replicated in every slot
+        authority.begin_training(epochs=epochs, n_weights=d + 1, level=params.depth - REQUIRED_DEPTH)
         w_plain = np.zeros(d + 1)
+        w_blobs = authority.initial_weights(w_plain)
         server_times: list[float] = []
         refresh_times: list[float] = []
         history: list[np.ndarray] = []
         refresh_bytes = 0
-
-        def encrypt_weights(w: np.ndarray) -> list[bytes]:
-            return [blobs.dump(holder.encrypt(np.full(slots, float(v)))) for v in w]
-
-        w_blobs = encrypt_weights(w_plain)
         if progress:
             from tqdm.auto import tqdm
 
             bar = tqdm(total=epochs, desc="encrypted logreg", unit="epoch")
-        for _ in range(epochs):
-            # ---- server epoch
+        for epoch in range(epochs):
             t0 = time.perf_counter()
             W = [blobs.load(server.ctx, b, what="refreshed weight") for b in w_blobs]
-            G: list[seal.Ciphertext | None] = [None] * (d + 1)
-            for c in range(n_chunks):
-                z = server.mul_plain(W[d], masks[c])
-                for j in range(d):
-                    z = server.add(z, server.mul(W[j], Xc[c][j]))
-                z2 = server.square(z)
-                t = server.mul_plain(z, k * coef[3])
-                lin = server.mul_plain(z, k * coef[1])
-                e = server.mul(z2, t)
-                e = server.add(e, lin)
-                e = server.add_const(e, k * coef[0])
-                e = server.add(e, kY[c])
-                for j in range(d):
-                    p = server.mul(e, Xc[c][j])
-                    G[j] = p if G[j] is None else server.add(G[j], p)
-                pb = server.mul_plain(e, masks[c])
-                G[d] = pb if G[d] is None else server.add(G[d], pb)
-            new_w = [server.sub(W[j], server.replicate_sum(G[j])) for j in range(d + 1)]
-            to_holder = [blobs.dump(ct) for ct in new_w]
+            to_authority = [blobs.dump(ct) for ct in _server_epoch(server, W, held, coef=coef, k=k, d=d)]
             server_times.append(time.perf_counter() - t0)
-            # ---- key holder refresh: decrypt, average the replicated slots, re-encrypt
             t0 = time.perf_counter()
-            w_plain = np.array([
-                float(np.mean(holder.decrypt(blobs.load(holder.ctx, b, what="weight to refresh"))))
-                for b in to_holder
-            ])
-            if not np.all(np.isfinite(w_plain)) or np.max(np.abs(w_plain)) >= params.max_abs_value:
-                raise InvalidDataError(
-                    f"encrypted training diverged: weights {w_plain} (learning_rate "
-                    f"{learning_rate} too large for the sigmoid interval {interval}?)"
-                )
-            w_blobs = encrypt_weights(w_plain)
+            w_plain, w_blobs = authority.refresh_weights(to_authority, epoch=epoch)
             refresh_times.append(time.perf_counter() - t0)
-            refresh_bytes = sum(len(b) for b in to_holder) + sum(len(b) for b in w_blobs)
+            refresh_bytes = sum(len(b) for b in to_authority) + sum(len(b) for b in w_blobs)
             if record_history:
                 history.append(w_plain.copy())
             if bar is not None:
@@ -567,7 +455,8 @@ def train_encrypted_logreg(
         n_features=d, parameters=params, sigmoid_coefficients=coef, interval=tuple(interval),
         time_encrypt=time_encrypt, time_setup_server=time_setup,
         epoch_server_times=tuple(server_times), epoch_refresh_times=tuple(refresh_times),
-        bytes_public_context=public_bytes, bytes_data_upload=bytes_upload,
+        bytes_public_context=server_pub.serialized_size(), bytes_data_upload=sum(
+            len(b) for mine in uploads for _, cts in mine for b in cts),
         bytes_refresh_per_epoch=refresh_bytes,
         ciphertexts_per_hospital=tuple(len(m) * (d + 1) for m in uploads),
         weight_history=tuple(history), out_of_interval=out,

@@ -2,15 +2,17 @@
 
 Who holds what
 --------------
-* The **key holders** (the hospitals, or one hospital acting for all) generate one CKKS key
-  pair with :meth:`CKKSKeyHolder.generate`.  Every hospital receives the same secret context
-  (:meth:`CKKSKeyHolder.save` / :meth:`CKKSKeyHolder.load`), over a channel the hospitals
-  already trust; it never goes to the server.
-* The **server** receives only :meth:`CKKSKeyHolder.public_context`: the parameters, the
-  public key, and the evaluation keys (relinearisation, and rotation keys when training
-  needs them).  :class:`CKKSPublicContext` refuses any context that carries a secret key
-  (:class:`~securefed.errors.KeyMaterialError`), so the server cannot be handed one by
-  mistake, whether as an object or as a file.
+* The **key authority**, a party separate from the hospitals and from the server (see
+  ``docs/ckks.md`` for why this role rather than threshold decryption), generates one CKKS
+  key pair with :meth:`CKKSKeyHolder.generate` and keeps the secret context
+  (:meth:`CKKSKeyHolder.save` / :meth:`CKKSKeyHolder.load`) to itself; it decrypts only
+  what :class:`~securefed.he.authority.CKKSKeyAuthority` lets through.
+* The **hospitals** and the **server** receive only :meth:`CKKSKeyHolder.public_context`:
+  the parameters, the public key, and the evaluation keys (relinearisation, and rotation
+  keys when training needs them).  Hospitals encrypt with it; the server computes on
+  ciphertexts.  :class:`CKKSPublicContext` refuses any context that carries a secret key
+  (:class:`~securefed.errors.KeyMaterialError`), so neither can be handed one by mistake,
+  whether as an object or as a file.
 
 The CLI step ``securefed keys ckks --out DIR`` writes both files.
 
@@ -342,6 +344,10 @@ class CKKSPublicContext:
                                                        what="public context")
         return self._rotation
 
+    def encrypt_vector(self, values: Sequence[float] | np.ndarray) -> ts.CKKSVector:
+        """Encrypt at most ``slots`` values under the public key (what a hospital does)."""
+        return ts.ckks_vector(self._ctx, _plain_values(values, self.parameters).tolist())
+
     def to_bytes(self) -> bytes:
         """Serialise for the server (a securefed key record around TenSEAL's format)."""
         return pack({
@@ -405,6 +411,27 @@ class CKKSPublicContext:
                 f"parameters={self.parameters}, rotation_keys={self.has_rotation_keys})")
 
 
+def _plain_values(values: Sequence[float] | np.ndarray, parameters: CKKSParameters) -> np.ndarray:
+    """Values one ciphertext can carry and decode: at most ``slots``, finite, in range."""
+    arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    if arr.size == 0:
+        raise InvalidDataError("cannot encrypt an empty vector")
+    if arr.size > parameters.slots:
+        raise InvalidDataError(
+            f"vector of {arr.size} values does not fit one ciphertext of "
+            f"{parameters.slots} slots; split it (see encrypt_upload)"
+        )
+    if not np.all(np.isfinite(arr)):
+        raise InvalidDataError("cannot encrypt NaN or infinite values")
+    top = float(np.max(np.abs(arr)))
+    if top >= parameters.max_abs_value:
+        raise InvalidDataError(
+            f"value of magnitude {top:.4g} exceeds the decodable range "
+            f"{parameters.max_abs_value:.4g} of these CKKS parameters"
+        )
+    return arr
+
+
 def _check_params_match(params: CKKSParameters, ctx: ts.Context, *, what: str) -> None:
     actual = _params_of(ctx, params.scale_bits)
     if actual != params:
@@ -429,7 +456,7 @@ def load_public_context(path: str | os.PathLike[str]) -> CKKSPublicContext:
 
 # ---------------------------------------------------------------------------- secret side
 class CKKSKeyHolder:
-    """A party holding the CKKS secret key (a hospital): encrypts, decrypts, re-encrypts.
+    """The CKKS secret key (held by the key authority): encrypts, decrypts, re-encrypts.
 
     Keys come from SEAL's key generator, seeded from the operating system's randomness;
     they are never derived from a simulation seed.
@@ -531,23 +558,7 @@ class CKKSKeyHolder:
     # -------------------------------------------------------------- encryption
     def encrypt_vector(self, values: Sequence[float] | np.ndarray) -> ts.CKKSVector:
         """Encrypt at most ``slots`` values into one ciphertext (longer input is refused)."""
-        arr = np.asarray(values, dtype=np.float64).reshape(-1)
-        if arr.size == 0:
-            raise InvalidDataError("cannot encrypt an empty vector")
-        if arr.size > self.parameters.slots:
-            raise InvalidDataError(
-                f"vector of {arr.size} values does not fit one ciphertext of "
-                f"{self.parameters.slots} slots; split it (see encrypt_chunks)"
-            )
-        if not np.all(np.isfinite(arr)):
-            raise InvalidDataError("cannot encrypt NaN or infinite values")
-        top = float(np.max(np.abs(arr)))
-        if top >= self.parameters.max_abs_value:
-            raise InvalidDataError(
-                f"value of magnitude {top:.4g} exceeds the decodable range "
-                f"{self.parameters.max_abs_value:.4g} of these CKKS parameters"
-            )
-        return ts.ckks_vector(self._ctx, arr.tolist())
+        return ts.ckks_vector(self._ctx, _plain_values(values, self.parameters).tolist())
 
     def rotation_keys(self) -> Any:
         """SEAL Galois keys for rotations by 1, 2, 4, ... slots."""

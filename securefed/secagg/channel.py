@@ -4,17 +4,26 @@ from __future__ import annotations
 
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from securefed.channel import AggregationChannel, ChannelResult, DropoutPlan, Upload, check_uploads
 from securefed.codec import Codec
-from securefed.errors import ConfigurationError, InvalidDataError
+from securefed.errors import ConfigurationError, InvalidDataError, KeyMaterialError, ProtocolAbort
+from securefed.identity import IdentityKey, Roster
 from securefed.secagg.encoding import FixedPointEncoder, choose_scale
 from securefed.secagg.graph import choose_degree_and_threshold, complete_graph, harary_graph
-from securefed.secagg.protocol import STAGES, run_round
+from securefed.secagg.messages import NO_MODEL
+from securefed.secagg.modes import (
+    DEFAULT_MIN_CLIENTS,
+    MALICIOUS,
+    check_min_clients,
+    check_mode,
+    is_majority,
+)
+from securefed.secagg.protocol import STAGES, model_digest, run_round, stages_for
 
 __all__ = ["SecAggChannel", "IntegerNoise"]
 
@@ -50,10 +59,30 @@ class SecAggChannel(AggregationChannel):
         round's ``n`` inputs cannot overflow ``Z_{2^bits}``.
     bits:
         ``b``: inputs and masks live in ``Z_{2^b}`` (default 32).
+    mode:
+        ``"malicious"`` (default): secure against a server that deviates from the protocol
+        (signed advertisements bound to pinned identity keys, the consistency round with the
+        model digest, client-side checks of everything the server sends, commitments to the
+        self-mask seeds).  ``"honest-but-curious"``: the faster protocol against a server
+        that follows it; the only mode that accepts a sub-majority threshold.
+    min_clients:
+        No round releases the sum of fewer contributors (default 3); the server and every
+        client enforce it, and a round that falls below it aborts with
+        :class:`~securefed.errors.ProtocolAbort`.  Values below 3 are accepted with a
+        warning (with two contributors each learns the other's input).
+    identities, roster:
+        Malicious mode: the hospitals' identity keys (client id ->
+        :class:`~securefed.identity.IdentityKey`) and the pinned roster.  Omitted, the
+        channel plays the out-of-band distribution itself: it generates one identity per
+        client id the first time it sees it (from the OS CSPRNG) and keeps it for later rounds.
     threshold:
-        Shamir threshold ``t``; ``None`` means ``n // 2 + 1`` on the complete graph (a
-        majority, as Bonawitz et al. require against an active server) and the value of
-        :func:`~securefed.secagg.graph.choose_degree_and_threshold` in SecAgg+ mode.
+        Shamir threshold ``t``; ``None`` means ``floor((n + c) / 2) + 1`` on the complete
+        graph with ``c = floor(corrupt_fraction * n)`` colluding clients (a majority, as
+        Bonawitz et al. require against an active server, large enough that two survivor
+        sets each signed by ``t`` clients share an honest signer), and the value of
+        :func:`~securefed.secagg.graph.choose_degree_and_threshold` in SecAgg+ mode.  A
+        threshold that is not more than half of the share holders is refused in malicious
+        mode (:class:`~securefed.errors.ConfigurationError`).
     secagg_plus:
         Use the random Harary graph of degree ``degree`` (``None``: chosen from
         ``corrupt_fraction``, ``dropout_fraction``, ``sigma`` and ``eta``).
@@ -68,6 +97,12 @@ class SecAggChannel(AggregationChannel):
 
     ``rng`` (from the engine) drives the stochastic rounding and the noise only; keys, seeds
     and the SecAgg+ graph come from the OS CSPRNG.
+
+    Threat model (see ``docs/secure-aggregation.md``): in malicious mode the server may
+    deviate arbitrarily and collude with up to ``c`` clients; the roster is trusted; the
+    server learns only sums of at least ``max(t, min_clients)`` contributors.  In
+    honest-but-curious mode the server follows the protocol.  Neither mode validates inputs
+    (a client can send any update).
     """
 
     name = "secagg"
@@ -88,6 +123,10 @@ class SecAggChannel(AggregationChannel):
         sigma: float = 40.0,
         eta: float = 20.0,
         integer_noise: IntegerNoise | None = None,
+        mode: str = MALICIOUS,
+        min_clients: int = DEFAULT_MIN_CLIENTS,
+        identities: Mapping[int, IdentityKey] | None = None,
+        roster: Roster | None = None,
     ) -> None:
         for label, value in (("clip_range", clip_range), ("max_weight", max_weight)):
             if not (np.isfinite(value) and value > 0):
@@ -114,6 +153,21 @@ class SecAggChannel(AggregationChannel):
         self.sigma = sigma
         self.eta = eta
         self.integer_noise = integer_noise
+        self.mode = check_mode(mode)
+        self.stages = stages_for(self.mode)
+        self.min_clients = check_min_clients(min_clients)
+        self.min_contributors = self.min_clients  # the channel contract's name for it
+        if self.min_clients < DEFAULT_MIN_CLIENTS:
+            warnings.warn(f"secagg: min_clients = {self.min_clients} lets a round release the sum "
+                          f"of {self.min_clients} hospital(s): with two, each learns the other's "
+                          "input from the sum", stacklevel=2)
+        if (identities is None) != (roster is None):
+            raise KeyMaterialError("give both identities and roster, or neither (the channel then "
+                                   "generates its own)")
+        self._identities: dict[int, IdentityKey] = dict(identities or {})
+        self._roster = roster
+        self._own_pki = roster is None
+        self._model_digests: dict[int, bytes] = {}
 
     def encoder_for(self, num_clients: int) -> FixedPointEncoder:
         """The fixed-point encoder of a round with ``num_clients`` clients (overflow-checked)."""
@@ -125,24 +179,31 @@ class SecAggChannel(AggregationChannel):
         enc.check_overflow(num_clients=num_clients)
         return enc
 
+    def default_threshold(self, n: int) -> int:
+        """``floor((n + c) / 2) + 1`` with ``c = floor(corrupt_fraction * n)`` (complete graph)."""
+        c = int(np.floor(self.corrupt_fraction * n))
+        return min(n, (n + c) // 2 + 1)
+
     def graph_for(self, ids: Sequence[int]) -> tuple[dict[int, frozenset[int]], int, int]:
         """``(graph, degree, threshold)`` for a round over ``ids``."""
         n = len(ids)
         if not self.secagg_plus or n <= 2:
-            t = self.threshold if self.threshold is not None else n // 2 + 1
+            t = self.threshold if self.threshold is not None else self.default_threshold(n)
             graph, k = complete_graph(ids), n - 1
         else:
             if self.degree is None:
                 try:
                     k, t_auto = choose_degree_and_threshold(
                         n, corrupt_fraction=self.corrupt_fraction,
-                        dropout_fraction=self.dropout_fraction, sigma=self.sigma, eta=self.eta)
-                except ConfigurationError as exc:
-                    warnings.warn(f"secagg+: {exc}; using the complete graph with t = n // 2 + 1",
-                                  stacklevel=3)
-                    k, t_auto = n - 1, n // 2 + 1
+                        dropout_fraction=self.dropout_fraction, sigma=self.sigma, eta=self.eta,
+                        mode=self.mode)
+                except ConfigurationError as exc:  # the complete graph keeps a majority
+                    k, t_auto = n - 1, self.default_threshold(n)
+                    warnings.warn(f"secagg+: {exc}; using the complete graph with the majority "
+                                  f"threshold t = {t_auto}", stacklevel=3)
             else:
-                k, t_auto = min(self.degree, n - 1), min(self.degree, n - 1) // 2 + 1
+                k = min(self.degree, n - 1)
+                t_auto = (k + 1) // 2 + 1
             t = self.threshold if self.threshold is not None else t_auto
             graph = complete_graph(ids) if k >= n - 1 else harary_graph(ids, degree=k)
             k = min(k, n - 1)
@@ -150,7 +211,31 @@ class SecAggChannel(AggregationChannel):
             raise ConfigurationError(
                 f"threshold {t} exceeds the {k + 1} share holders (degree {k} + the client itself)"
             )
+        if self.mode == MALICIOUS and not is_majority(t, k + 1):
+            raise ConfigurationError(
+                f"threshold t = {t} is not more than half of the {k + 1} share holders (degree "
+                f"{k} + the client itself): malicious mode refuses it; choose t >= "
+                f"{(k + 1) // 2 + 1} or pass mode='honest-but-curious' explicitly")
         return graph, k, t
+
+    def broadcast_bytes(self, params: np.ndarray, *, round_index: int) -> int:
+        """Also records the digest of the model every client receives this round, which the
+        survivors sign in the consistency round."""
+        self._model_digests = {round_index: model_digest(np.asarray(params, dtype=np.float64))}
+        return super().broadcast_bytes(params, round_index=round_index)
+
+    def _pki_for(self, ids: Sequence[int]) -> tuple[dict[int, IdentityKey], Roster]:
+        """The identities and pinned roster of a malicious-mode round."""
+        missing = [i for i in ids if i not in self._identities]
+        if missing:
+            if not self._own_pki:
+                raise KeyMaterialError(f"no identity key for clients {missing[:10]} in the given "
+                                       "identities")
+            for i in missing:
+                self._identities[i] = IdentityKey.generate(f"client-{i}", i)
+            self._roster = Roster(k.entry() for k in self._identities.values())
+        assert self._roster is not None
+        return self._identities, self._roster
 
     def aggregate(
         self,
@@ -167,9 +252,11 @@ class SecAggChannel(AggregationChannel):
             raise InvalidDataError("secure aggregation needs at least one upload, got none")
         ids = [int(up.client_id) for up in uploads]
         n = len(ids)
-        if n == 1:
-            warnings.warn("secagg with a single client: the sum it reveals is that client's "
-                          "update", stacklevel=2)
+        if n < self.min_clients:
+            raise ProtocolAbort(
+                f"secagg round {round_index} has {n} contributor(s), below the minimum of "
+                f"{self.min_clients}: the sum would reveal too much about each; round aborted")
+        identities, roster = self._pki_for(ids) if self.mode == MALICIOUS else (None, None)
         encoder = self.encoder_for(n)
         graph, degree, t = self.graph_for(ids)
         by_id = {int(up.client_id): up for up in uploads}
@@ -195,6 +282,8 @@ class SecAggChannel(AggregationChannel):
         outcome = run_round(
             ids, encode, round_index=round_index, threshold=t, bits=self.bits, length=dim + 1,
             graph=graph, alive=lambda cid, stage: dropouts.alive_at(cid, stage, self.stages),
+            mode=self.mode, min_clients=self.min_clients, identities=identities, roster=roster,
+            model_digest=self._model_digests.get(round_index, NO_MODEL),
         )
         wall = time.perf_counter() - t0
         if clipped[0]:
@@ -228,6 +317,8 @@ class SecAggChannel(AggregationChannel):
                 "degree": degree,
                 "scale": encoder.scale,
                 "bits": self.bits,
+                "mode": self.mode,
+                "min_clients": self.min_clients,
             },
         )
 

@@ -7,9 +7,15 @@
   for the self mask), the round index and the (ordered) pair of client ids.  One
   Diffie-Hellman secret therefore never yields the same key for two purposes, rounds,
   sessions or pairs.
-* **Share encryption**: AES-128-GCM with a fresh random 96-bit nonce per message.  The
-  associated data binds session, round, stage, sender and recipient, so a ciphertext that
-  is replayed into another round/stage, or re-addressed, fails authentication.
+* **Share encryption**: AES-128-GCM.  The key of a pair is derived for one session, round
+  and pair and encrypts exactly one message in each direction, so the nonce is implicit
+  (11 zero bytes and the direction bit; :func:`seal_once`).  The associated data binds
+  session, round, stage, sender, recipient and a digest of both parties' advertisements,
+  so a ciphertext that is replayed into another round/stage, re-addressed, or computed
+  under keys other than the advertised ones fails authentication.  In malicious mode the
+  key material also includes the static pairwise secret of the two hospitals' pinned
+  identity keys (:mod:`securefed.identity`), so a server that substitutes an advertised
+  key cannot read or forge a share ciphertext.
 * **Mask expansion** (the PRG of Bonawitz et al.): AES-128 in counter mode keyed by
   the 128-bit derived key, starting from counter 0, read as little-endian unsigned integers.
   A derived key is used for exactly one expansion, so the fixed initial counter never
@@ -47,6 +53,8 @@ __all__ = [
     "share_associated_data",
     "seal",
     "open_sealed",
+    "seal_once",
+    "open_once",
     "MaskExpander",
     "raw_keystream",
 ]
@@ -114,15 +122,22 @@ def derive_key(
 
 
 def share_associated_data(
-    *, session: bytes, round_index: int, stage: str, sender: int, recipient: int
+    *, session: bytes, round_index: int, stage: str, sender: int, recipient: int,
+    adverts: bytes = b"",
 ) -> bytes:
-    """AES-GCM associated data binding a share ciphertext to its context."""
+    """AES-GCM associated data binding a share ciphertext to its context.
+
+    ``adverts`` is a digest of the two parties' advertised keys as the caller sees them: if
+    the server showed either party other keys, the two ends compute different associated
+    data and the ciphertext fails authentication.
+    """
     return (
         PROTOCOL_LABEL
         + b"|share|"
         + session
         + struct.pack("<QQQ", round_index, sender, recipient)
         + stage.encode("ascii")
+        + adverts
     )
 
 
@@ -142,6 +157,33 @@ def open_sealed(key: bytes, blob: bytes, *, associated_data: bytes, what: str) -
         raise MessageRejected(
             f"{what}: authentication failed (tampered, replayed from another round/stage, "
             "or addressed to another client)"
+        ) from exc
+
+
+def _direction_nonce(sender: int, recipient: int) -> bytes:
+    return bytes(NONCE_BYTES - 1) + (b"\x00" if sender < recipient else b"\x01")
+
+
+def seal_once(key: bytes, plaintext: bytes, *, associated_data: bytes, sender: int,
+              recipient: int) -> bytes:
+    """AES-GCM under a key used for one message per direction: the nonce is the direction,
+    so it is not sent (``len(out) = len(plaintext) + 16``)."""
+    return AESGCM(key).encrypt(_direction_nonce(sender, recipient), plaintext, associated_data)
+
+
+def open_once(key: bytes, blob: bytes, *, associated_data: bytes, sender: int, recipient: int,
+              what: str) -> bytes:
+    """Decrypt a :func:`seal_once` output; a tampered, replayed, misaddressed or re-keyed
+    blob is rejected with :class:`MessageRejected`."""
+    if len(blob) < TAG_BYTES:
+        raise MessageRejected(f"{what}: ciphertext of {len(blob)} bytes is too short")
+    try:
+        return AESGCM(key).decrypt(_direction_nonce(sender, recipient), blob, associated_data)
+    except InvalidTag as exc:
+        raise MessageRejected(
+            f"{what}: authentication failed (tampered, replayed from another round/stage, "
+            "addressed to another client, or encrypted under keys other than the advertised "
+            "ones)"
         ) from exc
 
 

@@ -25,23 +25,30 @@ labelling of the ring:
 3. *Every client keeps ``t`` live share holders*, so that its seed or key can be rebuilt:
    ``n * P[Bin(k, 1 - delta) < t] <= 2^-eta``.
 
-:func:`choose_degree_and_threshold` returns the smallest even ``k`` for which some ``t``
-meets all three.  It prefers ``t = max(t_secure, k/2 + 1)`` (a majority of the neighbours,
-which also limits what a server that lies about dropouts can collect) and falls back to the
-smallest secure ``t`` when the majority would break the correctness bound.  When no
-``k < n`` works, the complete graph ``k = n - 1`` is tried last.
+:func:`choose_degree_and_threshold` returns the smallest even ``k`` for which a ``t``
+meets all three.  In malicious mode (the default) ``t`` must be a majority of the ``k + 1``
+share holders (``2 t > k + 1``), so a server that lies about who dropped cannot collect both
+shares of one client: the finder takes ``t = max(t_secure, floor((k + 1) / 2) + 1)``, tries
+larger ``k`` (up to the complete graph ``k = n - 1``) until that ``t`` also meets the
+correctness bound, and otherwise raises :class:`ConfigurationError` naming the
+sub-majority ``(k, t)`` it would have needed.  Only in honest-but-curious mode does it fall
+back to the smallest secure ``t`` below the majority, with a warning naming it.
 
 >>> choose_degree_and_threshold(1000, corrupt_fraction=0.05, dropout_fraction=0.1)
 (38, 20)
+>>> choose_degree_and_threshold(500, corrupt_fraction=0.05, dropout_fraction=0.3)
+(204, 103)
 """
 
 from __future__ import annotations
 
 import math
 import secrets
+import warnings
 from collections.abc import Mapping, Sequence
 
 from securefed.errors import ConfigurationError
+from securefed.secagg.modes import HONEST_BUT_CURIOUS, MALICIOUS, check_mode
 
 __all__ = ["complete_graph", "harary_graph", "choose_degree_and_threshold"]
 
@@ -85,12 +92,15 @@ def choose_degree_and_threshold(
     dropout_fraction: float,
     sigma: float = 40.0,
     eta: float = 20.0,
+    mode: str = MALICIOUS,
 ) -> tuple[int, int]:
     """Smallest even degree ``k`` and a threshold ``t`` meeting the three bounds above.
 
     Returns ``(n - 1, t)`` (the complete graph) when no sparser graph qualifies; raises
-    :class:`ConfigurationError` when not even the complete graph can meet them.
+    :class:`ConfigurationError` when not even the complete graph can meet them with a
+    majority threshold (malicious mode) or at all (honest-but-curious mode).
     """
+    check_mode(mode)
     if n < 2:
         raise ConfigurationError(f"n must be >= 2, got {n}")
     if not 0 <= corrupt_fraction < 1 or not 0 <= dropout_fraction < 1:
@@ -103,6 +113,13 @@ def choose_degree_and_threshold(
     q = corrupt_fraction + dropout_fraction
     if q >= 1:
         raise ConfigurationError(f"corrupt_fraction + dropout_fraction must be < 1, got {q}")
+
+    def completes(k: int, t: int) -> bool:
+        # P[Bin(k, 1 - delta) < t] = P[Bin(k, 1 - delta) <= t - 1]
+        log_fail = binom.logcdf(t - 1, k, 1 - dropout_fraction) if dropout_fraction > 0 else -math.inf
+        return t <= k and _log2_union_tail(n, log_fail) <= -eta
+
+    fallback: tuple[int, int] | None = None
     for k in list(range(2, n - 1, 2)) + [n - 1]:
         if k < n - 1:  # the complete graph is always connected
             if q > 0 and math.log2(n * n / 2) + k * math.log2(q) > -sigma:
@@ -110,14 +127,25 @@ def choose_degree_and_threshold(
         t_secure = _smallest_secure_t(n, k, corrupt_fraction, sigma)
         if t_secure is None:
             continue
-        for t in dict.fromkeys((max(t_secure, k // 2 + 1), t_secure)):
-            if t > k:
-                continue
-            # P[Bin(k, 1 - delta) < t] = P[Bin(k, 1 - delta) <= t - 1]
-            log_fail = (binom.logcdf(t - 1, k, 1 - dropout_fraction)
-                        if dropout_fraction > 0 else -math.inf)
-            if _log2_union_tail(n, log_fail) <= -eta:
-                return k, t
+        t_major = max(t_secure, (k + 1) // 2 + 1)
+        if completes(k, t_major):
+            return k, t_major
+        if fallback is None and completes(k, t_secure):
+            fallback = (k, t_secure)
+            if mode == HONEST_BUT_CURIOUS:
+                warnings.warn(
+                    f"secagg+: at degree k = {k} no majority threshold completes with "
+                    f"dropout_fraction={dropout_fraction} (eta={eta}); using the sub-majority "
+                    f"t = {t_secure} of {k + 1} share holders, secure only against a server that "
+                    "follows the protocol", stacklevel=2)
+                return fallback
+    if fallback is not None:
+        raise ConfigurationError(
+            f"no degree k <= {n - 1} has a majority threshold (2 t > k + 1) that meets sigma={sigma}, "
+            f"eta={eta} for n={n}, corrupt_fraction={corrupt_fraction}, dropout_fraction="
+            f"{dropout_fraction}; it would need the sub-majority (k, t) = {fallback}, which a "
+            "server that lies about dropouts can exploit. Lower eta or dropout_fraction, or "
+            "pass mode='honest-but-curious' explicitly")
     raise ConfigurationError(
         f"no degree k <= {n - 1} and threshold t meet sigma={sigma}, eta={eta} for n={n}, "
         f"corrupt_fraction={corrupt_fraction}, dropout_fraction={dropout_fraction}; "

@@ -3,24 +3,33 @@
 Every message names its kind, the session, the round and the party it comes from (client
 uploads) or goes to (server downloads).  Parsing checks the kind first, so a message of the
 wrong stage is refused before anything else is read, and then every field's type, shape and
-size.  Sizes, with ``m`` peers and ``D`` coordinates (``b = 32``):
+size.  Sizes, with ``m`` peers, ``u`` survivors and ``D`` coordinates (``b = 32``), measured
+with ``len(msg.to_bytes())``:
 
-=====================  ==============================  =====================================
-message                direction                       size (measured, b = 32)
-=====================  ==============================  =====================================
-AdvertiseKeys          client -> server                173 bytes
-KeyDirectory           server -> client                68 m bytes + ~130
-ShareKeys              client -> server                108 m bytes + ~100
-ShareDelivery          server -> client                108 m bytes + ~100
-MaskedInput            client -> server                4 D bytes + 96
-UnmaskRequest          server -> client                4 m bytes + ~130
-UnmaskResponse         client -> server                24 bytes per survivor, 44 per dropped
-                                                       neighbour, + ~160
-=====================  ==============================  =====================================
+======================  ==========================  ==========================================
+message                 direction                   size
+======================  ==========================  ==========================================
+AdvertiseKeys           client -> server            ~220 bytes (signature included)
+KeyDirectory            server -> client            100 m bytes + ~150
+ShareKeys               client -> server            56 m bytes + ~70
+ShareDelivery           server -> client            60 m bytes + ~100
+MaskedInput             client -> server            4 D bytes + ~70
+ConsistencyRequest      server -> client            4 u bytes + ~100 (malicious mode)
+ConsistencySignature    client -> server            ~140 bytes (malicious mode)
+UnmaskRequest           server -> client            4 u bytes (+ 68 t with signatures) + ~130
+UnmaskResponse          client -> server            20 bytes per neighbour + ~110
+======================  ==========================  ==========================================
+
+What keeps the client's upload small (the cost goal is at most 1.1 times the raw float32
+vector at ``n = 500``, ``d = 100,000``): a share ciphertext is the 10 field elements of the
+two 16-byte seeds plus the AES-GCM tag (56 bytes: the key is used for one message in each
+direction, so the nonce is implicit); recipients and the ids an unmask response answers for
+are implied by the key directory and the agreed survivor set, so they are not sent.
 """
 
 from __future__ import annotations
 
+import hashlib
 import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -29,30 +38,40 @@ import numpy as np
 
 from securefed.errors import InvalidDataError, MessageRejected
 from securefed.secagg import shamir
-from securefed.secagg.crypto import NONCE_BYTES, TAG_BYTES
+from securefed.secagg.crypto import PROTOCOL_LABEL, TAG_BYTES
 from securefed.wire import pack, unpack
 
 __all__ = [
-    "KEY_SHARE_ELEMENTS",
+    "SEED_BYTES",
     "SEED_SHARE_ELEMENTS",
     "SHARE_PLAINTEXT_BYTES",
     "SHARE_CIPHERTEXT_BYTES",
+    "SIGNATURE_BYTES",
+    "DIGEST_BYTES",
     "AdvertiseKeys",
     "KeyDirectory",
     "ShareKeys",
     "ShareDelivery",
     "MaskedInput",
+    "ConsistencyRequest",
+    "ConsistencySignature",
     "UnmaskRequest",
     "UnmaskResponse",
     "pack_share_plaintext",
     "unpack_share_plaintext",
+    "advert_bytes",
+    "consistency_bytes",
+    "survivors_digest",
+    "commitment",
 ]
 
 SEED_BYTES = 16
-KEY_SHARE_ELEMENTS = shamir.elements_for(32)  # share of the X25519 mask private key
-SEED_SHARE_ELEMENTS = shamir.elements_for(SEED_BYTES)  # share of the self-mask seed b_u
-SHARE_PLAINTEXT_BYTES = 8 + 4 * (KEY_SHARE_ELEMENTS + SEED_SHARE_ELEMENTS)
-SHARE_CIPHERTEXT_BYTES = NONCE_BYTES + SHARE_PLAINTEXT_BYTES + TAG_BYTES
+SEED_SHARE_ELEMENTS = shamir.elements_for(SEED_BYTES)  # 5 limbs of 30 bits
+SHARE_PLAINTEXT_BYTES = 4 * 2 * SEED_SHARE_ELEMENTS  # shares of the mask-key seed and of b_u
+SHARE_CIPHERTEXT_BYTES = SHARE_PLAINTEXT_BYTES + TAG_BYTES
+SIGNATURE_BYTES = 64
+DIGEST_BYTES = 32
+NO_MODEL = bytes(DIGEST_BYTES)  # model digest when no model is bound to the round
 
 
 def _ids(value: Any, what: str) -> np.ndarray:
@@ -61,10 +80,10 @@ def _ids(value: Any, what: str) -> np.ndarray:
     return value
 
 
-def _bytes(value: Any, what: str, size: int | None = None) -> bytes:
+def _bytes(value: Any, what: str, size: int | None = None, *, allow_empty: bool = False) -> bytes:
     if not isinstance(value, bytes):
         raise InvalidDataError(f"{what} must be bytes, got {type(value).__name__}")
-    if size is not None and len(value) != size:
+    if size is not None and len(value) != size and not (allow_empty and not value):
         raise InvalidDataError(f"{what} must be {size} bytes, got {len(value)}")
     return value
 
@@ -75,13 +94,42 @@ def _int(value: Any, what: str) -> int:
     return value
 
 
-def _matrix(value: Any, what: str, rows: int, cols: int) -> np.ndarray:
-    if not isinstance(value, np.ndarray) or value.dtype != np.uint32 or value.shape != (rows, cols):
+def _matrix(value: Any, what: str, cols: int) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.dtype != np.uint32 or value.ndim != 2 \
+            or value.shape[1] != cols:
         shape = getattr(value, "shape", None)
-        raise InvalidDataError(f"{what} must be a uint32 array of shape ({rows}, {cols}), got {shape}")
+        raise InvalidDataError(f"{what} must be a uint32 array of shape (rows, {cols}), got {shape}")
     if np.any(value >= shamir.PRIME):
         raise InvalidDataError(f"{what} holds values outside the field [0, {shamir.PRIME})")
     return value
+
+
+# ---------------------------------------------------------------------------- signed bytes
+def advert_bytes(session: bytes, round_index: int, sender: int, enc_public: bytes,
+                 mask_public: bytes, commit: bytes) -> bytes:
+    """What a client signs in ``advertise_keys`` (Bonawitz et al., Fig. 4, round 0)."""
+    return (PROTOCOL_LABEL + b"|advertise|" + session + struct.pack("<QQ", round_index, sender)
+            + enc_public + mask_public + commit)
+
+
+def survivors_digest(survivors: np.ndarray) -> bytes:
+    """SHA-256 of the survivor ids (sorted uint32, little-endian)."""
+    return hashlib.sha256(np.asarray(survivors, dtype="<u4").tobytes()).digest()
+
+
+def consistency_bytes(session: bytes, round_index: int, survivors: np.ndarray,
+                      model_digest: bytes) -> bytes:
+    """What a survivor signs in the consistency round (Bonawitz et al., Fig. 4, round 3):
+    the session, the round, the survivor set and the digest of the model it trained on."""
+    return (PROTOCOL_LABEL + b"|consistency|" + session + struct.pack("<Q", round_index)
+            + survivors_digest(survivors) + model_digest)
+
+
+def commitment(session: bytes, round_index: int, sender: int, seed: bytes) -> bytes:
+    """Hash commitment to the self-mask seed ``b_u`` (a uniform 128-bit value, so the hash
+    hides it), opened when the server rebuilds the seed from its shares."""
+    return hashlib.sha256(PROTOCOL_LABEL + b"|self-mask-commitment|" + session
+                          + struct.pack("<QQ", round_index, sender) + seed).digest()
 
 
 class _Message:
@@ -108,7 +156,9 @@ class _Message:
 
 @dataclass(frozen=True)
 class AdvertiseKeys(_Message):
-    """Round 0 of Bonawitz et al. (Fig. 4): the client's two public keys (c_u^PK, s_u^PK)."""
+    """Round 0: the client's public keys ``(c_u^PK, s_u^PK)`` (``c_u^PK`` empty in malicious
+    mode, where the mask key also keys the share channel), its commitment to ``b_u`` and, in
+    malicious mode, its Ed25519 signature over them (empty otherwise)."""
 
     kind: ClassVar[str] = "advertise_keys"
     stage: ClassVar[str] = "advertise_keys"
@@ -117,20 +167,30 @@ class AdvertiseKeys(_Message):
     sender: int
     enc_public: bytes
     mask_public: bytes
+    commit: bytes
+    signature: bytes
 
     def _fields(self) -> dict[str, Any]:
-        return {"sender": self.sender, "c_pk": self.enc_public, "s_pk": self.mask_public}
+        return {"sender": self.sender, "c_pk": self.enc_public, "s_pk": self.mask_public,
+                "com": self.commit, "sig": self.signature}
+
+    def signed_bytes(self) -> bytes:
+        return advert_bytes(self.session, self.round_index, self.sender, self.enc_public,
+                            self.mask_public, self.commit)
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> AdvertiseKeys:
         f = cls._open(blob)
         return cls(f["session"], f["round"], _int(f.get("sender"), "sender"),
-                   _bytes(f.get("c_pk"), "c_pk", 32), _bytes(f.get("s_pk"), "s_pk", 32))
+                   _bytes(f.get("c_pk"), "c_pk", 32, allow_empty=True), _bytes(f.get("s_pk"), "s_pk", 32),
+                   _bytes(f.get("com"), "commitment", DIGEST_BYTES),
+                   _bytes(f.get("sig"), "signature", SIGNATURE_BYTES, allow_empty=True))
 
 
 @dataclass(frozen=True)
 class KeyDirectory(_Message):
-    """Server broadcast after round 0: the keys of the recipient's neighbours (and its own)."""
+    """Server broadcast after round 0: the advertisements of the recipient's neighbours and its
+    own (ids sorted), and the threshold ``t``."""
 
     kind: ClassVar[str] = "key_directory"
     stage: ClassVar[str] = "advertise_keys"
@@ -139,12 +199,19 @@ class KeyDirectory(_Message):
     recipient: int
     threshold: int
     ids: np.ndarray  # uint32, includes the recipient
-    enc_publics: bytes  # 32 bytes per id
+    enc_publics: bytes  # 32 bytes per id (honest-but-curious mode), empty in malicious mode
     mask_publics: bytes
+    commits: bytes
 
     def _fields(self) -> dict[str, Any]:
         return {"recipient": self.recipient, "t": self.threshold, "ids": self.ids,
-                "c_pks": self.enc_publics, "s_pks": self.mask_publics}
+                "c_pks": self.enc_publics, "s_pks": self.mask_publics, "coms": self.commits}
+
+    def entry(self, i: int) -> tuple[bytes, bytes, bytes]:
+        """``(c_pk, s_pk, commitment)`` of the ``i``-th listed client."""
+        c = self.enc_publics[32 * i: 32 * i + 32] if self.enc_publics else b""
+        return (c, self.mask_publics[32 * i: 32 * i + 32],
+                self.commits[32 * i: 32 * i + 32])
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> KeyDirectory:
@@ -152,34 +219,41 @@ class KeyDirectory(_Message):
         ids = _ids(f.get("ids"), "ids")
         return cls(f["session"], f["round"], _int(f.get("recipient"), "recipient"),
                    _int(f.get("t"), "threshold"), ids,
-                   _bytes(f.get("c_pks"), "c_pks", 32 * ids.size),
-                   _bytes(f.get("s_pks"), "s_pks", 32 * ids.size))
+                   _bytes(f.get("c_pks"), "c_pks", 32 * ids.size, allow_empty=True),
+                   _bytes(f.get("s_pks"), "s_pks", 32 * ids.size),
+                   _bytes(f.get("coms"), "commitments", 32 * ids.size))
 
 
 @dataclass(frozen=True)
 class ShareKeys(_Message):
-    """Round 1: encrypted shares of (s_u^SK, b_u), one fixed-size ciphertext per recipient."""
+    """Round 1: encrypted shares, one fixed-size ciphertext per other client of the sender's
+    key directory, in its order."""
 
     kind: ClassVar[str] = "share_keys"
     stage: ClassVar[str] = "share_keys"
     session: bytes
     round_index: int
     sender: int
-    recipients: np.ndarray  # uint32
-    ciphertexts: bytes  # SHARE_CIPHERTEXT_BYTES each, in the order of recipients
+    ciphertexts: bytes
 
     def _fields(self) -> dict[str, Any]:
-        return {"sender": self.sender, "to": self.recipients, "ct": self.ciphertexts}
+        return {"sender": self.sender, "ct": self.ciphertexts}
+
+    @property
+    def count(self) -> int:
+        return len(self.ciphertexts) // SHARE_CIPHERTEXT_BYTES
 
     def ciphertext(self, i: int) -> bytes:
-        return self.ciphertexts[i * SHARE_CIPHERTEXT_BYTES : (i + 1) * SHARE_CIPHERTEXT_BYTES]
+        return self.ciphertexts[i * SHARE_CIPHERTEXT_BYTES: (i + 1) * SHARE_CIPHERTEXT_BYTES]
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ShareKeys:
         f = cls._open(blob)
-        to = _ids(f.get("to"), "recipients")
-        return cls(f["session"], f["round"], _int(f.get("sender"), "sender"), to,
-                   _bytes(f.get("ct"), "ciphertexts", SHARE_CIPHERTEXT_BYTES * to.size))
+        ct = _bytes(f.get("ct"), "ciphertexts")
+        if len(ct) % SHARE_CIPHERTEXT_BYTES:
+            raise InvalidDataError(
+                f"ciphertexts must be a multiple of {SHARE_CIPHERTEXT_BYTES} bytes, got {len(ct)}")
+        return cls(f["session"], f["round"], _int(f.get("sender"), "sender"), ct)
 
 
 @dataclass(frozen=True)
@@ -198,7 +272,7 @@ class ShareDelivery(_Message):
         return {"recipient": self.recipient, "from": self.senders, "ct": self.ciphertexts}
 
     def ciphertext(self, i: int) -> bytes:
-        return self.ciphertexts[i * SHARE_CIPHERTEXT_BYTES : (i + 1) * SHARE_CIPHERTEXT_BYTES]
+        return self.ciphertexts[i * SHARE_CIPHERTEXT_BYTES: (i + 1) * SHARE_CIPHERTEXT_BYTES]
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> ShareDelivery:
@@ -232,72 +306,114 @@ class MaskedInput(_Message):
 
 
 @dataclass(frozen=True)
-class UnmaskRequest(_Message):
-    """Server message before round 4: whose seed shares (survivors) and whose key shares
-    (dropped after sharing) the recipient should reveal; ``num_survivors`` is ``|U3|``."""
+class ConsistencyRequest(_Message):
+    """Server message after round 2 (malicious mode): the survivor set ``U3`` to sign."""
 
-    kind: ClassVar[str] = "unmask_request"
+    kind: ClassVar[str] = "consistency_request"
     stage: ClassVar[str] = "masked_input"
     session: bytes
     round_index: int
     recipient: int
-    num_survivors: int
     survivors: np.ndarray
-    dropped: np.ndarray
 
     def _fields(self) -> dict[str, Any]:
-        return {"recipient": self.recipient, "n3": self.num_survivors,
-                "alive": self.survivors, "dead": self.dropped}
+        return {"recipient": self.recipient, "alive": self.survivors}
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> ConsistencyRequest:
+        f = cls._open(blob)
+        return cls(f["session"], f["round"], _int(f.get("recipient"), "recipient"),
+                   _ids(f.get("alive"), "survivors"))
+
+
+@dataclass(frozen=True)
+class ConsistencySignature(_Message):
+    """Round 3 (malicious mode): the survivor's signature over (session, round, ``U3``,
+    model digest)."""
+
+    kind: ClassVar[str] = "consistency"
+    stage: ClassVar[str] = "consistency"
+    session: bytes
+    round_index: int
+    sender: int
+    signature: bytes
+
+    def _fields(self) -> dict[str, Any]:
+        return {"sender": self.sender, "sig": self.signature}
+
+    @classmethod
+    def from_bytes(cls, blob: bytes) -> ConsistencySignature:
+        f = cls._open(blob)
+        return cls(f["session"], f["round"], _int(f.get("sender"), "sender"),
+                   _bytes(f.get("sig"), "signature", SIGNATURE_BYTES))
+
+
+@dataclass(frozen=True)
+class UnmaskRequest(_Message):
+    """Server message before round 4: the survivor set ``U3`` and, in malicious mode, ``t``
+    signatures over it (signer ids and 64-byte signatures)."""
+
+    kind: ClassVar[str] = "unmask_request"
+    stage: ClassVar[str] = "consistency"
+    session: bytes
+    round_index: int
+    recipient: int
+    survivors: np.ndarray
+    signers: np.ndarray
+    signatures: bytes
+
+    def _fields(self) -> dict[str, Any]:
+        return {"recipient": self.recipient, "alive": self.survivors, "signers": self.signers,
+                "sigs": self.signatures}
+
+    def signature(self, i: int) -> bytes:
+        return self.signatures[SIGNATURE_BYTES * i: SIGNATURE_BYTES * (i + 1)]
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> UnmaskRequest:
         f = cls._open(blob)
+        signers = _ids(f.get("signers"), "signers")
         return cls(f["session"], f["round"], _int(f.get("recipient"), "recipient"),
-                   _int(f.get("n3"), "num_survivors"), _ids(f.get("alive"), "survivors"),
-                   _ids(f.get("dead"), "dropped"))
+                   _ids(f.get("alive"), "survivors"), signers,
+                   _bytes(f.get("sigs"), "signatures", SIGNATURE_BYTES * signers.size))
 
 
 @dataclass(frozen=True)
 class UnmaskResponse(_Message):
-    """Round 4: shares of b_v for surviving v and of s_v^SK for dropped v, never both."""
+    """Round 4: shares of ``b_v`` for each surviving ``v`` whose shares the sender holds and of
+    the mask-key seed of each partner that dropped, never both for one ``v``; the order is
+    the sorted ids, which both sides derive from ``U3`` (so no ids travel)."""
 
     kind: ClassVar[str] = "unmask"
     stage: ClassVar[str] = "unmask"
     session: bytes
     round_index: int
     sender: int
-    seed_ids: np.ndarray
-    seed_shares: np.ndarray  # (len(seed_ids), SEED_SHARE_ELEMENTS) uint32
-    key_ids: np.ndarray
-    key_shares: np.ndarray  # (len(key_ids), KEY_SHARE_ELEMENTS) uint32
+    seed_shares: np.ndarray  # (survivors held, SEED_SHARE_ELEMENTS) uint32
+    key_shares: np.ndarray  # (dropped partners, SEED_SHARE_ELEMENTS) uint32
 
     def _fields(self) -> dict[str, Any]:
-        return {"sender": self.sender, "b_ids": self.seed_ids, "b_sh": self.seed_shares,
-                "k_ids": self.key_ids, "k_sh": self.key_shares}
+        return {"sender": self.sender, "b_sh": self.seed_shares, "k_sh": self.key_shares}
 
     @classmethod
     def from_bytes(cls, blob: bytes) -> UnmaskResponse:
         f = cls._open(blob)
-        b_ids = _ids(f.get("b_ids"), "seed ids")
-        k_ids = _ids(f.get("k_ids"), "key ids")
         return cls(f["session"], f["round"], _int(f.get("sender"), "sender"),
-                   b_ids, _matrix(f.get("b_sh"), "seed shares", b_ids.size, SEED_SHARE_ELEMENTS),
-                   k_ids, _matrix(f.get("k_sh"), "key shares", k_ids.size, KEY_SHARE_ELEMENTS))
+                   _matrix(f.get("b_sh"), "seed shares", SEED_SHARE_ELEMENTS),
+                   _matrix(f.get("k_sh"), "key shares", SEED_SHARE_ELEMENTS))
 
 
-def pack_share_plaintext(sender: int, recipient: int, key_share: np.ndarray,
-                         seed_share: np.ndarray) -> bytes:
-    """``sender | recipient | share of s_u^SK | share of b_u`` (the plaintext of Fig. 4 round 1)."""
-    return (struct.pack("<II", sender, recipient)
-            + np.asarray(key_share, dtype="<u4").tobytes()
+def pack_share_plaintext(key_share: np.ndarray, seed_share: np.ndarray) -> bytes:
+    """``share of the mask-key seed | share of b_u`` (the plaintext of Fig. 4, round 1; the
+    sender and recipient are bound by the ciphertext's associated data instead)."""
+    return (np.asarray(key_share, dtype="<u4").tobytes()
             + np.asarray(seed_share, dtype="<u4").tobytes())
 
 
-def unpack_share_plaintext(raw: bytes) -> tuple[int, int, np.ndarray, np.ndarray]:
+def unpack_share_plaintext(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
     if len(raw) != SHARE_PLAINTEXT_BYTES:
         raise MessageRejected(f"share plaintext of {len(raw)} bytes, expected {SHARE_PLAINTEXT_BYTES}")
-    sender, recipient = struct.unpack_from("<II", raw, 0)
-    words = np.frombuffer(raw, dtype="<u4", offset=8).astype(np.int64)
+    words = np.frombuffer(raw, dtype="<u4").astype(np.int64)
     if np.any(words >= shamir.PRIME):
         raise MessageRejected("share plaintext holds values outside the field")
-    return sender, recipient, words[:KEY_SHARE_ELEMENTS], words[KEY_SHARE_ELEMENTS:]
+    return words[:SEED_SHARE_ELEMENTS], words[SEED_SHARE_ELEMENTS:]

@@ -2,18 +2,19 @@
 
 Why this field: products of two elements are below ``2^62``, so a multiply-then-reduce fits
 in ``int64`` without any Python big integers, and a whole batch of secrets, shares and
-evaluation points is handled by a few array operations.  A byte string is cut into 3-byte
-chunks (each below ``2^24 < p``); each chunk is shared with its own independent random
-polynomial, which keeps Shamir's perfect secrecy chunk by chunk.  A 32-byte X25519 key is
-11 field elements and a 16-byte mask seed 6, so one client's two secrets are 17 elements.
+evaluation points is handled by a few array operations.  A byte string is read as one
+little-endian integer and cut into 30-bit limbs (each below ``2^30 < p``); each limb is
+shared with its own independent random polynomial, which keeps Shamir's perfect secrecy
+limb by limb.  A 16-byte seed is 5 field elements, so one client's two secrets (its
+self-mask seed and its mask-key seed) are 10.
 
 The random coefficients come from the operating system's CSPRNG (``os.urandom``), drawn
 uniformly in ``[0, p)`` by rejection.  Evaluation points are ``client_id + 1`` (never 0,
 where the secret sits).
 
 Cost: sharing ``m`` elements to ``h`` holders with threshold ``t`` is ``t`` vectorised
-Horner steps over an ``(h, m)`` array, e.g. about 13 ms of CPU for ``h = 500``, ``t = 251``,
-``m = 17``; reconstruction with a shared set of ``t`` points costs one ``O(t^2)``
+Horner steps over an ``(h, m)`` array (a few ms of CPU for ``h = 500``, ``t = 251``,
+``m = 10``); reconstruction with a shared set of ``t`` points costs one ``O(t^2)``
 Lagrange-coefficient computation plus one multiply-add per share.
 
 >>> import numpy as np
@@ -34,7 +35,7 @@ from securefed.errors import ConfigurationError, InvalidDataError
 
 __all__ = [
     "PRIME",
-    "CHUNK_BYTES",
+    "LIMB_BITS",
     "elements_for",
     "secret_to_elements",
     "elements_to_secret",
@@ -46,32 +47,36 @@ __all__ = [
 ]
 
 PRIME = (1 << 31) - 1
-CHUNK_BYTES = 3
+LIMB_BITS = 30
 _P = np.int64(PRIME)
 
 
 def elements_for(nbytes: int) -> int:
     """Number of field elements that carry a secret of ``nbytes`` bytes."""
-    return -(-nbytes // CHUNK_BYTES)
+    return -(-8 * nbytes // LIMB_BITS)
 
 
 def secret_to_elements(secret: bytes) -> np.ndarray:
-    """Cut ``secret`` into little-endian 3-byte chunks, each a field element (int64)."""
-    m = elements_for(len(secret))
-    padded = bytes(secret) + b"\x00" * (m * CHUNK_BYTES - len(secret))
-    raw = np.frombuffer(padded, dtype=np.uint8).reshape(m, CHUNK_BYTES).astype(np.int64)
-    return raw[:, 0] | (raw[:, 1] << 8) | (raw[:, 2] << 16)
+    """Cut ``secret`` (read as a little-endian integer) into 30-bit limbs (int64)."""
+    value = int.from_bytes(bytes(secret), "little")
+    mask = (1 << LIMB_BITS) - 1
+    return np.array([(value >> (LIMB_BITS * i)) & mask for i in range(elements_for(len(secret)))],
+                    dtype=np.int64)
 
 
 def elements_to_secret(elements: np.ndarray, nbytes: int) -> bytes:
-    """Inverse of :func:`secret_to_elements`; refuses elements that cannot be 3-byte chunks."""
+    """Inverse of :func:`secret_to_elements`; refuses elements that cannot be its limbs."""
     e = np.asarray(elements, dtype=np.int64)
-    if e.shape != (elements_for(nbytes),):
-        raise InvalidDataError(f"expected {elements_for(nbytes)} elements, got shape {e.shape}")
-    if np.any((e < 0) | (e >= 1 << 24)):
-        raise InvalidDataError("reconstructed value is not a 3-byte chunk: inconsistent shares")
-    out = np.stack([e & 0xFF, (e >> 8) & 0xFF, (e >> 16) & 0xFF], axis=1).astype(np.uint8)
-    return out.tobytes()[:nbytes]
+    m = elements_for(nbytes)
+    if e.shape != (m,):
+        raise InvalidDataError(f"expected {m} elements, got shape {e.shape}")
+    top_bits = 8 * nbytes - LIMB_BITS * (m - 1)
+    if np.any((e < 0) | (e >= 1 << LIMB_BITS)) or int(e[-1]) >> top_bits:
+        raise InvalidDataError("reconstructed value is not a limb of a secret: inconsistent shares")
+    value = 0
+    for i in range(m - 1, -1, -1):
+        value = (value << LIMB_BITS) | int(e[i])
+    return value.to_bytes(nbytes, "little")
 
 
 def random_elements(shape: tuple[int, ...]) -> np.ndarray:

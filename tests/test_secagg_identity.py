@@ -1,0 +1,78 @@
+"""Identity keys and the pinned roster (securefed.identity) and `securefed keys identity`."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+from securefed.cli import main as cli_main
+from securefed.errors import ConfigurationError, KeyMaterialError, MessageRejected
+from securefed.identity import IdentityKey, Roster, generate_identities, write_identity_files
+
+
+def test_cli_writes_private_keys_0600_and_a_roster_that_verifies(tmp_path, capsys):
+    assert cli_main(["keys", "identity", "--hospitals", "north,south,east", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    roster = Roster.load(tmp_path / "roster.json")
+    assert roster.fingerprint() in out
+    assert [roster.name_of(i) for i in roster.client_ids] == ["north", "south", "east"]
+    for i, name in enumerate(["north", "south", "east"]):
+        path = tmp_path / f"{name}.identity"
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+        key = IdentityKey.load(path)
+        assert key.client_id == i
+        key.check_in(roster)
+        # the signature verifies with the library's own Ed25519, independently of Roster
+        sig = key.sign(b"hello")
+        Ed25519PublicKey.from_public_bytes(roster.entry(i).signing_key).verify(sig, b"hello")
+    # refuses to overwrite (a replaced key would lock the hospital out of pinned rosters)
+    assert cli_main(["keys", "identity", "--hospitals", "north", "--out", str(tmp_path)]) == 2
+    assert "refusing to overwrite" in capsys.readouterr().err
+
+
+def test_pairwise_secret_is_the_x25519_agreement_of_both_ends():
+    keys, roster = generate_identities(["a", "b"])
+    k_ab = keys["a"].pairwise_secret(1, roster)
+    assert k_ab == keys["b"].pairwise_secret(0, roster) and len(k_ab) == 32
+    # independently: X25519 of a's private key with b's public key from the roster
+    priv = keys["a"]._agreement
+    assert priv.exchange(X25519PublicKey.from_public_bytes(roster.entry(1).agreement_key)) == k_ab
+
+
+def test_bad_signatures_and_unknown_clients_are_refused():
+    keys, roster = generate_identities(["a", "b", "c"])
+    sig = keys["a"].sign(b"m")
+    with pytest.raises(MessageRejected, match="signature of client 1 does not verify"):
+        roster.verify(1, b"m", sig, what="test")
+    with pytest.raises(MessageRejected, match="client 7 is not in the pinned roster"):
+        roster.verify(7, b"m", sig, what="test")
+    with pytest.raises(MessageRejected, match="63 bytes, expected 64"):
+        roster.verify(0, b"m", sig[:63], what="test")
+    other, other_roster = generate_identities(["a", "b", "c"])
+    with pytest.raises(KeyMaterialError, match="does not list hospital 'a'"):
+        keys["a"].check_in(other_roster)
+
+
+def test_damaged_files_are_refused(tmp_path):
+    roster_path, paths = write_identity_files(["a", "b"], tmp_path)
+    data = json.loads(roster_path.read_text())
+    data["hospitals"][1]["signing_key"] = data["hospitals"][0]["signing_key"]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(KeyMaterialError, match="reuses a public key"):
+        Roster.load(bad)
+    data["hospitals"][1]["signing_key"] = "zz"
+    bad.write_text(json.dumps(data))
+    with pytest.raises(KeyMaterialError, match="not a hex string"):
+        Roster.load(bad)
+    (tmp_path / "x.identity").write_text('{"kind": "other"}')
+    with pytest.raises(KeyMaterialError, match="not a securefed identity file"):
+        IdentityKey.load(tmp_path / "x.identity")
+    with pytest.raises(ConfigurationError, match="hospital name must be"):
+        write_identity_files(["ok", "../evil"], tmp_path / "more")
+    with pytest.raises(ConfigurationError, match="distinct"):
+        write_identity_files(["a", "a"], tmp_path / "dup")
