@@ -251,6 +251,17 @@ def test_consortium_bundle_and_app_signature(tmp_path) -> None:
         write_node_key(hospitals[0].node_key, tmp_path / "x.pub")
     with pytest.raises(KeyMaterialError, match="expected an Ed25519 key"):
         load_signing_key(hospitals[0].node_key)
+    # the hospitals' roster (made by them) goes to every folder; their identity keys do not
+    from securefed.identity import write_identity_files
+
+    roster, keys = write_identity_files(["north", "south"], tmp_path / "hospital-keys")
+    coord2, hosp2 = make_consortium(tmp_path / "with-roster", hospitals=["north", "south"],
+                                    roster=roster)
+    assert coord2.roster.read_bytes() == roster.read_bytes()
+    assert [h.node_config["roster"] for h in hosp2] == [str(h.folder / "roster.json") for h in hosp2]
+    assert not list((tmp_path / "with-roster").rglob("*.identity"))
+    with pytest.raises(ConfigurationError, match=r"the roster lists hospitals \['north', 'south'\]"):
+        make_consortium(tmp_path / "mismatch", hospitals=["south", "north"], roster=roster)
 
 
 def test_gateway_allows_exactly_the_fleet_api() -> None:

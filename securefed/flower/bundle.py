@@ -227,7 +227,7 @@ def make_consortium(
         from securefed.identity import Roster
 
         pinned = Roster.load(roster)
-        listed = [pinned.name_of(c) for c in pinned.client_ids()]
+        listed = [pinned.name_of(c) for c in pinned.client_ids]
         if listed != names:
             raise ConfigurationError(f"the roster lists hospitals {listed} (client-id order), "
                                      f"the consortium {names}; expected the same, in order")
