@@ -84,11 +84,6 @@ PRELOAD = (
     "securefed.data",
 )
 
-#: Flower's exit code when the SuperLink refuses to activate a node (a previous session of
-#: the same node key is still marked online).
-_EXIT_ACTIVATION_REFUSED = 305
-
-
 def _preload(modules: Sequence[str]) -> list[str]:
     """Import ``modules``; return those that could not be imported (with the reason)."""
     missing = []
@@ -205,6 +200,12 @@ def run_executor(argv: Sequence[str], *, ready_file: str | None = None) -> None:
     # ClientApp that took seconds to start).  The SuperNode is local: ask again sooner.
     objects.pull_objects = functools.partial(objects.pull_objects, initial_backoff=0.05,
                                              backoff_cap=0.5)
+    # While its SuperNode restarts (a crash, a refused activation) the executor retries the
+    # local Runtime API; Flower's back-off grows to 20 s, which would idle a node that is
+    # back.  The API is on this machine: retry at least once a second.
+    import flwr.supercore.retry.http_retry as http_retry
+
+    http_retry.MAX_RETRY_DELAY = 1.0
     from flwr.supercore.cli import flower_superexec
 
     executor = ForkExecutor()
@@ -289,9 +290,10 @@ def run_node(argv: Sequence[str], *, poll_interval: float = 0.25,
     """Supervise a fast SuperNode (``--isolation process``) and its warm executor.
 
     A SuperNode that the SuperLink refuses to activate because a previous session of the
-    same node key is still marked online (Flower's exit code 305, for up to two heartbeat
-    intervals after a crash) is started again every few seconds for ``activation_wait``
-    seconds; any other exit of either process stops both and is returned.
+    same node key is still marked online (Flower's exit code 305, reported in its output;
+    for up to two heartbeat intervals after a crash) is started again every few seconds
+    for ``activation_wait`` seconds; any other exit of either process stops both and is
+    returned.
     """
     args = [a for a in argv if a != "--"]
     if "--isolation" in args:
@@ -310,9 +312,27 @@ def run_node(argv: Sequence[str], *, poll_interval: float = 0.25,
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
 
+    import threading
+
+    refused = threading.Event()
+
+    def forward(stream: Any) -> None:
+        """Copy the SuperNode's output to ours; note Flower's activation refusal (its exit
+        status is 1 for every error, so the message is the only sign of it)."""
+        for line in iter(stream.readline, b""):
+            sys.stdout.buffer.write(line)
+            sys.stdout.buffer.flush()
+            if b"Exit Code: 305" in line or b"Failed to activate SuperNode" in line:
+                refused.set()
+        stream.close()
+
     def start_node() -> subprocess.Popen:
-        return subprocess.Popen([*me, "supernode", "--poll-interval", str(poll_interval),  # noqa: S603
-                                 "--", *node_args])
+        refused.clear()
+        proc = subprocess.Popen([*me, "supernode", "--poll-interval", str(poll_interval),  # noqa: S603
+                                 "--", *node_args], stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
+        threading.Thread(target=forward, args=(proc.stdout,), daemon=True).start()
+        return proc
 
     import tempfile
 
@@ -336,7 +356,9 @@ def run_node(argv: Sequence[str], *, poll_interval: float = 0.25,
         while not stopping:
             time.sleep(0.2)
             node_rc = procs["supernode"].poll()
-            if node_rc == _EXIT_ACTIVATION_REFUSED:
+            if node_rc is not None and node_rc != 0:
+                time.sleep(0.5)  # let the output reader see the last lines
+            if node_rc is not None and node_rc != 0 and refused.is_set():
                 now = time.monotonic()
                 first_refusal = first_refusal or now
                 if now - first_refusal > activation_wait:
