@@ -21,13 +21,21 @@ from attacks.base import (
     register,
     register_attack,
 )
-from attacks.gradient import AnalyticFirstLayer, TabularInversion, infer_label_count
-from attacks.membership import LossThreshold, ShadowLiRA
+from attacks.gradient import (
+    AnalyticFirstLayer,
+    TabularInversion,
+    infer_label_count,
+    prior_guess_rows,
+    rank_row_estimate,
+)
+from attacks.imprint import ImprintAttack, ImprintModel, imprint_model
+from attacks.membership import LossThreshold, ShadowLiRA, label_logit
 from attacks.model_inversion import (
     AttributeInferenceBlackBox,
     AttributeInferenceWhiteBox,
     ClassRepresentative,
 )
+from attacks.peer import PeerSubtraction, UpdateEstimate
 
 __all__ = [
     "Attack", "ThreatModel", "register_attack", "attack_names", "get_attack", "ATTACKS",
@@ -35,5 +43,7 @@ __all__ = [
     "RowReconstruction", "GradientReconstruction", "AttributeGuess", "ClassRepresentatives",
     "MembershipScores", "AnalyticFirstLayer", "TabularInversion", "infer_label_count",
     "AttributeInferenceBlackBox", "AttributeInferenceWhiteBox", "ClassRepresentative",
-    "LossThreshold", "ShadowLiRA", "torch_threads",
+    "LossThreshold", "ShadowLiRA", "torch_threads", "label_logit", "rank_row_estimate",
+    "prior_guess_rows", "ImprintAttack", "ImprintModel", "imprint_model", "PeerSubtraction",
+    "UpdateEstimate",
 ]

@@ -90,6 +90,8 @@ class RowReconstruction:
     y: np.ndarray | None
     loss: float | None = None
     support: np.ndarray | None = None
+    fallback: bool = False  # True: the observation was judged worthless, X is the prior guess
+    note: str | None = None  # how the attack went (row count, steps, why it fell back)
 
 
 @dataclass(frozen=True)

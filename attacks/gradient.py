@@ -24,6 +24,7 @@ Wainakh et al., PETS 2022, for counting labels in a batch).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -48,6 +49,8 @@ __all__ = [
     "TabularInversion",
     "infer_label_count",
     "select_targets",
+    "rank_row_estimate",
+    "prior_guess_rows",
 ]
 
 _SERVER_TM = dict(
@@ -101,6 +104,30 @@ def _rows_for(u: ObservedUpdate, n_rows: int | None) -> int:
         f"how many records are behind the {u.source} update of round {u.round_index} is not "
         f"observed (weight {u.weight!r}); pass n_rows"
     )
+
+
+def rank_row_estimate(u: ObservedUpdate, spec: ModelSpec, *, rtol: float = 1e-4) -> tuple[int | None, int]:
+    """Records behind a one-step update, from the rank of its first-layer gradient.
+
+    For a fully connected first layer, ``[dL/dW | dL/db]`` (units x (inputs + 1)) is a sum of
+    one rank-one term per record, ``(dL/dz_j) (x_j, 1)``, so its rank is the number of records
+    as long as that is below ``inputs + 1`` (records in general position).  Returns
+    ``(estimate, rank)``: the estimate is ``None`` when the rank is full (at least
+    ``inputs + 1`` records, how many more is not visible) or the model has a single unit.
+    ``rtol`` is the singular-value cut relative to the largest (float32 updates carry
+    relative errors of about 1e-7).
+    """
+    layout = ParamLayout(spec)
+    w_sl, b_sl, units, inputs = layout.first_layer()
+    g = np.asarray(u.update, np.float64)
+    M = np.concatenate([g[w_sl].reshape(units, inputs), g[b_sl].reshape(units, 1)], axis=1)
+    s = np.linalg.svd(M, compute_uv=False)
+    if s.size == 0 or s[0] == 0.0:
+        return None, 0
+    rank = int(np.sum(s > rtol * s[0]))
+    if units == 1 or rank >= inputs + 1:
+        return None, rank
+    return rank, rank
 
 
 def _gradient_proxy(u: ObservedUpdate, config: LocalConfig, n: int) -> np.ndarray:
@@ -223,23 +250,54 @@ def analytic_rows(dW: np.ndarray, db: np.ndarray, *, rel_threshold: float, merge
 class TabularInversion(Attack):
     """TabLeak-style optimisation inversion of one update into mixed tabular records.
 
-    Settings (keyword-only): ``n_rows`` (records behind the update; default: read from the
-    received weight, which FedAvg sets to the client's example count; pass it explicitly when
-    the strategy weighs clients otherwise, e.g. DP wrappers use weight 1, or for an aggregate), ``restarts`` pooled feature by feature, ``iterations`` and ``step_size``
-    of Adam (or ``optimizer="lbfgs"``), ``distance`` ``"l2"`` (squared
-    distance relative to the observed update's norm; the default, since the attacker knows the
-    learning rate and so the update's scale) or ``"cosine"`` (scale-free, for an attacker that
-    guesses the hyper-parameters), ``labels``
-    ``"infer"`` (count from the output bias, then fixed) or ``"optimize"`` (relaxed jointly),
-    ``temperature`` of the categorical softmax, ``num_threads`` for torch while it runs (see
-    :class:`attacks._functional.torch_threads`).  The step size decays tenfold at 3/8, 5/8
-    and 7/8 of the iterations (Geiping et al. 2020, section 4).  The attacker replays local training with the
-    round's public hyper-parameters, or with ``prior.local_config`` when it must guess them.
+    Settings (keyword-only):
+
+    ``n_rows``
+        Records behind the update.  An integer is the attacker's own knowledge; ``None``
+        reads it from the received weight (FedAvg sets it to the client's example count; an
+        error otherwise); ``"rank"`` estimates it from the rank of the first-layer gradient
+        (:func:`rank_row_estimate`), for protocols whose weights are not counts.  When the
+        rank is full the count is not visible: an individual update is then attacked with
+        the smallest count the rank allows (``inputs + 1``) and an aggregate is not
+        attacked (the prior guess is returned).
+    ``restarts``, ``iterations``, ``step_size``
+        Random restarts optimised together, Adam steps (or ``optimizer="lbfgs"``).  The
+        defaults, 30 x 1,500, are a converged budget: at 8 records behind a one-step update
+        of a 128-unit MLP, doubling either changes the mean feature accuracy by less than the
+        spread between seeds (``benchmarks/attack_speed.py``); 8 x 400 had not converged.
+    ``tolerance``
+        Stop early once the best restart's relative matching loss is below it (the update is
+        explained to float precision; more steps cannot change the rows).
+    ``min_improvement``, ``patience``
+        Fall back to the prior guess when, after ``patience`` steps or at the end, the best
+        restart does not explain the update at least ``min_improvement`` (relatively) better
+        than the prior guess's own rows do: the observation is then mostly noise (DP), and
+        reconstructed rows would be worse than the prior's.  Compression noise leaves a
+        large loss floor but still lets good rows beat the prior's, so they are kept.
+        ``None`` never falls back.
+    ``max_unknowns``
+        Do not attack when ``rows x columns`` exceeds ``max_unknowns`` times the number of
+        observed parameters: the update then has fewer numbers than the records have
+        unknowns, and the rows are not determined by it (the prior guess is returned).
+    ``pool_ratio``
+        Restarts whose final loss is within this factor of the best are pooled feature by
+        feature (median / majority; TabLeak, Vero et al. 2023); the others are local minima.
+    ``distance``
+        ``"l2"`` (squared distance relative to the observed update's norm; the attacker
+        knows the learning rate and so the scale) or ``"cosine"`` (scale-free).
+    ``labels``
+        ``"infer"`` (count from the output bias, then fixed) or ``"optimize"``.
+    ``temperature``, ``num_threads``
+        Softmax temperature of categorical blocks; torch threads while it runs.
+
+    The step size decays tenfold at 3/8, 5/8 and 7/8 of the iterations (Geiping et al. 2020,
+    section 4).  The attacker replays local training with the round's public
+    hyper-parameters, or with ``prior.local_config`` when it must guess them.
     """
 
-    n_rows: int | None = None
-    restarts: int = 8
-    iterations: int = 400
+    n_rows: int | str | None = None
+    restarts: int = 30
+    iterations: int = 1500
     step_size: float = 0.2
     optimizer: str = "adam"
     distance: str = "l2"
@@ -247,6 +305,11 @@ class TabularInversion(Attack):
     temperature: float = 1.0
     round_index: int = 0
     target: str = "auto"
+    tolerance: float = 1e-10
+    min_improvement: float | None = 0.1
+    patience: int = 150
+    max_unknowns: float = 1.0
+    pool_ratio: float = 10.0
     num_threads: int | None = 1
 
     name = "tabular-inversion"
@@ -258,10 +321,17 @@ class TabularInversion(Attack):
         checks = {
             "restarts": self.restarts >= 1, "iterations": self.iterations >= 1,
             "step_size": self.step_size > 0, "temperature": self.temperature > 0,
+            "tolerance": self.tolerance >= 0, "patience": self.patience >= 1,
+            "max_unknowns": self.max_unknowns > 0, "pool_ratio": self.pool_ratio >= 1,
         }
         for k, ok in checks.items():
             if not ok:
                 raise ConfigurationError(f"{k} must be positive, got {getattr(self, k)!r}")
+        if self.min_improvement is not None and not 0 < self.min_improvement < 1:
+            raise ConfigurationError(
+                f"min_improvement must be None or in (0, 1), got {self.min_improvement!r}")
+        if isinstance(self.n_rows, str) and self.n_rows != "rank":
+            raise ConfigurationError(f"n_rows must be an integer, None or 'rank', got {self.n_rows!r}")
         for k, valid in (("optimizer", ("adam", "lbfgs")), ("distance", ("cosine", "l2")),
                          ("labels", ("infer", "optimize"))):
             if getattr(self, k) not in valid:
@@ -288,13 +358,35 @@ class TabularInversion(Attack):
             bar.close()
         return GradientReconstruction(attack=self.name, items=tuple(items))
 
+    def rows_behind(self, u: ObservedUpdate, spec: ModelSpec) -> tuple[int | None, str]:
+        """The attacker's row count for ``u`` and where it came from (``None``: not attacked)."""
+        if self.n_rows == "rank":
+            est, rank = rank_row_estimate(u, spec)
+            if est is not None:
+                return est, f"rank of the first-layer gradient ({rank})"
+            inputs = ParamLayout(spec).first_layer()[3]
+            if u.source == "client" and spec.kind == "mlp":
+                return inputs + 1, (f"first-layer gradient has full rank {rank}: at least "
+                                    f"{inputs + 1} records, the smallest count assumed")
+            return None, f"first-layer gradient has full rank {rank}: the row count is not visible"
+        if isinstance(self.n_rows, int) or u.source == "client":
+            return _rows_for(u, self.n_rows), ("given" if self.n_rows is not None
+                                               else "the received weight (an example count)")
+        return None, "the aggregate's row count is not known"
+
     # the core: one observed update -> records
     def invert(self, u: ObservedUpdate, *, prior: PriorKnowledge, spec: ModelSpec,
                rng: np.random.Generator) -> RowReconstruction:
         layout = ParamLayout(spec)
         layout.check(u.update)
         config = prior.local_config or u.config
-        n = _rows_for(u, self.n_rows)
+        n, how = self.rows_behind(u, spec)
+        if n is None:
+            return self._prior_guess(u, prior, 0, f"not attacked: {how}")
+        if n * prior.n_columns > self.max_unknowns * layout.size:
+            return self._prior_guess(
+                u, prior, n, f"not attacked: {n} records x {prior.n_columns} columns exceed the "
+                f"{layout.size} observed parameters (rows from {how})")
         R = self.restarts
         dt = torch.float32
         gparams = torch.as_tensor(u.global_params, dtype=dt)
@@ -341,36 +433,96 @@ class TabularInversion(Attack):
             with torch.no_grad():
                 zc.copy_(torch.maximum(torch.minimum(zc, high), low))
 
+        last: list[torch.Tensor] = []
+        give_up = math.inf
+        if self.min_improvement is not None:
+            # the loss of the prior's own rows: what a reconstruction must clearly beat
+            Xg, yg = prior_guess_rows(prior, n)
+            with torch.no_grad():
+                Xg_t = torch.as_tensor(Xg, dtype=dt).unsqueeze(0)
+                yg_t = (y_fixed[:1] if y_fixed is not None
+                        else torch.as_tensor(yg, dtype=dt).unsqueeze(0))
+            sim_g = replay_local_training(layout, config, gparams, Xg_t, yg_t,
+                                          create_graph=False).detach()
+            if self.distance == "cosine":
+                prior_loss = float(1.0 - (sim_g @ target) / (sim_g.norm(dim=1).clamp_min(1e-30) * t_norm))
+            else:
+                prior_loss = float(((sim_g - target) ** 2).sum() / t_norm**2)
+            give_up = (1.0 - self.min_improvement) * prior_loss
+
         def closure() -> torch.Tensor:
-            total = losses_now().sum()  # restarts are independent, so their sum separates
+            per = losses_now()
+            total = per.sum()  # restarts are independent, so their sum separates
             grads = torch.autograd.grad(total, leaves)
             for leaf, g in zip(leaves, grads, strict=True):
                 leaf.grad = g
+            last[:] = [per.detach()]
             return total.detach()
 
+        steps = 0
         if self.optimizer == "adam":
             opt = torch.optim.Adam(leaves, lr=self.step_size)
             T = self.iterations
             sched = torch.optim.lr_scheduler.MultiStepLR(
                 opt, milestones=[3 * T // 8, 5 * T // 8, 7 * T // 8], gamma=0.1)
-            for _ in range(T):
+            for steps in range(1, T + 1):
                 closure()
                 opt.step()
                 sched.step()
                 project()
+                if steps % 25 == 0:
+                    best_now = float(last[0].min())
+                    if best_now < self.tolerance:
+                        break
+                    if steps >= self.patience and best_now > give_up:
+                        break
         else:
             opt = torch.optim.LBFGS(leaves, lr=self.step_size, max_iter=self.iterations,
                                     line_search_fn="strong_wolfe")
             opt.step(closure)
             project()
+            steps = self.iterations
         losses = losses_now(create_graph=False).detach()
+        best = float(losses.min())
+        if best > give_up:
+            return self._prior_guess(
+                u, prior, n, f"fell back to the prior: after {steps} steps the best restart's "
+                f"matching loss {best:.3g} is not {self.min_improvement:.0%} below the prior "
+                f"guess's {give_up / (1.0 - self.min_improvement):.3g}", loss=best)
         with torch.no_grad():
             Xr = assemble(zc, zk).numpy()
             yr = (y_fixed if y_fixed is not None else torch.sigmoid(ylog)).numpy()
-        X, y = pool_restarts(Xr.astype(np.float64), yr.astype(np.float64),
-                             losses.numpy().astype(np.float64), prior=prior)
+        keep = losses.numpy() <= self.pool_ratio * best + 1e-30
+        X, y = pool_restarts(Xr[keep].astype(np.float64), yr[keep].astype(np.float64),
+                             losses.numpy()[keep].astype(np.float64), prior=prior)
         return RowReconstruction(round_index=u.round_index, source=u.source, sender=u.sender,
-                                 X=X, y=y, loss=float(losses.min()))
+                                 X=X, y=y, loss=best,
+                                 note=f"{n} rows ({how}); {steps} steps; {int(keep.sum())} of "
+                                      f"{R} restarts pooled")
+
+    @staticmethod
+    def _prior_guess(u: ObservedUpdate, prior: PriorKnowledge, n: int, note: str,
+                     loss: float | None = None) -> RowReconstruction:
+        """``n`` copies of the prior's most likely row (the no-observation guess)."""
+        X, y = prior_guess_rows(prior, n)
+        return RowReconstruction(round_index=u.round_index, source=u.source, sender=u.sender,
+                                 X=X, y=y, loss=loss, fallback=True, note=note)
+
+
+def prior_guess_rows(prior: PriorKnowledge, n: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` rows that use only public marginals: every continuous column at its public median,
+    every indicator and one-hot block at its most frequent value, every label the majority
+    label.  This is both the attacker's fallback and the scorer's "mode" baseline, so an
+    attack that falls back scores exactly its baseline."""
+    m = prior.marginals
+    X = np.tile(m.quantiles[m.quantiles.shape[0] // 2], (n, 1)).astype(np.float64)
+    for c in prior.binary_columns:
+        X[:, c] = float(m.mean[c] >= 0.5)
+    for b in prior.categorical_blocks:
+        cols = list(b.columns)
+        X[:, cols] = 0.0
+        X[:, cols[int(np.argmax(m.mean[cols]))]] = 1.0
+    return X.reshape(n, prior.n_columns), np.full(n, float(m.label_rate >= 0.5))
 
 
 def pool_restarts(Xr: np.ndarray, yr: np.ndarray, losses: np.ndarray, *, prior: PriorKnowledge

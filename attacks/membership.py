@@ -28,7 +28,7 @@ from securefed.errors import ConfigurationError, InvalidDataError
 from securefed.models import get_flat_params
 from securefed.observation import Observation, PriorKnowledge
 
-__all__ = ["LossThreshold", "ShadowLiRA", "logit_confidence"]
+__all__ = ["LossThreshold", "ShadowLiRA", "logit_confidence", "label_logit"]
 
 
 def _candidates(X: np.ndarray, y: np.ndarray, d: int) -> tuple[np.ndarray, np.ndarray]:
@@ -42,10 +42,22 @@ def _candidates(X: np.ndarray, y: np.ndarray, d: int) -> tuple[np.ndarray, np.nd
 
 
 def logit_confidence(p1: np.ndarray, y: np.ndarray) -> np.ndarray:
-    """``log(p_y / (1 - p_y))`` with ``p_y`` the probability of the true label (LiRA's scaling)."""
+    """``log(p_y / (1 - p_y))`` with ``p_y`` the probability of the true label (LiRA's scaling).
+
+    Saturates where ``p1`` rounds to 0 or 1; prefer :func:`label_logit` on the logits."""
     py = np.where(np.asarray(y) > 0.5, p1, 1.0 - p1)
     py = np.clip(py, 1e-12, 1 - 1e-12)
     return np.log(py) - np.log1p(-py)
+
+
+def label_logit(z: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """LiRA's scaled confidence ``log(p_y / (1 - p_y))`` computed from the logit ``z``: it is
+    ``z`` for a positive record and ``-z`` for a negative one, exact at any confidence.
+
+    >>> label_logit(np.array([40.0, 40.0]), np.array([1.0, 0.0])).tolist()
+    [40.0, -40.0]
+    """
+    return np.where(np.asarray(y) > 0.5, 1.0, -1.0) * np.asarray(z, np.float64)
 
 
 @register_attack("membership-loss")
@@ -74,9 +86,9 @@ class LossThreshold(Attack):
         if self.score not in ("loss", "confidence"):
             raise ConfigurationError(f"score must be 'loss' or 'confidence', got {self.score!r}")
         X, y = _candidates(candidates_X, candidates_y, prior.n_columns)
-        p1 = np.clip(observation.predict_proba(X), 1e-12, 1 - 1e-12)
-        py = np.where(y > 0.5, p1, 1.0 - p1)
-        s = np.log(py) if self.score == "loss" else py
+        zy = label_logit(observation.predict_logits(X), y)
+        # log p_y = -softplus(-z_y), exact from the logit (no float32 probability to saturate)
+        s = -np.logaddexp(0.0, -zy) if self.score == "loss" else np.exp(-np.logaddexp(0.0, -zy))
         thr = float(np.median(s)) if self.threshold is None else float(self.threshold)
         return MembershipScores(attack=f"{self.name}:{self.score}", scores=s, threshold=thr)
 
@@ -138,7 +150,7 @@ class ShadowLiRA(Attack):
             inside[rng.permutation(K)[: K // 2], j] = True
         with torch_threads(self.num_threads):
             conf = self._train_shadows(spec, pop_X, pop_y, inside, rng)[:, :n]  # (K, n)
-        target = logit_confidence(observation.predict_proba(X), y)
+        target = label_logit(observation.predict_logits(X), y)
         ins = inside[:, :n]
         mu_out = np.array([conf[~ins[:, j], j].mean() for j in range(n)])
         sd_out = np.sqrt(np.mean([conf[~ins[:, j], j].var() for j in range(n)])) + 1e-6
@@ -173,5 +185,5 @@ class ShadowLiRA(Attack):
             ((loss * mask).sum(1) / count).sum().backward()
             opt.step()
         with torch.no_grad():
-            p1 = torch.sigmoid(layout.logits(params, Xt)).double().numpy()
-        return logit_confidence(p1, y[None, :])
+            z = layout.logits(params, Xt).double().numpy()
+        return label_logit(z, y[None, :])

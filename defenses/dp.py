@@ -103,14 +103,17 @@ def _local(*, clip_norm: float = 0.5, noise_multiplier: float | None = 1.0,
 
 def _distributed(*, clip_norm: float = 0.5, noise_multiplier: float | None = 1.0,
                  target_epsilon: float | None = None, delta: float = 1e-5,
-                 bits: int = 32, reproducible_noise: bool = False) -> Defense:
+                 bits: int = 32, reproducible_noise: bool = False,
+                 min_clients: int = 3) -> Defense:
     def wrap(s: Strategy, ctx: RunContext) -> Strategy:
         return DistributedDP(s, **_dp_kwargs(clip_norm, noise_multiplier, target_epsilon, delta,
                                              ctx, reproducible_noise))
 
     def channel(strategy: Strategy) -> AggregationChannel:
         # the channel's range is widened for the noise shares (securefed.secagg.secagg_channel_for)
-        return secagg_channel_for(strategy, bits=bits)  # type: ignore[arg-type]
+        # min_clients: secure aggregation's own floor on contributors (below 3 with a warning)
+        return secagg_channel_for(strategy, bits=bits,  # type: ignore[arg-type]
+                                  min_clients=min_clients)
 
     return Defense(
         name="secagg+dp",
@@ -122,7 +125,7 @@ def _distributed(*, clip_norm: float = 0.5, noise_multiplier: float | None = 1.0
                            "the hospitals' combined discrete Gaussian noise (a server that "
                            "colludes with k hospitals removes their k noise shares)"),
         params={**_params(clip_norm, noise_multiplier, target_epsilon, delta, reproducible_noise),
-                "bits": bits},
+                "bits": bits, "min_clients": min_clients},
     )
 
 

@@ -67,7 +67,10 @@ class Algorithm:
 
     ``kind`` is ``"federated"`` (a :class:`Strategy` run by the engine through the defense's
     channel) or ``"centralized"`` (pooled rows; applies to a defense whose
-    ``centralized_channel`` equals ``centralized_channel`` here).
+    ``centralized_channel`` equals ``centralized_channel`` here).  With
+    ``library_defaults`` the strategy is built from its own parameters only (its library
+    defaults, changed by the audit's ``[algorithm_params.NAME]``), not from the audit's shared
+    learning rate, epochs and batch size.
     """
 
     name: str
@@ -78,6 +81,7 @@ class Algorithm:
     centralized_channel: str = "plain"
     default_params: Mapping[str, Any] = field(default_factory=dict)
     models: tuple[str, ...] = ("logreg", "mlp")
+    library_defaults: bool = False
 
     def __post_init__(self) -> None:
         if self.kind not in ("federated", "centralized"):
@@ -103,7 +107,8 @@ class Algorithm:
 
     def validate(self, params: Mapping[str, Any], hyper: HyperParams) -> None:
         """Raise :class:`ConfigurationError` now if ``params`` cannot build this algorithm."""
-        kwargs = {**hyper.local(), **self.default_params, **params}
+        shared = {} if self.library_defaults else hyper.local()
+        kwargs = {**shared, **self.default_params, **params}
         check_parameters(self._factory(), kwargs, what=f"algorithm {self.name!r}")
 
     def train(
@@ -130,7 +135,8 @@ class Algorithm:
         if self.kind == "centralized":
             return self._factory()(data, model=model, rounds=rounds, seed=seed,
                                    progress=progress, **hyper.local(), **kwargs)
-        strategy = self._factory()(**hyper.local(), **kwargs)
+        shared = {} if self.library_defaults else hyper.local()
+        strategy = self._factory()(**{**shared, **kwargs})
         strategy, channel = defense.build(strategy, RunContext(
             num_clients=len(data.clients), rounds=rounds, clients_per_round=hyper.clients_per_round))
         return run_federated(
@@ -187,8 +193,9 @@ register_algorithm("fedmedheter", Algorithm(
     name="fedmedheter", kind="federated",
     summary="FedMedHeter: proximal local objective, loss-scaled adaptive local step size, "
             "heterogeneity-aware client-side weights, 2-bit stochastic quantisation with error "
-            "feedback (defaults of securefed.federated.fedmedheter; server optimiser off)",
-    strategy_factory=FedMedHeter,
+            "feedback; the library defaults of securefed.federated.fedmedheter (learning rate "
+            "0.3, batch 16, one local epoch), not the audit's shared hyper-parameters",
+    strategy_factory=FedMedHeter, library_defaults=True,
 ))
 
 _KEYS: dict[str, Any] = {}

@@ -58,7 +58,7 @@ def _epsilon(ctx: AttackContext) -> tuple[float | None, float]:
 
 # ------------------------------------------------------------------ gradient inversion
 def _gradient_inversion(ctx: AttackContext) -> list[AttackScore]:
-    p = {"restarts": 2, "iterations": 60, "max_rows": 256, **ctx.params}
+    p = {"restarts": 30, "iterations": 1500, **ctx.params}
     obs = observe(ctx.run, adversary="server")
     prior = _prior(ctx)
     clients = ctx.fold.data.clients
@@ -84,13 +84,18 @@ def _gradient_inversion(ctx: AttackContext) -> list[AttackScore]:
         prior = dataclasses.replace(prior, local_config=dataclasses.replace(
             target.config, optimizer="sgd"))
         replay = f"plain SGD guessed for the round's {target.config.optimizer!r} step sizes"
-    n_rows = min(int(p["max_rows"]), len(true_X))
+    # the row count only where the protocol reveals it (FedAvg's weights are example counts);
+    # otherwise the attacker estimates it from the update itself
+    counts = ctx.algorithm in ("fedavg", "fedprox") and not any(
+        k in ctx.defense.params for k in ("noise_multiplier", "target_epsilon"))
+    n_rows = None if (counts and target.source == "client") else "rank"
     attack = TabularInversion(restarts=int(p["restarts"]), iterations=int(p["iterations"]),
                               n_rows=n_rows, round_index=0, target="auto")
     rec = attack.invert(target, prior=prior, spec=ctx.model, rng=ctx.rng)
     scored = score_reconstruction(rec.X, rec.y, true_X, true_y, prior=prior, rng=ctx.rng)
     details = {
-        "scope": scope, "replay": replay, "rows_behind_update": int(len(true_X)), "rows_reconstructed": n_rows,
+        "scope": scope, "replay": replay, "rows_behind_update": int(len(true_X)),
+        "rows_reconstructed": 0 if rec.fallback else int(len(rec.X)), "attack_note": rec.note,
         "exact_row_rate": scored.attack.exact_row_rate,
         "baseline_kind": scored.baseline_kind,
         "label_accuracy": scored.attack.label_accuracy,

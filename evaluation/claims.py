@@ -177,9 +177,6 @@ _CLAIMS: tuple[Callable[[AuditSummary], ClaimResult], ...] = (
     _accuracy_85,
     _centralised_lower,
     _ttest,
-    _ratio_claim("4", "FedMedHeter needs 40% less communication than FedAvg",
-                 ("fedmedheter", "none"), ("fedavg", "none"), "bytes_total", 0.40,
-                 "total bytes up and down over the same number of rounds"),
     _ratio_claim("3", "FedMedHeter converges 15% faster than FedProx",
                  ("fedmedheter", "none"), ("fedprox", "none"), "rounds_to_target", 0.15,
                  "rounds until the held-out accuracy first reaches the target"),
@@ -190,14 +187,100 @@ _CLAIMS: tuple[Callable[[AuditSummary], ClaimResult], ...] = (
                  ("fedprox", "none"), ("fedavg", "none"), "rounds_to_target", 0.30,
                  "rounds until the held-out accuracy first reaches the target"),
     _he,
-    _leakage("3", "FL + DP noise on uploads lowers leakage risk by more than 75%, accuracy stable",
-             "dp-local", 0.75, None),
-    _leakage("2", "DP lowers model-inversion leakage by more than 40% with under 5% accuracy loss",
-             "dp-central", 0.40, "model-inversion"),
     _dp_only,
 )
 
 
-def evaluate_claims(summary: AuditSummary) -> list[ClaimResult]:
-    """Every claim of the seed document that an audit can test, in document order."""
-    return sorted((c(summary) for c in _CLAIMS), key=lambda r: r.section)
+def _communication(s: AuditSummary, threat_cells: tuple[dict, ...]) -> ClaimResult:
+    """40% less communication, measured where compression matters: the MLP of the outsider
+    scenarios (hundreds of parameters), not the utility runs' logistic regression, whose 8
+    parameters travel in messages dominated by their headers."""
+    claim = "FedMedHeter needs 40% less communication than FedAvg"
+    cells = [c for c in threat_cells if c.get("threat") == "outsider-membership"
+             and c.get("defense") == "none" and not c.get("error")]
+    by = {a: [c for c in cells if c["algorithm"] == a] for a in ("fedmedheter", "fedavg")}
+    if by["fedmedheter"] and by["fedavg"]:
+        d = by["fedavg"][0]["details"]
+        mean = {a: sum(c["details"]["bytes_up"] + c["details"]["bytes_down"] for c in v) / len(v)
+                for a, v in by.items()}
+        red = 1 - mean["fedmedheter"] / mean["fedavg"]
+        method = (f"total bytes up and down over the same {d['rounds_run']} rounds, on the "
+                  f"{d['model']} of the outsider scenarios ({d['model_parameters']} parameters, "
+                  "where compression matters), no defense, mean over its seeds")
+        measured = (f"fedmedheter {mean['fedmedheter']:.4g} B vs fedavg {mean['fedavg']:.4g} B: "
+                    f"{_pct(red)} {'lower' if red >= 0 else 'higher'}")
+        return ClaimResult("4", claim, measured, HOLDS if red >= 0.40 else FAILS, method)
+    fallback = _ratio_claim("4", claim, ("fedmedheter", "none"), ("fedavg", "none"), "bytes_total",
+                            0.40, "total bytes up and down over the same number of rounds, on the "
+                            "utility runs' model (with logistic regression the 8 parameters are "
+                            "outweighed by message headers: run the outsider threats with both "
+                            "algorithms to measure it on an MLP)")
+    return fallback(s)
+
+
+def _threat_leakage(section: str, claim: str, defense: str, threshold: float,
+                    threats: tuple[str, ...] | None, s: AuditSummary,
+                    verdicts: list[dict], fallback: Callable[[AuditSummary], ClaimResult]
+                    ) -> ClaimResult:
+    """A leakage claim measured on the threat verdicts: for each threat run both without
+    defense and under ``defense`` (same algorithm) whose attack leaks without it, the drop of
+    its gain, ``1 - gain(defense) / gain(none)``; the claim holds when every drop reaches
+    ``threshold`` and the utility runs lose less than 5 points of accuracy."""
+    by = {(r["threat"], r["defense"], r["algorithm"]): r for r in verdicts}
+    parts: list[str] = []
+    reds: list[float] = []
+    algo = "fedmedheter"
+    for algo in ("fedmedheter", "fedavg"):  # the first algorithm with a measurable drop
+        for (t, d, a), r in by.items():
+            if d != "none" or a != algo or (threats is not None and t not in threats):
+                continue
+            other = by.get((t, defense, a))
+            if other is None or not r["leaks"] or not r["gain"] > 0:
+                continue
+            red = 1 - other["gain"] / r["gain"]
+            reds.append(red)
+            parts.append(f"{t}: gain {r['gain']:.3f} -> {other['gain']:.3f} ({_pct(red)} lower)")
+        if parts:
+            break
+    method = (f"drop of each threat's gain over its baseline under '{defense}' versus no defense "
+              f"({algo}, threat scenarios whose attack leaks without a defense), accuracy change "
+              "of the cross-validated utility runs beside it")
+    if not verdicts:
+        return fallback(s)
+    if not parts:
+        which = ", ".join(threats) if threats else "any threat"
+        return ClaimResult(section, claim, f"{which}: no attack that leaks without a defense "
+                           f"was also run under {defense}", UNMEASURED, method)
+    dacc = s.mean(algo, defense, "accuracy") - s.mean(algo, "none", "accuracy")
+    acc = "" if math.isnan(dacc) else f"; accuracy {dacc:+.3f}"
+    ok = min(reds) >= threshold and (math.isnan(dacc) or dacc > -0.05)
+    return ClaimResult(section, claim, "; ".join(parts) + acc, HOLDS if ok else FAILS, method)
+
+
+def evaluate_claims(summary: AuditSummary, threat_cells: tuple[dict, ...] = (),
+                    setting: str | None = None) -> list[ClaimResult]:
+    """Every claim of the seed document that an audit can test, in document order.
+
+    Each row's method says the setting it was measured in: the cross-validated utility runs
+    (the audit's model, folds and rounds) unless a claim is only meaningful elsewhere
+    (communication is measured on the MLP of the outsider scenarios when they ran with both
+    algorithms)."""
+    rows = [c(summary) for c in _CLAIMS]
+    if setting:
+        rows = [ClaimResult(r.section, r.claim, r.measured, r.verdict, f"{r.method}; setting: {setting}")
+                for r in rows]
+    rows.append(_communication(summary, tuple(threat_cells)))
+    from evaluation.verdicts import threat_verdicts
+
+    verdicts = threat_verdicts(tuple(threat_cells), summary) if threat_cells else []
+    rows.append(_threat_leakage(
+        "3", "FL + DP noise on uploads lowers leakage risk by more than 75%, accuracy stable",
+        "dp-local", 0.75, None, summary, verdicts,
+        _leakage("3", "FL + DP noise on uploads lowers leakage risk by more than 75%, accuracy "
+                 "stable", "dp-local", 0.75, None)))
+    rows.append(_threat_leakage(
+        "2", "DP lowers model-inversion leakage by more than 40% with under 5% accuracy loss",
+        "dp-central", 0.40, ("outsider-attribute",), summary, verdicts,
+        _leakage("2", "DP lowers model-inversion leakage by more than 40% with under 5% "
+                 "accuracy loss", "dp-central", 0.40, "model-inversion")))
+    return sorted(rows, key=lambda r: r.section)

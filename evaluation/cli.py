@@ -38,33 +38,44 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print("defenses:")
         for n in defense_names():
             print(f"  {n:24s}{get_defense(n).summary}")
-        print("attacks:")
+        print("attacks (per utility cell):")
         for n in audit_attack_names():
             print(f"  {n:24s}{get_audit_attack(n).summary}")
+        from evaluation.threats import get_threat, threat_names
+
+        print("threats:")
+        for n in threat_names():
+            t = get_threat(n)
+            print(f"  {n:24s}{t.adversary}: {t.setting}")
         return 0
     if args.config and args.quick:
         raise ConfigurationError("--quick and --config exclude each other; give one")
     config = load_config(args.config) if args.config else profile("quick" if args.quick else "default")
     overrides = {k: v for k, v in {
         "algorithms": args.algorithms, "defenses": args.defenses, "attacks": args.attacks,
-        "folds": args.folds, "rounds": args.rounds, "seed": args.seed,
+        "threats": args.threats, "folds": args.folds, "rounds": args.rounds, "seed": args.seed,
+        "replicates": args.replicates, "data": args.data,
     }.items() if v is not None}
     if overrides:
-        for key in ("algorithm_params", "defense_params", "attack_params"):
-            listed = {"algorithm_params": "algorithms", "defense_params": "defenses",
-                      "attack_params": "attacks"}[key]
+        for key in ("algorithm_params", "attack_params", "threat_params"):
+            listed = {"algorithm_params": "algorithms", "attack_params": "attacks",
+                      "threat_params": "threats"}[key]
             if listed in overrides:
                 kept = {n: p for n, p in getattr(config, key).items() if n in overrides[listed]}
                 overrides[key] = kept
         config = dataclasses.replace(config, **overrides)
-    out = Path(args.out) if args.out else Path("runs") / f"audit-{config.profile}"
+    name = f"audit-{config.profile}" + (f"-{Path(config.data).resolve().parent.name}"
+                                        if config.data and Path(config.data).name == "federation.toml"
+                                        else f"-{Path(config.data).stem}" if config.data else "")
+    out = Path(args.out) if args.out else Path("runs") / name
     if not args.quiet:
         print(f"securefed audit: profile '{config.profile}', {config.folds} folds x "
               f"{config.rounds} rounds; algorithms {', '.join(config.algorithms)}; defenses "
-              f"{', '.join(config.defenses)}; attacks {', '.join(config.attacks) or '(none)'}",
-              file=sys.stderr)
+              f"{', '.join(config.defenses)}; threats {', '.join(config.threats) or '(none)'} "
+              f"with {', '.join(config.threat_algorithms)}", file=sys.stderr)
     try:
-        results = run_audit(config, out, overwrite=args.overwrite, progress=not args.quiet)
+        results = run_audit(config, out, overwrite=args.overwrite, progress=not args.quiet,
+                            workers=args.workers)
     except KeyboardInterrupt:
         from evaluation.runner import CELLS
 
@@ -77,6 +88,16 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         print(f"reused {results.resumed} finished cell(s) from {out}", file=sys.stderr)
     argv = ["securefed", "audit", *(args.argv or [])]
     files = write_report(results, command=" ".join(shlex.quote(a) for a in argv))
+    if files.threats:
+        from evaluation.report import _gain_ci
+
+        print("verdicts (leaks: the gain's 95% interval is above 0):")
+        vw = max(len(f"{r['threat']}/{r['defense']}/{r['algorithm']}") for r in files.threats)
+        for r in files.threats:
+            name = f"{r['threat']}/{r['defense']}/{r['algorithm']}"
+            word = "LEAKS" if r["leaks"] else ("incon" if r.get("inconclusive") else "no   ")
+            print(f"  {name.ljust(vw)}  {word}  "
+                  f"{str(r.get('metric')):<19s}{_gain_ci(r)}")
     head, rows = summary_rows(files.summary)
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)]
     print("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)))
@@ -89,6 +110,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     failed = len(files.summary.failed)
     if failed:
         print(f"{failed} cell(s) failed; see the report's 'Failed cells'", file=sys.stderr)
+    print(f"audit time: {results.elapsed:.1f} s wall, {results.cpu_time:.1f} s CPU "
+          f"({results.resumed} cell(s) reused)", file=sys.stderr)
     print(f"figures, Markdown, JSON and CSV: {out}")
     print(files.html)
     return 1 if failed else 0
@@ -99,23 +122,36 @@ def add_audit_command(subparsers: argparse._SubParsersAction) -> None:
     """Register ``audit`` on the ``securefed`` parser's subcommands."""
     a = subparsers.add_parser(
         "audit", help="the main job: algorithms x defenses x attacks, cross-validated, with a report",
-        description="Train every algorithm under every defense on the bundled Pima hospitals "
-                    "with k-fold cross-validation, attack what each party observes, test "
-                    "significance, and write an HTML/Markdown/JSON/CSV report. Results are "
-                    "saved cell by cell; re-running the same command resumes.",
+        description="On the bundled Pima hospitals or your own (--data FEDERATION.toml), run "
+                    "every threat scenario (curious server, malicious server, curious "
+                    "peer, outsider membership and attribute inference) under the defenses, "
+                    "give a verdict per threat, defense and algorithm, train every algorithm "
+                    "under every defense with k-fold cross-validation for utility and cost, and "
+                    "write an HTML/Markdown/JSON/CSV report. Results are saved cell by cell, "
+                    "keyed by the configuration and the code; re-running the same command "
+                    "resumes.",
     )
     a.add_argument("--quick", action="store_true", help="the quick profile (about 30 s)")
     a.add_argument("--config", help="a TOML file describing a custom audit matrix")
-    a.add_argument("--out", help="output directory (default: runs/audit-PROFILE)")
+    a.add_argument("--data", metavar="FEDERATION.toml",
+                   help="audit your own hospitals: a federation file naming the schema and each "
+                        "hospital's training (and test) CSV (see docs/data.md); default: the "
+                        "bundled Pima split")
+    a.add_argument("--out", help="output directory (default: runs/audit-PROFILE, plus the "
+                                 "federation's name with --data)")
     a.add_argument("--overwrite", action="store_true",
                    help="replace another audit's results in --out instead of refusing")
     a.add_argument("--algorithms", type=_names, help="comma-separated algorithm names")
     a.add_argument("--defenses", type=_names, help="comma-separated defense names")
-    a.add_argument("--attacks", type=_names, help="comma-separated attack names")
+    a.add_argument("--attacks", type=_names, help="comma-separated per-cell attack names")
+    a.add_argument("--threats", type=_names, help="comma-separated threat scenario names")
+    a.add_argument("--replicates", type=int, help="seeds per threat scenario")
     a.add_argument("--folds", type=int, help="cross-validation folds")
     a.add_argument("--rounds", type=int, help="training rounds per run")
     a.add_argument("--seed", type=int, help="root seed")
     a.add_argument("--quiet", action="store_true", help="no progress bars")
+    a.add_argument("--workers", type=int,
+                   help="processes that run cells side by side (default: min(2, CPUs))")
     a.add_argument("--list", action="store_true",
                    help="list the available algorithms, defenses and attacks, then exit")
     a.set_defaults(func=_cmd_audit)

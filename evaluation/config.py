@@ -18,6 +18,7 @@ default), and unknown algorithm, defense or attack names list the valid ones.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import sys
@@ -28,7 +29,7 @@ from typing import Any
 
 from defenses import defense_names, get_defense
 from evaluation.algorithms import HyperParams, algorithm_names, get_algorithm
-from evaluation.privacy import audit_attack_names, get_audit_attack
+from evaluation.privacy import get_audit_attack
 from securefed.errors import ConfigurationError
 from securefed.models import ModelSpec
 
@@ -48,9 +49,13 @@ class AuditConfig:
     algorithms: tuple[str, ...] = ("centralized", "fedavg", "fedprox")
     defenses: tuple[str, ...] = ("none",)
     attacks: tuple[str, ...] = ()
+    threats: tuple[str, ...] = ()
+    threat_algorithms: tuple[str, ...] = ("fedavg",)
+    replicates: int | None = None
     folds: int = 10
     rounds: int = 30
     seed: int = 0
+    data: str | None = None
     n_hospitals: int = 3
     heterogeneity: str | Mapping[str, Any] = "default"
     model: str = "logreg"
@@ -66,11 +71,13 @@ class AuditConfig:
     algorithm_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     defense_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     attack_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    threat_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.batch_size == "full":  # TOML has no null: "full" means full-batch training
             object.__setattr__(self, "batch_size", None)
-        for name in ("algorithms", "defenses", "attacks", "hidden", "exclude"):
+        for name in ("algorithms", "defenses", "attacks", "hidden", "exclude", "threats",
+                     "threat_algorithms"):
             value = getattr(self, name)
             if isinstance(value, str) or not isinstance(value, (list, tuple)):
                 raise ConfigurationError(f"{name} must be a list, got {value!r}")
@@ -85,14 +92,35 @@ class AuditConfig:
             get_defense(d, **dict(self.defense_params.get(d, {})))
         for k in self.attacks:
             get_audit_attack(k)
+        from evaluation.threats import get_threat
+
+        for t in self.threats:
+            scen = get_threat(t)
+            params = dict(self.threat_params.get(t, {}))
+            scen.check_params(params)
+            for d in scen.defenses_for(params):
+                get_defense(d, **scen.defense_settings(d, self.defense_params, params))
+            reps = params.get("replicates", self.replicates)
+            if reps is not None and not (isinstance(reps, int) and reps >= 2):
+                raise ConfigurationError(
+                    f"replicates of threat {t!r} must be an integer >= 2 (a confidence interval "
+                    f"needs two), got {reps!r}")
+        for a in self.threat_algorithms:
+            if get_algorithm(a).kind != "federated":
+                raise ConfigurationError(
+                    f"threat_algorithms must be federated algorithms, got {a!r} "
+                    f"({get_algorithm(a).kind})")
+        if self.threats and not self.threat_algorithms:
+            raise ConfigurationError("threat_algorithms must name at least one algorithm, got []")
         for pattern in self.exclude:
             if not isinstance(pattern, str) or pattern.count("/") != 1:
                 raise ConfigurationError(
                     f"exclude entries must look like 'ALGORITHM/DEFENSE' (wildcards allowed), "
                     f"got {pattern!r}"
                 )
-        for table, valid in (("algorithm_params", self.algorithms), ("defense_params", self.defenses),
-                             ("attack_params", self.attacks)):
+        for table, valid in (("algorithm_params", self.algorithms),
+                             ("defense_params", tuple(self.defenses) + self._threat_defenses()),
+                             ("attack_params", self.attacks), ("threat_params", self.threats)):
             for key in getattr(self, table):
                 if key not in valid:
                     raise ConfigurationError(
@@ -110,12 +138,43 @@ class AuditConfig:
         if not 0 < self.target_fraction <= 1:
             raise ConfigurationError(f"target_fraction must be in (0, 1], got {self.target_fraction!r}")
         self.heterogeneity_setting()
+        if self.data is not None:
+            if not isinstance(self.data, str) or not self.data.lower().endswith(".toml"):
+                raise ConfigurationError(
+                    f"data must be the path of a federation file (FEDERATION.toml), got {self.data!r}")
+            if not Path(self.data).is_file():
+                raise ConfigurationError(f"federation file {self.data!r} does not exist")
+            if self.n_hospitals != 3 or self.heterogeneity != "default":
+                raise ConfigurationError(
+                    "n_hospitals and heterogeneity shape the bundled Pima split; with data = "
+                    f"{self.data!r} the hospitals are those of the federation file (got "
+                    f"n_hospitals={self.n_hospitals!r}, heterogeneity={self.heterogeneity!r})")
         ModelSpec(self.model, n_features=1, hidden=self.hidden)
         hyper = HyperParams(**self.hyper_kwargs())
         for a in self.algorithms:
             get_algorithm(a).validate(dict(self.algorithm_params.get(a, {})), hyper)
 
     # ------------------------------------------------------------------ derived values
+    def _threat_defenses(self) -> tuple[str, ...]:
+        from evaluation.threats import get_threat
+
+        out: list[str] = []
+        for t in self.threats:
+            out.extend(get_threat(t).defenses_for(dict(self.threat_params.get(t, {}))))
+        return tuple(dict.fromkeys(out))
+
+    def replicates_for(self, threat: str) -> int:
+        """Replicates (seeds) of ``threat``: its own setting, else the audit's, else the
+        scenario's default."""
+        from evaluation.threats import get_threat
+
+        own = dict(self.threat_params.get(threat, {})).get("replicates")
+        if own is not None:
+            return int(own)
+        if self.replicates is not None:
+            return int(self.replicates)
+        return int(get_threat(threat).replicates)
+
     def hyper_kwargs(self) -> dict[str, Any]:
         return {"learning_rate": self.learning_rate, "local_epochs": self.local_epochs,
                 "batch_size": self.batch_size, "clients_per_round": self.clients_per_round,
@@ -154,9 +213,10 @@ class AuditConfig:
 
     def to_dict(self) -> dict[str, Any]:
         d = dataclasses.asdict(self)
-        for k in ("algorithms", "defenses", "attacks", "hidden", "exclude"):
+        for k in ("algorithms", "defenses", "attacks", "hidden", "exclude", "threats",
+                  "threat_algorithms"):
             d[k] = list(d[k])
-        for k in ("algorithm_params", "defense_params", "attack_params"):
+        for k in ("algorithm_params", "defense_params", "attack_params", "threat_params"):
             d[k] = {n: dict(v) for n, v in d[k].items()}
         if isinstance(d["heterogeneity"], Mapping):
             d["heterogeneity"] = dict(d["heterogeneity"])
@@ -172,9 +232,21 @@ class AuditConfig:
         d = self.to_dict()
         for k in ("profile", "algorithms", "defenses", "attacks", "algorithm_params",
                   "defense_params", "attack_params", "target_fraction", "exclude",
-                  "attack_folds"):
+                  "attack_folds", "threats", "threat_algorithms", "replicates", "threat_params"):
             d.pop(k)
+        if d.get("data") is not None:
+            # the data's content, not where it lies: moving the folder changes nothing, and
+            # editing a CSV makes it another audit
+            d["data"] = _data_fingerprint(str(Path(d["data"]).resolve()))
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=8)
+def _data_fingerprint(path: str) -> dict[str, str]:
+    """SHA-256 of a federation file, its schema and every CSV it names (read once per process)."""
+    from securefed.data import FederationFile
+
+    return FederationFile.from_toml(path).fingerprint()
 
 
 _FIELDS = {f.name for f in dataclasses.fields(AuditConfig)}
@@ -187,30 +259,47 @@ def _available(names: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[str, ..
 def profile(name: str) -> AuditConfig:
     """A built-in profile: ``"quick"`` (about 30 s, for tests) or ``"default"`` (<= 3 min).
 
-    Both use every registered algorithm, defense and attack, with budget choices stated in
-    the report's configuration: the defenses run with FedMedHeter (a defense's cost and
-    leakage hardly depend on the local objective; the secure channels reproduce the plain
-    model up to rounding), FedAvg keeps central DP for the "same privacy strength"
-    comparison, FedProx runs without defenses, and encrypted-centralised training runs 5
-    epochs, since each costs about a second of homomorphic arithmetic.  The quick profile uses 3 folds of 8 rounds, attacks
-    one fold, runs the defenses with FedMedHeter only and leaves encrypted-centralised
-    training out; the default one uses 10 folds of 20 rounds and attacks 3 folds.
+    Both run every registered threat scenario (the verdict matrix the report leads with)
+    and every registered algorithm and defense for utility and cost, with budget choices
+    stated in the report's configuration: the defenses' utility runs use FedMedHeter (a
+    defense's cost hardly depends on the local objective; the secure channels reproduce the
+    plain model up to rounding), FedAvg keeps central DP for the "same privacy strength"
+    comparison and, in the default profile, the defenses of the threat scenarios (so that
+    their verdicts carry an accuracy and a cost), FedProx runs without defenses, and encrypted-centralised training runs 5
+    epochs, since each costs about a second of homomorphic arithmetic.  The quick profile
+    uses 3 folds of 8 rounds, runs the defenses with FedMedHeter only, leaves CKKS and
+    encrypted-centralised training out, and runs the threats with FedAvg on 2 replicates
+    (the curious peer, which costs little, on 6; LiRA with 8 shadow models); the default one uses 5 folds of 20 rounds
+    and runs the threats with FedAvg and FedMedHeter on each scenario's own number of
+    replicates.  The per-cell attacks of earlier versions (``attacks``) are not in the
+    profiles: the threat scenarios replace them.
     """
+    from evaluation.threats import threat_names
+
     algos = algorithm_names()
     defs = defense_names()
-    atks = audit_attack_names()
+    threats = threat_names()
     exclude = tuple(f"fedprox/{d}" for d in defs if d != "none")
     if name == "quick":
         defended = "fedmedheter" if "fedmedheter" in algos else "fedavg"
         quick_exclude = tuple(f"{a}/{d}" for a in algos for d in defs
-                              if d != "none" and a != defended)
-        return AuditConfig(profile="quick", algorithms=algos, defenses=defs, attacks=atks,
-                           folds=3, rounds=8, exclude=quick_exclude, attack_folds=1)
+                              if (d != "none" and a != defended) or d == "ckks")
+        return AuditConfig(profile="quick", algorithms=algos, defenses=defs, threats=threats,
+                           threat_algorithms=("fedavg",), replicates=2,
+                           threat_params={k: v for k, v in {
+                               "curious-peer": {"replicates": 6},
+                               "outsider-membership": {"shadows": 8},
+                           }.items() if k in threats},
+                           folds=3, rounds=8, exclude=quick_exclude,
+                           )
     if name == "default":
-        if "fedmedheter" in algos:  # FedAvg keeps one defense: the DP-only comparison
-            exclude += tuple(f"fedavg/{d}" for d in defs if d not in ("none", "dp-central"))
-        return AuditConfig(profile="default", algorithms=algos, defenses=defs, attacks=atks,
-                           folds=10, rounds=20, exclude=exclude, attack_folds=3,
+        if "fedmedheter" in algos:  # FedAvg keeps the DP-only comparison and the threats'
+            # defenses, so that every verdict row has its accuracy and cost
+            keep = ("none", "dp-central", "secagg", "dp-local", "secagg+dp")
+            exclude += tuple(f"fedavg/{d}" for d in defs if d not in keep)
+        threat_algos = tuple(a for a in ("fedavg", "fedmedheter") if a in algos)
+        return AuditConfig(profile="default", algorithms=algos, defenses=defs, threats=threats,
+                           threat_algorithms=threat_algos, folds=5, rounds=20, exclude=exclude,
                            algorithm_params=_enc_params(algos, epochs=5))
     raise ConfigurationError(f"unknown profile {name!r}; valid: {list(PROFILES)}")
 
@@ -229,7 +318,7 @@ def from_mapping(raw: Mapping[str, Any], *, source: str = "configuration") -> Au
         raise ConfigurationError(
             f"{source}: unknown key {unknown[0]!r}; valid keys: {sorted(_FIELDS)}"
         )
-    for table in ("algorithm_params", "defense_params", "attack_params"):
+    for table in ("algorithm_params", "defense_params", "attack_params", "threat_params"):
         value = raw.get(table, {})
         if not isinstance(value, Mapping) or not all(isinstance(v, Mapping) for v in value.values()):
             raise ConfigurationError(

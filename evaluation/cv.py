@@ -108,8 +108,12 @@ def stratified_hospital_folds(
         def z(x: np.ndarray, mu: np.ndarray = mu, sd: np.ndarray = sd) -> np.ndarray:
             return ((x.astype(np.float64) - mu) / sd).astype(np.float32)
 
+        # a hospital's own test patients (a federation file's test CSV) stay with it,
+        # standardised like the fold, so every run is also evaluated on each one's own
         clients = tuple(
-            ClientArrays(client_id=c.client_id, name=c.name, X=z(c.X[a != k]), y=c.y[a != k])
+            ClientArrays(client_id=c.client_id, name=c.name, X=z(c.X[a != k]), y=c.y[a != k],
+                         X_test=None if c.X_test is None else z(c.X_test),
+                         y_test=None if c.y_test is None else np.asarray(c.y_test))
             for c, a in zip(data.clients, assignments, strict=True)
         )
         X_test = np.concatenate([z(c.X[a == k]) for c, a in zip(data.clients, assignments, strict=True)])

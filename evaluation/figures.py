@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 
 from evaluation.summary import AuditSummary  # noqa: E402
 
-__all__ = ["FigureFile", "make_figures"]
+__all__ = ["FigureFile", "make_figures", "verdict_heatmap"]
 
 _PALETTE = ("#1b6ca8", "#d1495b", "#edae49", "#00798c", "#66a182", "#8d6a9f", "#2e4057", "#c97b84")
 _DASHES = ("-", "--", "-.", ":", (0, (5, 1)), (0, (3, 1, 1, 1, 1, 1)))
@@ -343,6 +343,61 @@ def reconstructions(cells: Sequence[dict[str, Any]], out: Path, *, max_panels: i
                           "one (least total squared distance), under each defense "
                           "(standardised units)."))
     return figs
+
+
+def verdict_heatmap(rows: Sequence[dict[str, Any]], out: Path) -> FigureFile | None:
+    """Threats (rows) x defenses (columns), one panel per algorithm: red where the attack
+    leaks (the gain's 95% interval is above 0), green where it does not, the shade by the
+    gain; every cell is annotated with the gain and its interval."""
+    from matplotlib.colors import LinearSegmentedColormap
+
+    if not rows:
+        return None
+    algos = list(dict.fromkeys(r["algorithm"] for r in rows))
+    threats = list(dict.fromkeys(r["threat"] for r in rows))
+    defenses = list(dict.fromkeys(r["defense"] for r in rows))
+    by = {(r["algorithm"], r["threat"], r["defense"]): r for r in rows}
+    red = LinearSegmentedColormap.from_list("leak", ["#fde2e1", "#b42318"])
+    fig, axes = plt.subplots(len(algos), 1, figsize=(1.9 * len(defenses) + 2.5,
+                                                    (0.75 * len(threats) + 1.0) * len(algos)),
+                             squeeze=False)
+    for ax, algo in zip(axes[:, 0], algos, strict=True):
+        ax.set_xlim(0, len(defenses))
+        ax.set_ylim(0, len(threats))
+        ax.invert_yaxis()
+        for i, t in enumerate(threats):
+            for j, d in enumerate(defenses):
+                r = by.get((algo, t, d))
+                if r is None:
+                    colour, text, tc = "#f3f4f6", "not run", "#6b7280"
+                elif r.get("metric") is None:
+                    colour, text, tc = "#f3f4f6", "failed", "#6b7280"
+                else:
+                    g = float(r["gain"])
+                    if r["leaks"]:
+                        colour = red(min(1.0, 0.25 + 0.75 * g / 0.8))
+                        tc = "white" if g > 0.3 else "#1d2433"
+                        word = "LEAKS"
+                    elif r.get("inconclusive"):
+                        colour, tc, word = "#fdf0c8", "#1d2433", "not shown (inconclusive)"
+                    else:
+                        colour, tc, word = "#d3f0dc", "#1d2433", "no leak"
+                    text = f"{word}\n{g:+.2f} [{r['ci_low']:+.2f}, {r['ci_high']:+.2f}]"
+                ax.add_patch(plt.Rectangle((j, i), 1, 1, facecolor=colour, edgecolor="white", lw=2))
+                ax.text(j + 0.5, i + 0.5, text, ha="center", va="center", fontsize=7.5, color=tc)
+        ax.set_xticks(np.arange(len(defenses)) + 0.5, defenses, rotation=20, fontsize=8)
+        ax.set_yticks(np.arange(len(threats)) + 0.5, threats, fontsize=8)
+        ax.set_title(algo, fontsize=10)
+        for side in ("top", "right", "left", "bottom"):
+            ax.spines[side].set_visible(False)
+        ax.tick_params(length=0)
+    fig.tight_layout()
+    return _save(fig, out, "verdicts", "Verdicts: which defense stops which attack",
+                 "Each cell: does the threat's attack beat its no-observation baseline under "
+                 "the defense? Red (LEAKS): the 95% interval of the mean gain over the "
+                 "replicates lies above 0, shaded by the gain; green: it does not; amber: the "
+                 "mean gain is above 0.02 but its interval reaches 0 (more seeds would tell). "
+                 "Numbers: gain (floored at 0) and its interval. Grey: not run for this defense.")
 
 
 def make_figures(cells: Sequence[dict[str, Any]], summary: AuditSummary, out: Path) -> list[FigureFile]:

@@ -23,10 +23,12 @@ import securefed
 from defenses import get_defense
 from evaluation.algorithms import get_algorithm
 from evaluation.claims import ClaimResult, evaluate_claims
-from evaluation.figures import FigureFile, make_figures
+from evaluation.figures import FigureFile, make_figures, verdict_heatmap
 from evaluation.privacy import get_audit_attack
 from evaluation.runner import AuditResults, audit_hospitals
 from evaluation.summary import REFERENCE, AuditSummary, summarize
+from evaluation.threats import get_threat
+from evaluation.verdicts import VERDICT_RULE, threat_verdicts
 
 __all__ = ["ReportFiles", "write_report", "summary_rows"]
 
@@ -41,6 +43,7 @@ class ReportFiles:
     figures: tuple[FigureFile, ...]
     summary: AuditSummary
     claims: tuple[ClaimResult, ...]
+    threats: tuple[dict[str, Any], ...] = ()
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -66,6 +69,22 @@ def _bytes(x: float) -> str:
     return f"{x:.1f} GiB"  # pragma: no cover
 
 
+def epsilon_text(epsilon: float | None, delta: float | None = None, *,
+                 label: str | None = None) -> str:
+    """How the report writes a DP epsilon: the one place to change it (every table, finding
+    and the verdict matrix call this).  ``label`` is the DP mechanism's own description of
+    the guarantee (``securefed.dp``'s ``EpsilonStatement.label()``: unit, neighbouring
+    relation, accountant, rounds), shown when known.  ``None`` / NaN: no DP."""
+    if epsilon is None or (isinstance(epsilon, float) and math.isnan(epsilon)):
+        return "-"
+    if label:
+        return label
+    text = f"{epsilon:.2f}"
+    if delta is not None and not (isinstance(delta, float) and math.isnan(delta)):
+        text += f" (delta {delta:g})"
+    return text
+
+
 def _p(p: float) -> str:
     if math.isnan(p):
         return "n/a"
@@ -84,17 +103,19 @@ def summary_rows(summary: AuditSummary) -> Table:
         eps = g.get("epsilon", {"mean": float("nan")})["mean"]
         rows.append([g["algorithm"], g["defense"], str(g["n"]), _ms(g, "accuracy"),
                      _ms(g, "auc"), _ms(g, "f1"), _bytes(g["bytes_total"]["mean"]),
-                     _f(g["train_time"]["mean"], 2), _f(eps, 2)])
+                     _f(g["train_time"]["mean"], 2), epsilon_text(eps)])
     return head, rows
 
 
 def _utility_table(summary: AuditSummary) -> Table:
     hosp = sorted({k for g in summary.groups for k in g if k.startswith("hospital.")})
+    own = sorted({k for g in summary.groups for k in g if k.startswith("own.")})
     head = ["algorithm", "defense", "accuracy", "AUC", "F1", "log loss", "external accuracy",
-            "external AUC", *[h.split(".", 1)[1] + " accuracy" for h in hosp]]
+            "external AUC", *[h.split(".", 1)[1] + " accuracy" for h in hosp],
+            *[h.split(".", 1)[1] + " own test accuracy" for h in own]]
     rows = [[g["algorithm"], g["defense"], _ms(g, "accuracy"), _ms(g, "auc"), _ms(g, "f1"),
              _ms(g, "loss"), _ms(g, "external_accuracy"), _ms(g, "external_auc"),
-             *[_ms(g, h) for h in hosp]] for g in summary.groups]
+             *[_ms(g, h) for h in hosp], *[_ms(g, h) for h in own]] for g in summary.groups]
     return head, rows
 
 
@@ -108,7 +129,7 @@ def _cost_table(summary: AuditSummary) -> Table:
             _bytes(g["bytes_down"]["mean"]), _ms(g, "train_time", 3),
             _ms(g, "rounds_to_target", 1), f"{g.get('reached_target', 0)}/{g['n']}",
             _bytes(g.get("bytes_to_target", {"mean": float("nan")})["mean"]),
-            _ms(g, "epsilon", 2),
+            epsilon_text(g.get("epsilon", {"mean": float("nan")})["mean"]),
         ])
     return head, rows
 
@@ -145,6 +166,84 @@ def _privacy_table(summary: AuditSummary) -> Table:
     return head, rows
 
 
+def _gain_ci(r: dict[str, Any]) -> str:
+    if r.get("metric") is None:
+        return "failed"
+    return f"{r['gain']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}]" + (
+        " (raw mean below 0)" if r.get("floored") else "")
+
+
+def _verdict_notes(r: dict[str, Any]) -> str:
+    parts = []
+    if "tpr_at_0.1%_fpr" in r:
+        parts.append(f"TPR {r['tpr_at_0.1%_fpr']:.3f} at 0.1% FPR, {r['tpr_at_1%_fpr']:.3f} at 1% "
+                     f"FPR ({r['members']} members, {r['non_members']} non-members pooled; "
+                     f"smallest FPR step {r['fpr_resolution']:.4f})")
+    if "dp_advantage_bound" in r:
+        if r.get("record_epsilon_label"):
+            parts.append(f"per patient: {r['record_epsilon_label']}")
+        parts.append(f"DP bound on advantage {r['dp_advantage_bound']:.3f} (a patient in or out "
+                     f"of a hospital; {r['dp_advantage_bound_hospital']:.3f} for a whole "
+                     f"hospital), noise multiplier {r['noise_multiplier']:.2f}")
+    if "advantage" in r:
+        parts.append(f"measured advantage {r['advantage']:.3f}")
+    if r.get("clinic_patients"):
+        parts.append(f"clinic of {r['clinic_patients']}")
+    if r.get("fell_back"):
+        parts.append(f"fell back to the prior in {r['fell_back']} of {r['replicates']}")
+    if r.get("bins"):
+        parts.append(f"{r['bins']} imprint bins, {r['patients']} patients")
+    if r.get("participants"):
+        parts.append(f"{r['participants']} participants")
+    if r.get("feature"):
+        parts.append(f"attribute {r['feature']}")
+    if r.get("errors"):
+        parts.append(f"{len(r['errors'])} failed: {r['errors'][0]}")
+    return "; ".join(parts) or "-"
+
+
+def _verdict_table(rows: list[dict[str, Any]]) -> Table:
+    head = ["threat", "defense", "algorithm", "leaks", "metric", "attack", "baseline",
+            "gain [95% CI]", "seeds", "accuracy", "bytes/run", "train s", "epsilon", "notes"]
+    out = []
+    for r in rows:
+        out.append([r["threat"], r["defense"], r["algorithm"],
+                    "LEAKS" if r["leaks"] else ("inconclusive" if r.get("inconclusive") else "no"),
+                    str(r.get("metric")), _f(r["attack"]),
+                    _f(r["baseline"]), _gain_ci(r), str(r["replicates"]), _f(r["accuracy"]),
+                    _bytes(r.get("bytes_per_run", float("nan"))), _f(r.get("train_time"), 2),
+                    epsilon_text(r.get("epsilon"), label=r.get("epsilon_label")),
+                    _verdict_notes(r)])
+    return head, out
+
+
+def _scenario_table(config: Any) -> Table:
+    head = ["threat", "adversary", "observes", "knows", "setting (and its recipe)", "metric",
+            "defenses", "seeds"]
+    rows = []
+    for t in config.threats:
+        sc = get_threat(t)
+        params = sc.check_params(dict(config.threat_params.get(t, {})))
+        recipe = ", ".join(f"{k}={v}" for k, v in params.items())
+        rows.append([t, sc.adversary, sc.observes, sc.knows, f"{sc.setting} ({recipe})", sc.metric,
+                     ", ".join(sc.defenses_for(dict(config.threat_params.get(t, {})))),
+                     str(config.replicates_for(t))])
+    return head, rows
+
+
+def _peer_series_table(rows: list[dict[str, Any]]) -> Table:
+    head = ["algorithm", "defense", "participants", "cosine with the target's update",
+            "relative error", "gain over the own-update guess [95% CI]", "leaks", "seeds"]
+    out = []
+    for r in rows:
+        for k, v in (r.get("series") or {}).items():
+            out.append([r["algorithm"], r["defense"], k, f"{v['cosine']:.3f}",
+                        f"{v['relative_error']:.3g}",
+                        f"{v['gain']:+.3f} [{v['ci_low']:+.3f}, {v['ci_high']:+.3f}]",
+                        "LEAKS" if v["leaks"] else "no", str(v["replicates"])])
+    return head, out
+
+
 def _claims_table(claims: list[ClaimResult]) -> Table:
     head = ["seed §", "claim", "measured here", "verdict", "how measured"]
     return head, [[c.section, c.claim, c.measured, c.verdict, c.method] for c in claims]
@@ -176,8 +275,11 @@ def _setup(results: AuditResults) -> dict[str, Any]:
                   for a in cfg.algorithms}
     return {
         "data": {
-            "source": "Pima Indian diabetes records (bundled; Pima.tr split into hospitals, "
-                      "Pima.te as an external test set)",
+            "source": (f"federation file {cfg.data} (data set {getattr(ds, 'name', '') or 'unnamed'}; "
+                       "external test set: the union of the hospitals' test files)"
+                       if cfg.data is not None else
+                       "Pima Indian diabetes records (bundled; Pima.tr split into hospitals, "
+                       "Pima.te as an external test set)"),
             "description": data.description,
             "features": list(data.feature_names),
             "hospitals": hospitals,
@@ -200,9 +302,18 @@ def _delta(g: dict[str, Any]) -> str:
 
 
 def _findings(summary: AuditSummary, claims: list[ClaimResult], setup: dict[str, Any],
-              cells: tuple[dict[str, Any], ...] = ()) -> list[str]:
+              cells: tuple[dict[str, Any], ...] = (),
+              verdicts: list[dict[str, Any]] | None = None) -> list[str]:
     """Plain-language sentences, each computed from the tables above."""
     out: list[str] = []
+    for algo in dict.fromkeys(r["algorithm"] for r in verdicts or []):
+        rows = [r for r in verdicts or [] if r["algorithm"] == algo]
+        leaks = [f"{r['threat']}/{r['defense']}" for r in rows if r["leaks"]]
+        safe = [f"{r['threat']}/{r['defense']}" for r in rows if not r["leaks"] and r.get("metric")]
+        out.append(f"With {algo}, the attack beats its baseline (95% interval above 0) in "
+                   f"{len(leaks)} of {len(rows)} threat/defense settings"
+                   + (f": {', '.join(leaks)}" if leaks else "")
+                   + (f"; it does not in {', '.join(safe)}." if safe else "."))
     none = [g for g in summary.groups if g["defense"] == "none"]
     if none:
         best = max(none, key=lambda g: g["accuracy"]["mean"])
@@ -234,7 +345,7 @@ def _findings(summary: AuditSummary, claims: list[ClaimResult], setup: dict[str,
         br = (g["bytes_total"]["mean"] / base["bytes_total"]["mean"]
               if base["bytes_total"]["mean"] else float("nan"))
         eps = g.get("epsilon", {"mean": float("nan")})["mean"]
-        eps_text = "" if math.isnan(eps) else f"; it spent epsilon {eps:.2f} (delta {_delta(g)})"
+        eps_text = "" if math.isnan(eps) else f"; it spent epsilon {epsilon_text(eps)} (delta {_delta(g)})"
         out.append(
             f"Defense '{g['defense']}' with {g['algorithm']}: accuracy {dacc:+.3f}, training "
             f"time x{tr:.2f}, bytes x{br:.2f} compared with no defense{eps_text}."
@@ -256,7 +367,7 @@ def _findings(summary: AuditSummary, claims: list[ClaimResult], setup: dict[str,
             f"baseline by more than 0.02 in {len(beats)} of {len(pts)} settings"
             + (f" ({', '.join(beats)})." if beats else ".")
         )
-    if not summary.attack_columns:
+    if not summary.attack_columns and not verdicts:
         out.append("No privacy attack was run in this audit, so privacy risk is described by "
                    "the threat models only, not measured.")
     held = sum(c.verdict == "holds" for c in claims)
@@ -368,8 +479,11 @@ def _attacks_table(setup: dict[str, Any]) -> Table:
 
 
 def _sections(results: AuditResults, summary: AuditSummary, claims: list[ClaimResult],
-              setup: dict[str, Any]) -> list[tuple[str, str, Any]]:
-    """(title, kind, content) in report order; kind is 'table', 'list', 'text' or 'claims'."""
+              setup: dict[str, Any], verdicts: list[dict[str, Any]] | None = None,
+              heatmap: FigureFile | None = None) -> list[tuple[str, str, Any]]:
+    """(title, kind, content) in report order; kind is 'table', 'list', 'text', 'figure' or
+    'claims'.  The verdict matrix leads; everything else comes after."""
+    verdicts = verdicts or []
     p = setup["protocol"]
     text = (
         f"{p['folds']}-fold stratified cross-validation over patients, stratified within each "
@@ -380,8 +494,25 @@ def _sections(results: AuditResults, summary: AuditSummary, claims: list[ClaimRe
         f"{setup['data']['external_test_patients']} patients. Target accuracy for 'rounds to "
         f"target': {_f(summary.target_accuracy)} ({summary.target_source})."
     )
-    secs: list[tuple[str, str, Any]] = [
-        ("Findings", "list", _findings(summary, claims, setup, results.cells)),
+    secs: list[tuple[str, str, Any]] = []
+    if verdicts:
+        secs += [
+            ("Verdicts: which defense stops which attack", "figure", heatmap),
+            ("Verdict matrix", "table", _verdict_table(verdicts)),
+            ("How to read the verdicts", "text", VERDICT_RULE + ". Each threat runs in its own "
+             "setting, chosen so that its attack succeeds when nothing protects the data (see "
+             "'Threat scenarios'); accuracy and costs are those of the algorithm under the "
+             "defense in the cross-validated utility runs below, where the audit trained that "
+             "pair. Every protection stated here holds only against the adversary named in its "
+             "row, who observes and knows what 'Threat scenarios' says."),
+            ("Threat scenarios", "table", _scenario_table(results.config)),
+        ]
+        peers = [r for r in verdicts if r["threat"] == "curious-peer" and r.get("series")]
+        if peers:
+            secs.append(("Curious peer: how the recovery degrades as hospitals join", "table",
+                         _peer_series_table(peers)))
+    secs += [
+        ("Findings", "list", _findings(summary, claims, setup, results.cells, verdicts)),
         ("Set-up", "text", text),
         ("Hospitals", "table", _hospital_table(setup)),
         ("Algorithms", "table", _algorithms_table(setup)),
@@ -394,8 +525,8 @@ def _sections(results: AuditResults, summary: AuditSummary, claims: list[ClaimRe
         ("Significance (each algorithm against FedAvg, same defense)", "table",
          _stats_table(summary)),
         ("Costs", "table", _cost_table(summary)),
-        ("Privacy risk", "table", _privacy_table(summary) if summary.attack_columns else
-         (["note"], [["No attack ran in this audit."]])),
+        *([("Per-cell attacks on the utility runs", "table", _privacy_table(summary))]
+          if summary.attack_columns else []),
         ("The seed document's claims beside the measured values", "claims", claims),
     ]
     if summary.skipped_attacks:
@@ -413,10 +544,18 @@ def write_report(results: AuditResults, *, command: str | None = None) -> Report
     """Summarise ``results``, draw the figures and write every report file into its folder."""
     out = results.out_dir
     summary = summarize(results.cells, target_fraction=results.config.target_fraction)
-    claims = evaluate_claims(summary)
+    cfg = results.config
+    claims = evaluate_claims(
+        summary, results.threat_cells,
+        setting=f"the cross-validated utility runs ({cfg.model}, {cfg.folds} folds x {cfg.rounds} "
+                "rounds, FedMedHeter at its library defaults)")
     figs = make_figures(results.cells, summary, out / "figures")
+    verdicts = threat_verdicts(results.threat_cells, summary)
+    heat = verdict_heatmap(verdicts, out / "figures")
+    if heat is not None:
+        figs = [heat, *figs]
     setup = _setup(results)
-    secs = _sections(results, summary, claims, setup)
+    secs = _sections(results, summary, claims, setup, verdicts, heat)
     generated = datetime.now(timezone.utc).isoformat(timespec="seconds")
     meta = (f"securefed {securefed.__version__} · profile '{results.config.profile}' · "
             f"{len(results.cells)} cells · generated {generated}")
@@ -448,10 +587,16 @@ def write_report(results: AuditResults, *, command: str | None = None) -> Report
                 f"<li>{html.escape(s)}</li>" for s in content) + "</ul>")
         elif kind == "claims":
             parts.append(_claims_html(content))
+        elif kind == "figure":
+            if content is not None:
+                b64 = base64.b64encode(content.png.read_bytes()).decode()
+                parts.append(f"<figure><img alt='{html.escape(content.title)}' "
+                             f"src='data:image/png;base64,{b64}'><figcaption>"
+                             f"{html.escape(content.caption)}</figcaption></figure>")
         else:
             parts.append(f"<p>{html.escape(content)}</p>")
     parts.append("<h2>Figures</h2>")
-    for f in figs:
+    for f in figs[1:] if heat is not None else figs:
         b64 = base64.b64encode(f.png.read_bytes()).decode()
         parts.append(f"<figure><img alt='{html.escape(f.title)}' src='data:image/png;base64,{b64}'>"
                      f"<figcaption><strong>{html.escape(f.title)}.</strong> "
@@ -471,18 +616,29 @@ def write_report(results: AuditResults, *, command: str | None = None) -> Report
             md += [f"- {s}" for s in content] + [""]
         elif kind == "claims":
             md.append(_md_table(_claims_table(content)))
+        elif kind == "figure":
+            if content is not None:
+                md += [f"![{content.title}](figures/{content.png.name})", "",
+                       f"*{content.caption}*", ""]
         else:
             md += [content, ""]
     md += ["## Figures", ""]
-    for f in figs:
+    for f in figs[1:] if heat is not None else figs:
         md += [f"![{f.title}](figures/{f.png.name})", "", f"*{f.title}.* {f.caption}", ""]
     md_path = out / "report.md"
     md_path.write_text("\n".join(md), encoding="utf-8")
 
     # ---- JSON and CSV
+    from evaluation.runner import code_fingerprint
+
     payload = {
         "meta": {"securefed_version": securefed.__version__, "generated": generated,
-                 "profile": results.config.profile, "cells": len(results.cells)},
+                 "profile": results.config.profile, "cells": len(results.cells),
+                 "threat_cells": len(results.threat_cells), "code_fingerprint": code_fingerprint(),
+                 "elapsed_seconds": results.elapsed, "cpu_seconds": results.cpu_time},
+        "threats": [{k: v for k, v in r.items()} for r in verdicts],
+        "verdict_rule": VERDICT_RULE,
+        "threat_scenarios": {t: get_threat(t).describe() for t in results.config.threats},
         "config": results.config.to_dict(),
         "setup": setup,
         "target_accuracy": summary.target_accuracy,
@@ -490,7 +646,7 @@ def write_report(results: AuditResults, *, command: str | None = None) -> Report
         "groups": summary.groups,
         "comparisons": [c.to_dict() for c in summary.comparisons],
         "claims": [c.to_dict() for c in claims],
-        "findings": _findings(summary, claims, setup, results.cells),
+        "findings": _findings(summary, claims, setup, results.cells, verdicts),
         "failed": [{k: c.get(k) for k in ("algorithm", "defense", "fold", "error")}
                    for c in summary.failed],
         "skipped_attacks": summary.skipped_attacks,
@@ -514,7 +670,7 @@ def write_report(results: AuditResults, *, command: str | None = None) -> Report
     summary.frame.to_csv(cells_csv, index=False)
     return ReportFiles(html=html_path, markdown=md_path, json=json_path, csv=csv_path,
                        cells_csv=cells_csv, figures=tuple(figs), summary=summary,
-                       claims=tuple(claims))
+                       claims=tuple(claims), threats=tuple(verdicts))
 
 
 def _json_safe(obj: Any) -> Any:

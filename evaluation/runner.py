@@ -9,6 +9,7 @@ files) is refused unless ``overwrite=True``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -35,7 +36,10 @@ from securefed.models import ModelSpec
 
 __all__ = [
     "Cell",
+    "ThreatCell",
     "AuditResults",
+    "plan_threat_cells",
+    "code_fingerprint",
     "plan_cells",
     "audit_dataset",
     "audit_hospitals",
@@ -47,7 +51,7 @@ __all__ = [
 
 MANIFEST = "manifest.json"
 CELLS = "cells.jsonl"
-FORMAT = "securefed-audit/1"
+FORMAT = "securefed-audit/2"
 #: Files and folders an audit writes; ``overwrite`` removes only these.
 OWNED = (MANIFEST, CELLS, "report.html", "report.md", "summary.json", "summary.csv",
          "cells.csv", "figures")
@@ -81,12 +85,82 @@ class AuditResults:
     out_dir: Path
     resumed: int = 0
     elapsed: float = 0.0
+    threat_cells: tuple[dict[str, Any], ...] = ()
+    cpu_time: float = 0.0
+
+
+#: Modules that only present stored cells: editing them does not invalidate results.
+_PRESENTATION = ("report.py", "figures.py", "claims.py", "summary.py", "render_check.py", "cli.py",
+                 "verdicts.py")
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """Hash of the code that produces cells: every Python file of ``securefed``, ``attacks``,
+    ``defenses`` and ``evaluation`` (the report's presentation modules left out), with the
+    versions of numpy and torch.
+
+    Stored cells are keyed by it as well as by the configuration, so after an upgrade (or any
+    edit of the code that trains, attacks or scores) the audit runs the cells again instead of
+    reusing results of other code.
+    """
+    import importlib
+
+    h = hashlib.sha256()
+    for pkg in ("securefed", "attacks", "defenses", "evaluation"):
+        root = Path(importlib.import_module(pkg).__file__).parent
+        for f in sorted(root.rglob("*.py")):
+            if pkg == "evaluation" and f.name in _PRESENTATION:
+                continue
+            h.update(f"{pkg}/{f.relative_to(root).as_posix()}\0".encode())
+            h.update(f.read_bytes())
+    import torch
+
+    h.update(f"numpy {np.__version__} torch {torch.__version__}".encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class ThreatCell:
+    """One replicate of one threat scenario under one (algorithm, defense)."""
+
+    threat: str
+    algorithm: str
+    defense: str
+    replicate: int
+    cell_id: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.threat} / {self.algorithm} / {self.defense} / seed {self.replicate + 1}"
+
+
+def plan_threat_cells(config: AuditConfig) -> list[ThreatCell]:
+    """Every (threat, algorithm, defense, replicate) cell, in a stable order."""
+    from evaluation.threats import get_threat
+
+    out: list[ThreatCell] = []
+    for t in config.threats:
+        scen = get_threat(t)
+        raw = dict(config.threat_params.get(t, {}))
+        params = scen.check_params(raw)
+        for a in config.threat_algorithms:
+            for d in scen.defenses_for(raw):
+                dparams = scen.defense_settings(d, config.defense_params, raw)
+                for r in range(config.replicates_for(t)):
+                    spec = {"base": config.base_fingerprint(), "code": code_fingerprint(),
+                            "threat": t, "params": params, "algorithm": a, "defense": d,
+                            "defense_params": dparams, "replicate": r}
+                    cid = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str)
+                                         .encode()).hexdigest()[:16]
+                    out.append(ThreatCell(t, a, d, r, cid))
+    return out
 
 
 def _cell_id(config: AuditConfig, algorithm: str, defense: str, fold: int,
              attacks: tuple[str, ...]) -> str:
     spec = {
-        "base": config.base_fingerprint(),
+        "base": config.base_fingerprint(), "code": code_fingerprint(),
         "algorithm": algorithm, "algorithm_params": dict(config.algorithm_params.get(algorithm, {})),
         "defense": defense, "defense_params": dict(config.defense_params.get(defense, {})),
         "attacks": {a: dict(config.attack_params.get(a, {})) for a in attacks},
@@ -123,7 +197,12 @@ def plan_cells(config: AuditConfig) -> list[Cell]:
 
 
 def audit_hospitals(config: AuditConfig) -> Any:
-    """The bundled Pima hospitals (a ``FederatedDataset`` with per-hospital notes)."""
+    """The audit's hospitals as a ``FederatedDataset``: those of the federation file
+    ``config.data`` (:func:`securefed.data.load_federation`), or the bundled Pima split."""
+    if config.data is not None:
+        from securefed.data import load_federation
+
+        return load_federation(config.data)
     from securefed.data import pima_hospitals
 
     return pima_hospitals(n_hospitals=config.n_hospitals,
@@ -131,7 +210,8 @@ def audit_hospitals(config: AuditConfig) -> Any:
 
 
 def audit_dataset(config: AuditConfig) -> FederatedArrays:
-    """The audit's hospitals, harmonised and standardised, with Pima.te as external test set."""
+    """The audit's hospitals, harmonised and standardised, with the external test set: Pima.te
+    for the bundled data, the union of the hospitals' test files for a federation file."""
     return audit_hospitals(config).prepare()
 
 
@@ -171,7 +251,8 @@ def _prepare_out_dir(out: Path, config: AuditConfig, *, overwrite: bool) -> None
                                 and k not in ("profile", "algorithms", "defenses", "attacks",
                                               "algorithm_params", "defense_params",
                                               "attack_params", "target_fraction", "exclude",
-                                              "attack_folds"))
+                                              "attack_folds", "threats", "threat_algorithms",
+                                              "replicates", "threat_params"))
                 raise ConfigurationError(
                     f"{str(out)!r} holds the results of another audit (created "
                     f"{manifest.get('created', '?')}; settings that differ: "
@@ -195,6 +276,7 @@ def _prepare_out_dir(out: Path, config: AuditConfig, *, overwrite: bool) -> None
         "format": FORMAT,
         "securefed_version": securefed.__version__,
         "base_fingerprint": config.base_fingerprint(),
+        "code_fingerprint": code_fingerprint(),
         "created": previous.get("created", datetime.now(timezone.utc).isoformat(timespec="seconds")),
         "updated": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "config": config.to_dict(),
@@ -271,7 +353,7 @@ def run_cell(cell: Cell, config: AuditConfig, fold: Fold, *, model: ModelSpec) -
         "defense": cell.defense, "fold": cell.fold, "seed": seed, "error": None, "note": None,
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     try:
         run = algo.train(
             fold.data, model=model, rounds=config.rounds, seed=seed, defense=defense,
@@ -298,6 +380,10 @@ def run_cell(cell: Cell, config: AuditConfig, fold: Fold, *, model: ModelSpec) -
     )
     if fold.external is not None:
         record["external"] = model_metrics(model, run.final_params, *fold.external)
+    own = {h: float(m["accuracy"]) for h, m in (run.final.per_hospital or {}).items()
+           if "accuracy" in m}
+    if own:  # each hospital's own test patients (federation files with test CSVs)
+        record["own_test_accuracy"] = own
     record["history"] = _history(run)
     record["times"] = _phase_times(run)
     record["train_time"] = train_time
@@ -324,6 +410,40 @@ def run_cell(cell: Cell, config: AuditConfig, fold: Fold, *, model: ModelSpec) -
     record["attack_time"] = time.perf_counter() - t1
     record["attacks"] = scores
     record["wall_time"] = time.perf_counter() - t0
+    record["cpu_time"] = time.process_time() - c0
+    return record
+
+
+def run_threat_cell(cell: ThreatCell, config: AuditConfig, data: FederatedArrays, *,
+                    schema: Any = None, cache: dict[Any, Any] | None = None) -> dict[str, Any]:
+    """Run one replicate of a threat scenario; returns its JSON-ready record."""
+    from evaluation.threats import ThreatContext, get_threat
+
+    scen = get_threat(cell.threat)
+    raw = dict(config.threat_params.get(cell.threat, {}))
+    ctx = ThreatContext(
+        data=data, public_X=data.X_test, public_y=data.y_test, schema=schema,
+        algorithm=cell.algorithm, defense=cell.defense,
+        defense_params=scen.defense_settings(cell.defense, config.defense_params, raw),
+        replicate=cell.replicate, seed=config.seed, params=scen.check_params(raw),
+        cache=cache if cache is not None else {})
+    record: dict[str, Any] = {
+        "kind": "threat", "cell_id": cell.cell_id, "threat": cell.threat,
+        "algorithm": cell.algorithm, "defense": cell.defense, "replicate": cell.replicate,
+        "defense_params": dict(ctx.defense_params), "error": None,
+        "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+    }
+    t0, c0 = time.perf_counter(), time.process_time()
+    try:
+        out = scen.run(ctx)
+    except SecurefedError as exc:
+        record["error"] = f"{type(exc).__name__}: {exc}"
+    else:
+        record.update({"metric": out.metric, "value": out.value, "baseline": out.baseline,
+                       "gain": out.gain, "details": dict(out.details), "accuracy": out.accuracy,
+                       "epsilon": out.epsilon})
+    record["wall_time"] = time.perf_counter() - t0
+    record["cpu_time"] = time.process_time() - c0
     return record
 
 
@@ -342,25 +462,86 @@ def run_audit(
     *,
     overwrite: bool = False,
     progress: bool = True,
-    on_cell: Callable[[Cell, dict[str, Any]], None] | None = None,
+    on_cell: Callable[[Any, dict[str, Any]], None] | None = None,
     threads: int | None = 1,
+    workers: int | None = None,
 ) -> AuditResults:
     """Run (or resume) every cell of ``config``, appending each result to ``out_dir``.
 
     Returns all of this audit's cells, those found from an earlier run included.
     ``threads`` caps torch's intra-op threads while the audit runs (restored afterwards):
     the audit's models are tiny, and on a shared machine extra threads only contend (one
-    thread measured about 10x faster than two on a loaded 2-core machine).
+    thread measured about 10x faster than two on a loaded 2-core machine).  ``workers``
+    runs independent cells in that many processes (default: ``min(2, CPUs)``; 1 runs them in
+    this process); each finished cell is appended as it arrives, so resuming works the same.
+    The results do not depend on it: every cell draws its randomness from its own seeds.
     """
     import torch
 
+    if workers is None:
+        workers = min(2, os.cpu_count() or 1)
+    if not (isinstance(workers, int) and workers >= 1):
+        raise ConfigurationError(f"workers must be an integer >= 1, got {workers!r}")
     previous_threads = torch.get_num_threads()
     if threads is not None:
         torch.set_num_threads(threads)
     try:
-        return _run_audit(config, out_dir, overwrite=overwrite, progress=progress, on_cell=on_cell)
+        return _run_audit(config, out_dir, overwrite=overwrite, progress=progress, on_cell=on_cell,
+                          workers=workers, threads=threads)
     finally:
         torch.set_num_threads(previous_threads)
+
+
+_PROCESS_CACHE: dict[str, Any] = {}
+
+
+def _folds_for(config: AuditConfig) -> tuple[list[Fold], ModelSpec]:
+    key = "folds:" + config.base_fingerprint()
+    if key not in _PROCESS_CACHE:
+        data = audit_dataset(config)
+        folds = stratified_hospital_folds(data, n_folds=config.folds, seed=config.seed)
+        model = ModelSpec(config.model, n_features=data.num_features, hidden=config.hidden)
+        _warm_up(folds[0].data, model)
+        _PROCESS_CACHE[key] = (folds, model)
+    return _PROCESS_CACHE[key]
+
+
+def _threat_data(config: AuditConfig) -> tuple[FederatedArrays, Any]:
+    key = "threat-data:" + config.base_fingerprint()
+    if key not in _PROCESS_CACHE:
+        ds = audit_hospitals(config)
+        _PROCESS_CACHE[key] = (ds.prepare(), getattr(ds, "schema", None))
+    return _PROCESS_CACHE[key]
+
+
+def _do_task(config: AuditConfig, task: tuple[str, Any], threads: int | None = 1
+             ) -> list[tuple[Any, dict[str, Any]]]:
+    """One unit of work: a utility cell, or threat cells that share one trained model."""
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    kind, payload = task
+    if kind == "cell":
+        folds, model = _folds_for(config)
+        return [(payload, run_cell(payload, config, folds[payload.fold], model=model))]
+    data, schema = _threat_data(config)
+    cache: dict[Any, Any] = {}
+    return [(c, run_threat_cell(c, config, data, schema=schema, cache=cache)) for c in payload]
+
+
+def _tasks(todo: list[Cell], ttodo: list[ThreatCell]) -> list[tuple[str, Any]]:
+    """Utility cells one by one; threat cells grouped by the trained model they share, the
+    most expensive groups first (so that two workers finish together)."""
+    from evaluation.threats import get_threat
+
+    groups: dict[Any, list[ThreatCell]] = {}
+    for c in ttodo:
+        shared = get_threat(c.threat).shared_run
+        key = (shared, c.algorithm, c.defense, c.replicate) if shared else (c.cell_id,)
+        groups.setdefault(key, []).append(c)
+    threat_tasks = [("threats", g) for g in groups.values()]
+    return [*threat_tasks, *(("cell", c) for c in todo)]
 
 
 def _run_audit(
@@ -369,43 +550,82 @@ def _run_audit(
     *,
     overwrite: bool,
     progress: bool,
-    on_cell: Callable[[Cell, dict[str, Any]], None] | None,
+    on_cell: Callable[[Any, dict[str, Any]], None] | None,
+    workers: int = 1,
+    threads: int | None = 1,
 ) -> AuditResults:
-    started = time.perf_counter()
+    started, cpu0 = time.perf_counter(), time.process_time()
     out = Path(out_dir)
     cells = plan_cells(config)
+    tcells = plan_threat_cells(config)
+    if config.data is not None:
+        audit_hospitals(config)  # every file read and checked before anything is written
     _prepare_out_dir(out, config, overwrite=overwrite)
     store = out / CELLS
     done = {r["cell_id"]: r for r in _read_cells(store)}
     todo = [c for c in cells if c.cell_id not in done]
-    resumed = len(cells) - len(todo)
-    if todo:
-        data = audit_dataset(config)
-        folds = stratified_hospital_folds(data, n_folds=config.folds, seed=config.seed)
-        model = ModelSpec(config.model, n_features=data.num_features, hidden=config.hidden)
-        _warm_up(folds[0].data, model)
+    ttodo = [c for c in tcells if c.cell_id not in done]
+    resumed = len(cells) + len(tcells) - len(todo) - len(ttodo)
+    tasks = _tasks(todo, ttodo)
+    if tasks:
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(cells), initial=resumed, desc="audit", unit="cell")
-        try:
-            for cell in todo:
-                if bar is not None:
-                    bar.set_postfix_str(cell.label)
-                record = run_cell(cell, config, folds[cell.fold], model=model)
+            bar = tqdm(total=len(cells) + len(tcells), initial=resumed, desc="audit", unit="cell")
+        worker_cpu: list[float] = []
+
+        def finished(results: list[tuple[Any, dict[str, Any]]]) -> None:
+            for cell, record in results:
+                if workers > 1:
+                    worker_cpu.append(float(record.get("cpu_time") or 0.0))
                 _append(store, record)
                 done[cell.cell_id] = record
                 if on_cell is not None:
                     on_cell(cell, record)
                 if bar is not None:
+                    bar.set_postfix_str(cell.label)
                     bar.update(1)
+
+        try:
+            if workers <= 1 or len(tasks) == 1:
+                for task in tasks:
+                    finished(_do_task(config, task, threads))
+            else:
+                import concurrent.futures as cf
+                import multiprocessing as mp
+
+                with cf.ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context(mp)) as pool:
+                    futures = [pool.submit(_do_task, config, t, threads) for t in tasks]
+                    try:
+                        for fut in cf.as_completed(futures):
+                            finished(fut.result())
+                    except BaseException:
+                        for f in futures:
+                            f.cancel()
+                        raise
         finally:
             if bar is not None:
                 bar.close()
+    else:
+        worker_cpu = []
     ordered = tuple(done[c.cell_id] for c in cells)
+    threats = tuple(done[c.cell_id] for c in tcells)
+    # this process, plus what the cells measured in the workers (their start-up is not counted)
     return AuditResults(config=config, cells=ordered, out_dir=out, resumed=resumed,
-                        elapsed=time.perf_counter() - started)
+                        elapsed=time.perf_counter() - started, threat_cells=threats,
+                        cpu_time=time.process_time() - cpu0 + sum(worker_cpu))
+
+
+def _mp_context(mp: Any) -> Any:
+    """Workers forked from a clean server process that imported the audit once ("forkserver"),
+    so that each worker does not pay the imports again; "spawn" where it is not available.
+    Never plain "fork": the parent may already run torch's thread pool."""
+    if "forkserver" in mp.get_all_start_methods():
+        ctx = mp.get_context("forkserver")
+        ctx.set_forkserver_preload(["evaluation.runner", "evaluation.threats"])
+        return ctx
+    return mp.get_context("spawn")
 
 
 def load_results(out_dir: str | Path, *, config: AuditConfig | None = None) -> AuditResults:
@@ -422,7 +642,9 @@ def load_results(out_dir: str | Path, *, config: AuditConfig | None = None) -> A
     cells = plan_cells(config)
     stored = {r["cell_id"]: r for r in _read_cells(out / CELLS)}
     return AuditResults(config=config, cells=tuple(stored[c.cell_id] for c in cells
-                                                   if c.cell_id in stored), out_dir=out)
+                                                   if c.cell_id in stored), out_dir=out,
+                        threat_cells=tuple(stored[c.cell_id] for c in plan_threat_cells(config)
+                                           if c.cell_id in stored))
 
 
 def iter_metric(cells: Iterable[dict[str, Any]], key: str) -> list[float]:

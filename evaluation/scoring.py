@@ -19,6 +19,7 @@ Membership scores
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 
@@ -48,6 +49,7 @@ __all__ = [
     "score_membership",
     "tpr_at_fpr",
     "dp_advantage_bound",
+    "dp_advantage_bound_pld",
     "dp_tpr_bound",
 ]
 
@@ -206,16 +208,32 @@ def score_reconstruction(
     tolerance: float = DEFAULT_TOLERANCE,
     rng: np.random.Generator,
     baseline_draws: int = 20,
+    fill: str = "prior",
 ) -> ScoredReconstruction:
-    """Score an attack beside the stronger of the two marginal baselines.
+    """Score an attack beside the prior guess (the baseline), the same rows for every record.
 
-    The sampled baseline is averaged over ``baseline_draws`` draws; whichever of "mode" and
-    "sample" has the higher mean per-feature accuracy is reported, so that the gain is never
-    inflated by a weak baseline.
+    The baseline is the "mode" guess of :func:`marginal_baseline` (every continuous feature at
+    its public median, every category at its most frequent value): it is also what the
+    attacks return when they judge the observation worthless, so an attack that falls back
+    scores exactly its baseline.  With ``fill="prior"`` (the default) true records the attack
+    returned no row for are scored as the prior guess (the attacker knows no more about
+    them); ``fill="wrong"`` counts them wrong in every feature.  The sampled-marginal guess
+    (``baseline_draws`` draws) is scored too and reported in ``baseline_kind`` when it is the
+    stronger of the two, but the gain is taken against the prior guess.
     """
+    if fill not in ("prior", "wrong"):
+        raise ConfigurationError(f"fill must be 'prior' or 'wrong', got {fill!r}")
     n = len(X_true)
-    att = score_rows(X_rec, y_rec, X_true, y_true, prior=prior, tolerance=tolerance)
+    X_rec = np.asarray(X_rec, np.float64).reshape(-1, np.asarray(X_true).shape[1])
+    if y_rec is not None:
+        y_rec = np.asarray(y_rec, np.float64).reshape(-1)
     Xm, ym = marginal_baseline(prior, n, kind="mode")
+    if fill == "prior" and len(X_rec) < n:
+        pad = n - len(X_rec)
+        X_rec = np.concatenate([X_rec, Xm[:pad]])
+        if y_rec is not None:
+            y_rec = np.concatenate([y_rec, ym[:pad]])
+    att = score_rows(X_rec, y_rec, X_true, y_true, prior=prior, tolerance=tolerance)
     mode = score_rows(Xm, ym if y_true is not None else None, X_true, y_true, prior=prior,
                       tolerance=tolerance)
     draws = []
@@ -223,17 +241,10 @@ def score_reconstruction(
         Xs, ys = marginal_baseline(prior, n, kind="sample", rng=rng)
         draws.append(score_rows(Xs, ys if y_true is not None else None, X_true, y_true,
                                 prior=prior, tolerance=tolerance))
-    sample = ReconstructionScore(
-        feature_accuracy={k: float(np.mean([s.feature_accuracy[k] for s in draws]))
-                          for k in draws[0].feature_accuracy},
-        mean_feature_accuracy=float(np.mean([s.mean_feature_accuracy for s in draws])),
-        exact_row_rate=float(np.mean([s.exact_row_rate for s in draws])),
-        label_accuracy=None if y_true is None else float(np.mean([s.label_accuracy for s in draws])),
-        n_true=n, n_reconstructed=n, tolerance=tolerance,
-    )
-    if sample.mean_feature_accuracy > mode.mean_feature_accuracy:
-        return ScoredReconstruction(att, sample, "sample")
-    return ScoredReconstruction(att, mode, "mode")
+    sample_acc = float(np.mean([s.mean_feature_accuracy for s in draws])) if draws else float("nan")
+    kind = "mode" if not draws or sample_acc <= mode.mean_feature_accuracy else (
+        f"mode (the sampled-marginal guess scores {sample_acc:.3f})")
+    return ScoredReconstruction(att, mode, kind)
 
 
 def psnr(reconstruction: np.ndarray, truth: np.ndarray, *, data_range: float) -> float:
@@ -357,6 +368,40 @@ def dp_advantage_bound(epsilon: float, delta: float = 0.0) -> float:
         return 1.0
     e = math.exp(min(epsilon, 700.0))
     return min(1.0, (e - 1.0 + 2.0 * delta) / (e + 1.0))
+
+
+@functools.lru_cache(maxsize=256)
+def dp_advantage_bound_pld(*, noise_multiplier: float, rounds: int,
+                           sampling_rate: float = 1.0) -> float:
+    """The exact largest membership advantage (TPR - FPR) against ``rounds`` compositions of
+    a Gaussian mechanism with ``noise_multiplier`` (noise std over sensitivity).
+
+    The largest advantage of any test between two neighbouring inputs is the total-variation
+    distance of the two output distributions, which is the privacy profile at epsilon 0,
+    ``delta(0)`` (Kairouz, Oh and Viswanath 2015; Balle et al. 2018); it is read here from the
+    privacy-loss distribution of dp-accounting (``PLDAccountant``, add-or-remove relation).
+    The single-(epsilon, delta) formula of :func:`dp_advantage_bound` is far looser: at
+    multiplier 4 over 30 rounds it allows 0.998 where this gives 0.506.  Without sampling the
+    composition of Gaussians is a Gaussian with ``mu = sqrt(rounds) / noise_multiplier`` and
+    the bound is ``2 Phi(mu / 2) - 1`` (the tests compare the two).
+
+    >>> round(dp_advantage_bound_pld(noise_multiplier=4.0, rounds=30), 3)
+    0.506
+    """
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    if not noise_multiplier > 0 or not (isinstance(rounds, int) and rounds >= 1):
+        raise ConfigurationError(
+            f"need noise_multiplier > 0 and an integer rounds >= 1, got {noise_multiplier!r}, {rounds!r}")
+    if not 0 < sampling_rate <= 1:
+        raise ConfigurationError(f"sampling_rate must be in (0, 1], got {sampling_rate!r}")
+    event: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(noise_multiplier)
+    if sampling_rate < 1:
+        event = dp_accounting.PoissonSampledDpEvent(sampling_rate, event)
+    acc = pld_privacy_accountant.PLDAccountant(value_discretization_interval=1e-3)
+    acc.compose(dp_accounting.SelfComposedDpEvent(event, rounds))
+    return float(min(1.0, max(0.0, acc.get_delta(0.0))))
 
 
 def dp_tpr_bound(fpr: float, epsilon: float, delta: float = 0.0) -> float:

@@ -73,6 +73,8 @@ def cell_frame(cells: Sequence[dict[str, Any]], target: float | None = None) -> 
             row[f"time.{phase}"] = _num(t)
         for h, a in (c.get("per_hospital_accuracy") or {}).items():
             row[f"hospital.{h}"] = _num(a)
+        for h, a in (c.get("own_test_accuracy") or {}).items():
+            row[f"own.{h}"] = _num(a)
         if target is not None and hist.get("test_accuracy"):
             r = rounds_to_target(hist["test_accuracy"], target)
             row["rounds_to_target"] = r
@@ -140,7 +142,8 @@ def summarize(cells: Sequence[dict[str, Any]], *, target_fraction: float = 0.95)
     frame = cell_frame(cells, target)
     groups: list[dict[str, Any]] = []
     attack_cols = sorted(c for c in frame.columns if c.startswith("attack."))
-    extra_cols = sorted(c for c in frame.columns if c.startswith(("time.", "hospital.", "detail.")))
+    extra_cols = sorted(c for c in frame.columns if c.startswith(("time.", "hospital.", "own.",
+                                                                  "detail.")))
     if not frame.empty:
         order = list(dict.fromkeys(zip(frame.algorithm, frame.defense, strict=True)))
         for algo, dfn in order:

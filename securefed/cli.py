@@ -72,6 +72,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
           f"uploaded {result.total_bytes_up()} bytes in {len(result.history)} rounds")
     for name, m in f.per_hospital.items():
         print(f"  {name}: accuracy {m['accuracy']:.3f} on its {int(m['n'])} test patients")
+    from securefed.federated.personal import hospital_summary
+
+    hs = hospital_summary(result)
+    if hs is not None:
+        used = "their own models" if any(hs.personal.values()) else "the global model"
+        print(f"per hospital ({used}, on their own test patients): mean accuracy "
+              f"{hs.mean_accuracy:.3f}, worst {hs.worst_accuracy:.3f} ({hs.worst_hospital})")
     if privacy is not None:
         print(f"privacy per hospital: {privacy['client']['label']}")
         print(f"privacy per patient:  {privacy['record']['label']}")
@@ -173,6 +180,12 @@ def _load_training_data(args: argparse.Namespace):
         info = {"name": fed.name, "federation": str(fed.path.resolve()),
                 "files": fed.fingerprint()}
     prepared = ds.prepared()
+    if args.data is None:  # each Pima hospital is also judged on its own share of Pima.te
+        from dataclasses import replace
+
+        from securefed.data.pima import attach_pima_hospital_tests
+
+        prepared = replace(prepared, arrays=attach_pima_hospital_tests(ds, prepared.arrays))
     info["description"] = prepared.arrays.description
     info["hospitals_detail"] = [
         {"name": c.name, "train_patients": c.num_examples,

@@ -330,12 +330,23 @@ class Observation:
         net.eval()
         return net
 
-    def predict_proba(self, X: np.ndarray) -> np.ndarray:
-        """Black-box query: ``P(y = 1 | x)`` of the final model for each row of ``X``."""
+    def predict_logits(self, X: np.ndarray) -> np.ndarray:
+        """Black-box query: the final model's logit ``log P(y=1|x) / P(y=0|x)`` for each row.
+
+        Membership attacks score logits, not probabilities: a float32 probability rounds to
+        exactly 0 or 1 once the logit passes about 17, and an overfitted model puts many
+        training records there, so every score computed from the probability would tie.
+        """
         net = self.build_final_model()
         with torch.no_grad():
             logits = net(torch.as_tensor(np.asarray(X), dtype=torch.float32))
-        return torch.sigmoid(logits).double().numpy()
+        return logits.double().numpy().reshape(-1)
+
+    def predict_proba(self, X: np.ndarray) -> np.ndarray:
+        """Black-box query: ``P(y = 1 | x)`` of the final model for each row of ``X``
+        (computed in float64 from the logits)."""
+        z = self.predict_logits(X)
+        return 1.0 / (1.0 + np.exp(-z))
 
 
 def _client_updates(t: RoundTranscript, dim: int) -> tuple[list, list[str]]:

@@ -10,7 +10,7 @@ def cells(tmp_path_factory):
     cfg = AuditConfig(algorithms=("fedavg",), defenses=("none", "secagg", "dp-central"),
                       attacks=("gradient-inversion", "model-inversion", "membership"),
                       folds=2, rounds=2, attack_folds=1,
-                      attack_params={"gradient-inversion": {"iterations": 10, "max_rows": 12},
+                      attack_params={"gradient-inversion": {"iterations": 10, "restarts": 2},
                                      "model-inversion": {"targets": 10, "iterations": 10}})
     return run_audit(cfg, tmp_path_factory.mktemp("att"), progress=False).cells
 

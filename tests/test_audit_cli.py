@@ -29,7 +29,10 @@ def test_quick_audit_prints_a_summary_and_the_report_path_last(quick_audit):
     lines = stdout.strip().splitlines()
     assert lines[-1] == str(out / "report.html")
     assert Path(lines[-1]).exists()
-    header = lines[0].split()
+    # the verdicts come first, then the utility table
+    assert lines[0].startswith("verdicts (leaks:")
+    assert any(line.split()[:2] == ["curious-server/none/fedavg", "LEAKS"] for line in lines)
+    header = next(line.split() for line in lines if line.startswith("algorithm"))
     assert header[:4] == ["algorithm", "defense", "folds", "accuracy"]
     assert any(line.startswith("fedavg") for line in lines)
 
@@ -38,8 +41,18 @@ def test_report_files_hold_the_measured_numbers(quick_audit):
     _, _, out = quick_audit
     summary = json.loads((out / "summary.json").read_text())
     cells = [json.loads(x) for x in (out / "cells.jsonl").read_text().splitlines()]
-    fedavg = [c["metrics"]["accuracy"] for c in cells
-              if c["algorithm"] == "fedavg" and c["defense"] == "none"]
+    fedavg = [c["metrics"]["accuracy"] for c in cells if c.get("kind") != "threat"
+              and c["algorithm"] == "fedavg" and c["defense"] == "none"]
+    threats = [c for c in cells if c.get("kind") == "threat"]
+    rows = summary["threats"]
+    assert {r["threat"] for r in rows} == set(summary["config"]["threats"])
+    for r in rows:
+        assert {"threat", "defense", "algorithm", "metric", "attack", "baseline", "gain",
+                "ci_low", "ci_high", "leaks", "accuracy"} <= set(r)
+        mine = [c for c in threats if (c["threat"], c["defense"], c["algorithm"]) ==
+                (r["threat"], r["defense"], r["algorithm"])]
+        assert r["replicates"] == len(mine)
+        assert r["attack"] == pytest.approx(sum(c["value"] for c in mine) / len(mine))
     group = next(g for g in summary["groups"]
                  if g["algorithm"] == "fedavg" and g["defense"] == "none")
     assert group["n"] == len(fedavg) == summary["config"]["folds"]
@@ -49,6 +62,10 @@ def test_report_files_hold_the_measured_numbers(quick_audit):
     html = (out / "report.html").read_text()
     assert html.count("data:image/png;base64,") == len(summary["figures"]) >= 4
     assert "seed document" in html and "Findings" in html
+    # the report leads with the verdict matrix: heat map and table before everything else
+    assert html.index("Verdicts: which defense stops which attack") < html.index("Verdict matrix") \
+        < html.index("Findings")
+    assert summary["figures"][0]["name"] == "verdicts"
     for f in summary["figures"]:
         assert (out / f["png"]).stat().st_size > 1000
         assert (out / f["svg"]).read_text().lstrip().startswith("<?xml")
@@ -87,5 +104,7 @@ def test_list_shows_every_registered_name(capsys):
 
     assert main(["audit", "--list"]) == 0
     out = capsys.readouterr().out
-    for name in (*algorithm_names(), *defense_names(), *audit_attack_names()):
+    from evaluation.threats import threat_names
+
+    for name in (*algorithm_names(), *defense_names(), *audit_attack_names(), *threat_names()):
         assert f"  {name} " in out

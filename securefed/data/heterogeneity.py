@@ -14,10 +14,11 @@ Randomness: each knob draws from its own child of ``numpy.random.SeedSequence(se
 from __future__ import annotations
 
 import math
-from dataclasses import KW_ONLY, dataclass
+from dataclasses import KW_ONLY, dataclass, replace
 
 import numpy as np
 
+from securefed.arrays import FederatedArrays
 from securefed.errors import ConfigurationError
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "relabel",
     "formatted_hospitals",
     "COVARIATE_TILT",
+    "hold_out_hospital_rows",
 ]
 
 #: Tilt strength at covariate_shift = 1: a patient ``z`` standard deviations above the pool
@@ -250,3 +252,33 @@ def resolve_hospital(index: int, n_hospitals: int) -> int:
             f"label_hospital must index one of {n_hospitals} hospitals, got {index}"
         )
     return index % n_hospitals
+
+
+def hold_out_hospital_rows(data: FederatedArrays, *, fraction: float, seed: int) -> FederatedArrays:
+    """Each hospital keeps ``fraction`` of its own rows aside as its own test patients.
+
+    The held-out rows (stratified by label within each hospital, drawn from ``seed``) become
+    the hospital's ``X_test``/``y_test`` (replacing any it had) and leave its training rows;
+    they come from its own population and carry its own labelling convention.  The pooled
+    ``data.X_test`` is kept.  Features stay standardised with the statistics ``data`` was
+    prepared with (those included the held-out rows' features, never their labels).  Used for
+    per-hospital validation and for sources without per-hospital test patients.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise ConfigurationError(f"fraction must be in (0, 1), got {fraction!r}")
+    rngs = [np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(len(data.clients))]
+    clients = []
+    for client, rng in zip(data.clients, rngs, strict=True):
+        held = np.zeros(client.num_examples, dtype=bool)
+        for cls in (0.0, 1.0):
+            idx = np.flatnonzero(client.y == cls)
+            held[rng.choice(idx, size=int(round(fraction * len(idx))), replace=False)] = True
+        if held.all() or not held.any():
+            raise ConfigurationError(
+                f"fraction {fraction} leaves hospital {client.name!r} ({client.num_examples} rows) "
+                "with no training rows or no test rows")
+        clients.append(replace(client, X=client.X[~held], y=client.y[~held],
+                               X_test=client.X[held], y_test=client.y[held]))
+    return replace(data, clients=tuple(clients),
+                   description=f"{data.description}; {fraction:g} of each hospital's rows held out "
+                               "as its own test patients")

@@ -5,10 +5,17 @@ and their split into simulated hospitals with realistic heterogeneity.
 ``Pima.te`` (332, 109 diabetic) is the held-out test set; ``Pima.tr2`` (300, 106 diabetic:
 ``Pima.tr`` plus 100 women with missing blood pressure, skin fold or BMI) replaces the pool
 when ``missing=True``.
+
+Each hospital also holds its own test patients (:func:`pima_hospital_tests`): Pima.te is
+shared out among the hospitals the way Pima.tr is, so a hospital's test patients come from
+its own shifted population, are labelled by its own convention and are exported in its own
+format.  :func:`pima_federation` attaches them as ``ClientArrays.X_test``/``y_test``; the
+pooled Pima.te, with the reference labels, stays the federation's common test set.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from importlib import resources
 
 import numpy as np
@@ -28,12 +35,16 @@ from securefed.data.heterogeneity import (
     tilted_partition,
 )
 from securefed.data.schema import ExportFormat, Feature, Schema
+from securefed.data.standardise import encode
 from securefed.errors import ConfigurationError
 
 __all__ = [
     "load_pima",
     "pima_hospitals",
     "pima_federation",
+    "pima_hospital_tests",
+    "attach_pima_hospital_tests",
+    "proportional_sizes",
     "PIMA_FEATURES",
     "PIMA_SCHEMA",
     "PIMA_LABEL_RULE",
@@ -96,6 +107,91 @@ def _agreed(frame: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
+def _tilt_scores(pool: pd.DataFrame, n_hospitals: int) -> tuple[np.ndarray, list[str]]:
+    """Each row's standardised tilt feature per hospital (sign set) and the tilts' names."""
+    scores = np.empty((len(pool), n_hospitals))
+    tilts = []
+    for k in range(n_hospitals):
+        feat, sign, meaning = PIMA_TILTS[k % len(PIMA_TILTS)]
+        col = pool[feat].to_numpy()
+        scores[:, k] = sign * (col - np.nanmean(col)) / np.nanstd(col)
+        tilts.append(f"{meaning} ({feat} {'+' if sign > 0 else '-'})")
+    return scores, tilts
+
+
+def proportional_sizes(n_total: int, weights: np.ndarray | list[int], *, min_size: int = 1) -> np.ndarray:
+    """Split ``n_total`` in proportion to ``weights`` by largest remainder, each part at
+    least ``min_size``.
+
+    >>> proportional_sizes(300, [40, 60, 100], min_size=0).tolist()
+    [60, 90, 150]
+    """
+    w = np.asarray(weights, dtype=np.float64)
+    k = len(w)
+    if k < 1 or not np.all(w >= 0) or not w.sum() > 0:
+        raise ConfigurationError(f"weights must be non-negative with a positive sum, got {list(w)}")
+    if min_size < 0 or n_total < k * min_size:
+        raise ConfigurationError(
+            f"{n_total} patients cannot give {k} hospitals at least {min_size} each; "
+            f"expected n_total >= {k * min_size}")
+    spare = n_total - k * min_size
+    raw = spare * w / w.sum()
+    base = np.floor(raw).astype(np.int64)
+    order = np.argsort(-(raw - base), kind="stable")
+    base[order[: spare - int(base.sum())]] += 1
+    return base + min_size
+
+
+def pima_hospital_tests(ds: FederatedDataset, *, min_test_size: int = 20) -> tuple[Hospital, ...]:
+    """Each hospital's own held-out patients: Pima.te shared out the way Pima.tr was.
+
+    ``ds`` must come from :func:`pima_hospitals`.  The 332 Pima.te patients are split with
+    the same knobs, each from the ``test`` stream of :func:`knob_streams` (so the training
+    split of a seed is unchanged):
+
+    * sizes in proportion to the hospitals' training sizes (quantity skew carries over),
+      each at least ``min_test_size`` so that no hospital is judged on a handful of patients;
+    * who goes where by the same tilted draw along :data:`PIMA_TILTS` at the same
+      ``covariate_shift`` (tilt scores standardised within Pima.te);
+    * the label hospital relabels the same fraction ``label_convention`` of its test patients
+      by the same rule;
+    * each table is exported in its hospital's own format (harmonised again at the hospital).
+
+    So a hospital is evaluated on patients like its own, by its own convention.
+    """
+    het = ds.heterogeneity if ds.heterogeneity is not None else Heterogeneity.none()
+    if ds.seed is None or ds.schema is not PIMA_SCHEMA:
+        raise ConfigurationError(
+            "pima_hospital_tests needs a dataset made by pima_hospitals (schema 'pima' and a "
+            f"seed), got schema {ds.schema.name!r} with seed {ds.seed!r}")
+    k = len(ds.hospitals)
+    pool = _agreed(load_pima("te"))
+    rng = knob_streams(ds.seed)["test"]
+    sizes = proportional_sizes(len(pool), np.asarray(ds.sizes), min_size=min(min_test_size, len(pool) // k))
+    scores, _ = _tilt_scores(pool, k)
+    parts = tilted_partition(scores, sizes, het.covariate_shift, rng)
+    rule = het.label_rule or PIMA_LABEL_RULE
+    label_h = resolve_hospital(het.label_hospital, k)
+    out = []
+    for h, (hosp, idx) in enumerate(zip(ds.hospitals, parts, strict=True)):
+        table = pool.iloc[idx].reset_index(drop=True)
+        relabelled = 0
+        if h == label_h and het.label_convention > 0:
+            y_new, applied = relabel(table["type"].to_numpy(), table[rule.feature].to_numpy(),
+                                     rule.threshold, het.label_convention, rng)
+            relabelled = int(applied.sum())
+            table["type"] = y_new
+        out.append(Hospital(
+            name=hosp.name,
+            table=export_table(table, hosp.export_format, PIMA_SCHEMA),
+            export_format=hosp.export_format,
+            source=f"Pima.te ({hosp.name} test)",
+            row_numbers=idx + 1,
+            notes={"relabelled": relabelled},
+        ))
+    return tuple(out)
+
+
 def pima_hospitals(
     *,
     n_hospitals: int = 3,
@@ -131,13 +227,7 @@ def pima_hospitals(
 
     sizes = draw_sizes(n, n_hospitals, het.quantity_skew, streams["sizes"],
                        min_size=min(het.min_hospital_size, n // n_hospitals))
-    scores = np.empty((n, n_hospitals))
-    tilts = []
-    for k in range(n_hospitals):
-        feat, sign, meaning = PIMA_TILTS[k % len(PIMA_TILTS)]
-        col = pool[feat].to_numpy()
-        scores[:, k] = sign * (col - np.nanmean(col)) / np.nanstd(col)
-        tilts.append(f"{meaning} ({feat} {'+' if sign > 0 else '-'})")
+    scores, tilts = _tilt_scores(pool, n_hospitals)
     parts = tilted_partition(scores, sizes, het.covariate_shift, streams["population"])
 
     rule = het.label_rule or PIMA_LABEL_RULE
@@ -184,7 +274,32 @@ def pima_federation(
     n_hospitals: int = 3,
     heterogeneity: Heterogeneity | None = None,
     missing: bool = False,
+    hospital_tests: bool = True,
 ) -> FederatedArrays:
-    """``pima_hospitals(...).prepare()``: harmonised, standardised arrays; Pima.te as test."""
-    return pima_hospitals(n_hospitals=n_hospitals, heterogeneity=heterogeneity, seed=seed,
-                          missing=missing).prepare()
+    """``pima_hospitals(...).prepare()``: harmonised, standardised arrays; Pima.te as test.
+
+    With ``hospital_tests`` (the default) each hospital also holds its own test patients
+    (:func:`pima_hospital_tests`) as ``X_test``/``y_test``, standardised with the same
+    federated statistics as its training rows.
+
+    >>> data = pima_federation(seed=0)
+    >>> [len(c.y_test) for c in data.clients], data.X_test.shape
+    ([144, 89, 99], (332, 7))
+    """
+    ds = pima_hospitals(n_hospitals=n_hospitals, heterogeneity=heterogeneity, seed=seed,
+                        missing=missing)
+    arrays = ds.prepare()
+    return attach_pima_hospital_tests(ds, arrays) if hospital_tests else arrays
+
+
+def attach_pima_hospital_tests(ds: FederatedDataset, arrays: FederatedArrays) -> FederatedArrays:
+    """``arrays`` (``ds.prepare()``) with each hospital's own test patients
+    (:func:`pima_hospital_tests`) as ``X_test``/``y_test``, standardised with the federated
+    statistics of the training rows; the pooled test set stays Pima.te with the reference
+    labels."""
+    std = ds.standardiser()
+    clients = []
+    for client, test in zip(arrays.clients, pima_hospital_tests(ds), strict=True):
+        X, y = encode(test.harmonised(PIMA_SCHEMA), PIMA_SCHEMA)
+        clients.append(replace(client, X_test=std.transform(X), y_test=y.astype(np.float32)))
+    return replace(arrays, clients=tuple(clients))

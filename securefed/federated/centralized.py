@@ -4,6 +4,7 @@ Budget: one "round" is ``local_epochs`` epochs over the pooled data with the sam
 rate and batch size as the federated clients, so the number of passes over every patient
 per round matches FedAvg's.  The only bytes are the rows themselves, shipped once (counted
 in round 0 with the real serialised size): that is the privacy cost federated learning avoids.
+The pooled model is also evaluated on each hospital's own test patients (``per_hospital``).
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from securefed.arrays import FederatedArrays
+from securefed.arrays import ClientArrays, FederatedArrays
 from securefed.channel import AggregationChannel, DropoutPlan, PlainChannel, Upload
 from securefed.errors import ConfigurationError, PrivacyBudgetExceeded
 from securefed.federated.metrics import roc_auc
@@ -51,19 +51,31 @@ def evaluate(model: nn.Module, X: np.ndarray, y: np.ndarray) -> tuple[float, flo
     return loss, acc, auc
 
 
-def evaluate_per_hospital(net: nn.Module, data: FederatedArrays) -> dict[str, dict[str, float]]:
-    """The model's loss, accuracy and AUC on each hospital's own test patients (where it has any).
+PersonalParams = Callable[[ClientArrays], "np.ndarray | None"]
 
-    Each hospital evaluates at home, on patients labelled by its own convention; only these
-    summary numbers are reported.
+
+def evaluate_per_hospital(
+    net: nn.Module, data: FederatedArrays, *, personal: PersonalParams | None = None
+) -> dict[str, dict[str, float]]:
+    """Loss, accuracy and AUC on each hospital's own test patients (where it has any).
+
+    Each hospital evaluates at home, on patients labelled by its own convention, the model it
+    uses: ``personal(client)`` when that gives parameters (computed at the client from state
+    that never leaves it; ``net`` may serve as its scratch space), else the global model held
+    in ``net``.  Only these summary numbers are reported; ``"personal"`` is 1 where the
+    hospital's own parameters were used.  ``net`` holds the global model again on return.
     """
+    global_params = get_flat_params(net)
     out: dict[str, dict[str, float]] = {}
     for client in data.clients:
         if client.X_test is None or client.y_test is None or len(client.y_test) == 0:
             continue
+        own = None if personal is None else personal(client)
+        set_flat_params(net, global_params if own is None else own)
         loss, acc, auc = evaluate(net, client.X_test, client.y_test)
         out[client.name] = {"loss": loss, "accuracy": acc, "auc": auc,
-                            "n": float(len(client.y_test))}
+                            "n": float(len(client.y_test)), "personal": float(own is not None)}
+    set_flat_params(net, global_params)
     return out
 
 
@@ -246,7 +258,11 @@ def run_federated(
             set_flat_params(net, params)
             t3 = time.perf_counter()
             test_loss, test_acc, test_auc = evaluate(net, data.X_test, data.y_test)
-            per_hospital = evaluate_per_hospital(net, data)
+            def own(c: ClientArrays, w: np.ndarray = params) -> np.ndarray | None:
+                return strategy.personal_params(net, c, w, rng=client_rngs[c.client_id].spawn(1)[0],
+                                                client_state=client_states[c.client_id])
+
+            per_hospital = evaluate_per_hospital(net, data, personal=own)
             t4 = time.perf_counter()
             channel_times = dict(result.timings)
             times = {

@@ -95,6 +95,14 @@ Notation: round :math:`t`, global parameters :math:`w_t`, client :math:`k` with
      :math:`w_{t+1} = w_t + \eta_s\, m_t / (\sqrt{v_t} + \tau)`.
 
    The server state is reset when round 0 begins, so a strategy object can be reused.
+
+6. **Personalisation** (``personalisation``; off: ``None``).  Each hospital also derives
+   its own model from the global one, kept at the hospital and used for its own patients
+   (:mod:`securefed.federated.personal`: ``"finetune"``, ``"ditto"``, ``"fedper"``).  It is
+   not one of :data:`COMPONENTS` because, except for ``"fedper"``, it changes nothing that
+   is uploaded or learned globally: it decides which model each hospital evaluates on its
+   own test patients (``RoundRecord.per_hospital``).  The default method was chosen by the
+   ablation of ``benchmarks/personalisation.py`` (``docs/fedmedheter.md``).
 """
 
 from __future__ import annotations
@@ -106,9 +114,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from securefed.arrays import ClientArrays
 from securefed.codec import Codec, Float32Codec
 from securefed.compression import StochasticQuantizer, error_feedback_step
 from securefed.errors import ConfigurationError
+from securefed.federated.personal import PERSONALISATIONS, make_personalisation
 from securefed.federated.strategy import Strategy
 from securefed.federated.types import LocalConfig, LocalResult
 
@@ -216,6 +226,12 @@ class FedMedHeter(Strategy):
         ``"momentum"`` or ``"adam"`` [``None``].
     server_momentum, server_beta2, server_tau:
         :math:`\\beta` (momentum) / :math:`\\beta_1` (adam), :math:`\\beta_2`, :math:`\\tau`.
+    personalisation:
+        ``"finetune"``, ``"finetune-select"``, ``"ditto"`` or ``"fedper"`` [``None``: every
+        hospital uses the global model]; see :mod:`securefed.federated.personal`.
+    personal_epochs, personal_learning_rate, personal_lambda:
+        epochs and SGD step of the personal training, and its pull :math:`\\lambda` towards
+        the global model (Ditto's :math:`\\lambda`; a proximal term for fine-tuning).
 
     ``learning_rate``, ``local_epochs``, ``batch_size`` and ``server_learning_rate`` are
     those of :class:`~securefed.federated.strategy.Strategy`.  The defaults are the
@@ -249,6 +265,10 @@ class FedMedHeter(Strategy):
         server_momentum: float = 0.5,
         server_beta2: float = 0.99,
         server_tau: float = 1e-3,
+        personalisation: str | None = "finetune",
+        personal_epochs: int = 1,
+        personal_learning_rate: float = 0.1,
+        personal_lambda: float = 0.0,
     ) -> None:
         super().__init__(learning_rate=learning_rate, local_epochs=local_epochs,
                          batch_size=batch_size, server_learning_rate=server_learning_rate)
@@ -291,6 +311,13 @@ class FedMedHeter(Strategy):
                 raise ConfigurationError(f"{pname} must be in [0, 1), got {val!r}")
         if not server_tau > 0:
             raise ConfigurationError(f"server_tau must be > 0, got {server_tau!r}")
+        if personalisation is not None and personalisation not in PERSONALISATIONS:
+            raise ConfigurationError(
+                f"personalisation must be None or one of {list(PERSONALISATIONS)}, "
+                f"got {personalisation!r}")
+        self.personalisation = make_personalisation(
+            personalisation, epochs=personal_epochs, learning_rate=personal_learning_rate,
+            batch_size=batch_size, lam=personal_lambda)
         self.proximal_mu = float(proximal_mu)
         self.adaptive_lr = adaptive_lr
         self.adagrad_b0 = float(adagrad_b0)
@@ -317,6 +344,8 @@ class FedMedHeter(Strategy):
             "compression": compression, "error_feedback": error_feedback,
             "server_optimizer": server_optimizer, "server_momentum": server_momentum,
             "server_beta2": server_beta2, "server_tau": server_tau,
+            "personalisation": personalisation, "personal_epochs": personal_epochs,
+            "personal_learning_rate": personal_learning_rate, "personal_lambda": personal_lambda,
         }
         self._server_m: np.ndarray | None = None
         self._server_v: np.ndarray | None = None
@@ -328,17 +357,20 @@ class FedMedHeter(Strategy):
         "client_weighting": {"client_weighting": "samples"},
         "compression": {"compression": None},
         "server_optimizer": {"server_optimizer": None},
+        "personalisation": {"personalisation": None},
     }
 
     def without(self, *components: str) -> FedMedHeter:
         """A new FedMedHeter with the named components switched off (for ablations).
 
-        ``without(*COMPONENTS)`` is FedAvg with the same local hyper-parameters.
+        ``without(*COMPONENTS)`` trains as FedAvg with the same local hyper-parameters;
+        ``"personalisation"`` may be named too.
         """
         overrides: dict[str, Any] = {}
         for c in components:
             if c not in self._OFF:
-                raise ConfigurationError(f"unknown component {c!r}; valid: {list(COMPONENTS)}")
+                raise ConfigurationError(
+                    f"unknown component {c!r}; valid: {[*COMPONENTS, 'personalisation']}")
             overrides.update(self._OFF[c])
         return FedMedHeter(**{**self._init_kwargs, **overrides})
 
@@ -375,6 +407,37 @@ class FedMedHeter(Strategy):
         if config.optimizer == "adam":
             return torch.optim.Adam(model.parameters(), lr=lr)
         return torch.optim.SGD(model.parameters(), lr=lr)
+
+    def local_train(
+        self,
+        model: nn.Module,
+        client: ClientArrays,
+        global_params: np.ndarray,
+        config: LocalConfig,
+        *,
+        rng: np.random.Generator,
+        client_state: dict[str, Any],
+    ) -> LocalResult:
+        p = self.personalisation
+        if p is None or not p.changes_upload:
+            return super().local_train(model, client, global_params, config, rng=rng,
+                                       client_state=client_state)
+        start = p.training_start(global_params, model=model, client_state=client_state)
+        result = super().local_train(model, client, start, config, rng=rng,
+                                     client_state=client_state)
+        return p.finish_local(result, start=start, global_params=global_params, model=model,
+                              client_state=client_state)
+
+    def personal_step(self, model, client, global_params, config, *, rng, client_state):  # type: ignore[override]
+        if self.personalisation is not None:
+            self.personalisation.step(model, client, global_params, config, rng=rng,
+                                      client_state=client_state)
+
+    def personal_params(self, model, client, global_params, *, rng, client_state):  # type: ignore[override]
+        if self.personalisation is None:
+            return None
+        return self.personalisation.params(model, client, global_params, rng=rng,
+                                           client_state=client_state)
 
     def local_rate_scale(self, initial_loss: float, *, client_state: dict[str, Any]) -> float:
         """The loss-scaled rule: ``clip(loss_now / first_loss, loss_ratio_floor, 1)``."""
@@ -458,4 +521,6 @@ class FedMedHeter(Strategy):
             "error_feedback": self.error_feedback,
             "server_optimizer": self.server_optimizer,
             "server_momentum": self.server_momentum,
+            "personalisation": (None if self.personalisation is None
+                                else self.personalisation.describe()),
         }

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from securefed.federated.fedmedheter import FedMedHeter
+from securefed.federated.personal import Ditto
 from securefed.federated.strategy import FedAvg, FedProx, Strategy
 from securefed.registry import Registry
 
@@ -30,3 +31,4 @@ def get_strategy(name: str, **params: Any) -> Strategy:
 register_strategy("fedavg", FedAvg)
 register_strategy("fedprox", FedProx)
 register_strategy("fedmedheter", FedMedHeter)
+register_strategy("ditto", Ditto)

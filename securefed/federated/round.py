@@ -91,9 +91,16 @@ def client_step(
     rng: np.random.Generator,
     client_state: dict,
 ) -> ClientStep:
-    """``local_train -> client_weight -> client_process`` for one client, as every runner does it."""
+    """``local_train -> client_weight -> client_process`` for one client, as every runner does it.
+
+    After local training the strategy's ``personal_step`` updates what the client keeps for
+    itself; it draws from a child of ``rng`` (``rng.spawn``), which leaves ``rng``'s own
+    stream, and so everything uploaded, as it would be without personalisation.
+    """
     t0 = time.perf_counter()
     local = strategy.local_train(net, client, params, config, rng=rng, client_state=client_state)
+    strategy.personal_step(net, client, params, config, rng=rng.spawn(1)[0],
+                           client_state=client_state)
     t1 = time.perf_counter()
     weight = strategy.client_weight(local, client_state=client_state)
     vector, payload = strategy.client_process(local.update, weight, client_state=client_state,

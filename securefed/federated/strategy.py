@@ -9,6 +9,8 @@ A strategy is a small object with one method per phase (after Flower's ``Strateg
 ``client_process``    clipping / noise / compression of the update before upload
 ``server_aggregate``  weighted sum -> mean update (central DP noise goes here)
 ``server_update``     global model update from the mean update (server optimiser)
+``personal_step``     update what stays at the client for its own use (a personal model)
+``personal_params``   the parameters a client uses for its own patients (None: the global ones)
 
 The aggregation math itself is in free functions (:func:`weighted_mean`,
 :func:`train_local`).  Defenses such as DP wrap a strategy (see :class:`StrategyWrapper`)
@@ -226,6 +228,37 @@ class Strategy:
         payload = self.codec.encode(vector, rng=rng)
         return self.codec.decode(payload, dim=vector.shape[0]), payload
 
+    # ----------------------------------------------------------------- personalisation
+    def personal_step(
+        self,
+        model: nn.Module,
+        client: ClientArrays,
+        global_params: np.ndarray,
+        config: LocalConfig,
+        *,
+        rng: np.random.Generator,
+        client_state: dict[str, Any],
+    ) -> None:
+        """After local training: update state that never leaves the client (e.g. Ditto's
+        personal model).  Nothing is uploaded from here.  The default does nothing."""
+
+    def personal_params(
+        self,
+        model: nn.Module,
+        client: ClientArrays,
+        global_params: np.ndarray,
+        *,
+        rng: np.random.Generator,
+        client_state: dict[str, Any],
+    ) -> np.ndarray | None:
+        """The parameters ``client`` uses for its own patients, computed at the client from
+        the current global parameters and its own state (``model`` is scratch space).
+
+        ``None`` (the default) means the client uses the global model.  Runners call this to
+        evaluate each hospital on its own test patients; the result stays at the client.
+        """
+        return None
+
     # ----------------------------------------------------------------- run hooks
     def start_run(self, facts: FederationFacts) -> None:
         """Hook called once before round 0 with the facts of the federation (a DP wrapper
@@ -335,6 +368,14 @@ class StrategyWrapper(Strategy):
 
     def client_process(self, update, weight, *, client_state, rng):  # type: ignore[override]
         return self.inner.client_process(update, weight, client_state=client_state, rng=rng)
+
+    def personal_step(self, model, client, global_params, config, *, rng, client_state):  # type: ignore[override]
+        self.inner.personal_step(model, client, global_params, config, rng=rng,
+                                 client_state=client_state)
+
+    def personal_params(self, model, client, global_params, *, rng, client_state):  # type: ignore[override]
+        return self.inner.personal_params(model, client, global_params, rng=rng,
+                                          client_state=client_state)
 
     def before_round(self, round_index: int) -> None:
         self.inner.before_round(round_index)
