@@ -2,12 +2,15 @@
 
     python benchmarks/flower_deployment.py --rounds 3 --channel secagg --channel plain
     python benchmarks/flower_deployment.py --rounds 3 --channel secagg --cold   # Flower's default executor
+    python benchmarks/flower_deployment.py --rounds 3 --channel secagg --secagg-mode honest-but-curious
     python benchmarks/flower_deployment.py --import-time                         # import securefed
 
 Starts one local cluster exactly as a deployment runs (the consortium set-up of
 ``securefed deploy``: SuperLink on loopback with node authentication and a database, the
-Fleet-only gateway, SuperNodes with their node keys and trusted-entities, signed app), then
-runs each channel for the given number of rounds and prints, per run:
+Fleet-only gateway, SuperNodes with their node keys and trusted-entities, signed app; the
+hospitals' identity keys and pinned roster, which secure aggregation's default mode against a
+deviating server needs), then runs each channel for the given number of rounds and prints,
+per run:
 
 * wall time of the run, of each round (as the ServerApp measured it) and of the first round
   (which includes the hello and, under secure aggregation, the first key exchange);
@@ -19,7 +22,9 @@ runs each channel for the given number of rounds and prints, per run:
 * the largest difference of the final model from the in-process simulation with the same
   seed.
 
-``--cold`` starts the SuperNodes as plain ``flower-supernode`` processes (a fresh ClientApp
+A run that does not complete prints the ServerApp's log instead of figures.
+``--secagg-mode honest-but-curious`` times the faster mode against a server that follows the
+protocol (every node's own config then accepts it).  ``--cold`` starts the SuperNodes as plain ``flower-supernode`` processes (a fresh ClientApp
 interpreter per message, Flower's 3-second poll) for comparison.  ``--import-time`` measures
 ``import securefed`` in fresh interpreters (best of 5, wall and CPU).
 Needs ``pip install 'securefed[flower]'``.
@@ -44,6 +49,7 @@ from securefed.flower import APP_DIR
 from securefed.flower.bundle import make_consortium
 from securefed.flower.cluster import LocalCluster
 from securefed.flower.settings import app_run_config, build_model, build_strategy
+from securefed.identity import write_identity_files
 
 _TICK = os.sysconf("SC_CLK_TCK")
 
@@ -84,6 +90,9 @@ def main() -> None:
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--channel", action="append", choices=["plain", "secagg"])
     parser.add_argument("--strategy", default="fedavg")
+    parser.add_argument("--secagg-mode", default="malicious",
+                        choices=["malicious", "honest-but-curious"],
+                        help="secure aggregation's mode (default: against a deviating server)")
     parser.add_argument("--cold", action="store_true",
                         help="plain flower-supernode processes (Flower's subprocess isolation)")
     parser.add_argument("--import-time", action="store_true", help="only time import securefed")
@@ -95,24 +104,35 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         names = [f"hospital{i}" for i in range(args.nodes)]
-        consortium = make_consortium(work / "bundle", hospitals=names)
-        nodes = [{"partition-id": i, "num-partitions": args.nodes} for i in range(args.nodes)]
+        # the hospitals make their identity keys; the coordinator gets only the roster
+        roster, keys = write_identity_files(names, work / "hospital-keys")
+        consortium = make_consortium(work / "bundle", hospitals=names, roster=roster)
+        nodes = [{"partition-id": i, "num-partitions": args.nodes, "identity-key": str(keys[name]),
+                  "secagg-mode": args.secagg_mode} for i, name in enumerate(names)]
         t0 = time.perf_counter()
         with LocalCluster(work / "cluster", node_configs=nodes, consortium=consortium,
                           warm=not args.cold) as cluster:
             print(f"cluster of {args.nodes} SuperNodes ({'cold' if args.cold else 'warm'}) ready "
                   f"in {time.perf_counter() - t0:.1f} s; load average {os.getloadavg()[0]:.1f}",
                   flush=True)
+            failed = False
             for channel in channels:
                 overrides = {"num-rounds": args.rounds, "num-clients": args.nodes,
-                             "channel": channel, "strategy": args.strategy, "seed": 0}
+                             "channel": channel, "strategy": args.strategy, "seed": 0,
+                             "secagg-mode": args.secagg_mode}
                 result = work / f"{channel}.json"
                 cpu0 = cluster_cpu_seconds(cluster)
                 load0 = os.getloadavg()[0]
                 out = cluster.run_app(APP_DIR, run_config={**overrides, "result-path": str(result)},
                                       done_file=result, timeout=1800)
                 cpu = cluster_cpu_seconds(cluster) - cpu0
-                summary = json.loads(result.read_text())
+                summary = json.loads(result.read_text()) if result.exists() else {}
+                if not out.ok or summary.get("status") != "completed":
+                    print(f"{channel:7s} {out.status or 'no status'}: the run did not complete "
+                          f"({summary.get('abort_reason', out.details)}); ServerApp log:\n"
+                          f"{out.log[-4000:] or cluster.run_log(out.run_id)[-4000:]}", flush=True)
+                    failed = True
+                    continue
                 cfg = app_run_config(overrides)
                 channel_obj = None
                 if channel == "secagg":
@@ -133,6 +153,8 @@ def main() -> None:
                       f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; "
                       f"simulated {sim_s:.2f} s; max |w_deployed - w_simulated| = {diff:.2e}",
                       flush=True)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":
