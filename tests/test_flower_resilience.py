@@ -354,18 +354,14 @@ def test_deploy_node_command_line(tmp_path) -> None:
 
 
 # ------------------------------------------------------------------ DP under secure aggregation
-@pytest.mark.parametrize("mode", [
-    pytest.param("central", marks=pytest.mark.xfail(strict=True, reason=(
-        "the simulation's SecAggChannel rounds to the fixed-point grid with the server's "
-        "generator, from which central DP then draws its noise; deployed nodes round with "
-        "their own OS generator, so the two noises differ (issue 15, item 4): waits for the "
-        "secure-aggregation rework"))),
-    "local",
-])
+@pytest.mark.parametrize("mode", ["central", "local", "distributed"])
 def test_secure_deployment_agrees_with_the_simulation_under_dp(mode, pki) -> None:
-    """Secure aggregation with central or local DP, noise in the reproducible mode: the
-    deployed run and the simulation agree to 1e-4 (they differ only by the nodes' stochastic
-    rounding to the fixed-point grid) and report the same epsilon per round."""
+    """Secure aggregation with central, local or distributed DP, noise in the reproducible
+    mode: the deployed run and the simulation agree to 1e-4 and report the same epsilon per
+    round.  Central noise comes from the server's stream, local noise from each client's
+    stream, and under distributed DP each node draws its discrete Gaussian share (after its
+    stochastic rounding) from its per-round channel stream, as the simulated client does;
+    the server's stream is never used for a client's rounding."""
     from securefed.data import pima_federation
     from securefed.federated import run_federated
     from securefed.flower.secagg_stages import build_secagg_channel
@@ -376,15 +372,22 @@ def test_secure_deployment_agrees_with_the_simulation_under_dp(mode, pki) -> Non
                           "dp-noise-multiplier": 0.8, "dp-reproducible-noise": True,
                           "num-rounds": 3, "seed": 4, **secagg_keys, **FAST})
     summary = run_server(InProcessGrid(client_app, nodes, cfg), cfg, log=quiet)
-    sim = run_federated(pima_federation(seed=0, n_hospitals=3), strategy=build_strategy(cfg),
+    strategy = build_strategy(cfg)
+    sim = run_federated(pima_federation(seed=0, n_hospitals=3), strategy=strategy,
                         model=build_model(cfg), rounds=3, seed=4,
-                        channel=build_secagg_channel(cfg))
+                        channel=build_secagg_channel(cfg, strategy=strategy))
     gap = np.max(np.abs(np.asarray(summary["final_params"]) - sim.final_params))
     assert gap <= 1e-4
-    assert [r["epsilon"] for r in summary["rounds"]] == pytest.approx(
-        [h.extra["epsilon"] for h in sim.history], rel=1e-12)
+    eps = [r["epsilon"] for r in summary["rounds"]]
+    assert eps == pytest.approx([h.extra["epsilon"] for h in sim.history], rel=1e-12)
+    assert all(b > a > 0 for a, b in zip(eps, eps[1:], strict=False))
+    assert summary["privacy"]["client"]["mechanism"] == mode
+    if mode == "distributed":  # the server and k hospitals remove k of the 3 shares
+        assert [c["colluding_hospitals"] for c in summary["privacy"]["collusion"]] == [1, 2]
+        assert summary["privacy"]["collusion"][0]["epsilon"] > eps[-1]
     # and the noise is really there: without it the model is elsewhere
-    plain = run_federated(pima_federation(seed=0, n_hospitals=3),
-                          strategy=build_strategy({**cfg, "dp": "none"}), model=build_model(cfg),
-                          rounds=3, seed=4, channel=build_secagg_channel(cfg))
+    none = {**cfg, "dp": "none"}
+    plain = run_federated(pima_federation(seed=0, n_hospitals=3), strategy=build_strategy(none),
+                          model=build_model(cfg), rounds=3, seed=4,
+                          channel=build_secagg_channel(none))
     assert np.max(np.abs(plain.final_params - sim.final_params)) > 1000 * max(gap, 1e-7)
