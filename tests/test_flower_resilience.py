@@ -50,7 +50,8 @@ class _Crash(Exception):
 
 
 class CrashingGrid(InProcessGrid):
-    """Raises :class:`_Crash` when a training message of round ``crash_round`` is pushed."""
+    """Raises :class:`_Crash` when a training message of round ``crash_round`` is pushed (the
+    plain round's message, or the secure round's message that carries the model)."""
 
     def __init__(self, *args, crash_round: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
@@ -63,8 +64,8 @@ class CrashingGrid(InProcessGrid):
         messages = list(messages)
         for msg in messages:
             fields, _ = read_content(msg.content)
-            if self.armed and msg.metadata.message_type == "train" \
-                    and int(fields["round"]) == self.crash_round:
+            if self.armed and msg.metadata.message_type.startswith("train") \
+                    and int(fields.get("round", -1)) == self.crash_round:
                 self.armed = False
                 raise _Crash(f"killed at round {self.crash_round}")
         return super().push_messages(messages)
@@ -104,6 +105,32 @@ def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path) -> None:
     # a finished run resumed again has nothing left to do
     again = run_server(grid, {**cfg, "resume": True}, log=quiet)
     assert [r["round"] for r in again["rounds"]] == [0, 1, 2, 3]
+
+
+def test_a_resumed_distributed_dp_run_keeps_its_ledger(tmp_path, pki) -> None:
+    """Distributed DP under secure aggregation, the ServerApp killed while round 2's model is
+    being sent: the resumed run (a new Flower run, so the nodes start with fresh state) runs
+    rounds 2 and 3 only and its epsilon per round is the uninterrupted run's: no round is
+    charged twice, none is lost."""
+    nodes, secagg_keys = pki
+    cfg = app_run_config({"channel": "secagg", "dp": "distributed", "dp-clip-norm": 1.0,
+                          "dp-noise-multiplier": 1.1, "num-rounds": 4, "seed": 3,
+                          **secagg_keys, **FAST})
+    reference = run_server(InProcessGrid(client_app, nodes, cfg), cfg, log=quiet)
+    ckpt = tmp_path / "run.ckpt"
+    cfg = {**cfg, "checkpoint-path": str(ckpt)}
+    with pytest.raises(_Crash, match="killed at round 2"):
+        run_server(CrashingGrid(client_app, nodes, cfg, crash_round=2), cfg, log=quiet)
+    assert load_checkpoint(ckpt).completed == 2
+    resumed = run_server(InProcessGrid(client_app, nodes, cfg), {**cfg, "resume": True}, log=quiet)
+    assert resumed["status"] == "completed" and resumed["resumed_at"] == [2]
+    assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2, 3]
+    eps = [r["epsilon"] for r in resumed["rounds"]]
+    assert eps == pytest.approx([r["epsilon"] for r in reference["rounds"]], rel=1e-12)
+    assert all(b > a for a, b in zip(eps, eps[1:], strict=False))
+    ledger = load_checkpoint(ckpt).ledger
+    assert resumed["privacy_ledger"] == ledger and resumed["privacy"]["private"] is True
+    assert resumed["privacy"]["client"]["rounds"] == 4
 
 
 def test_resuming_under_other_settings_is_refused(tmp_path) -> None:
@@ -385,9 +412,56 @@ def test_secure_deployment_agrees_with_the_simulation_under_dp(mode, pki) -> Non
     if mode == "distributed":  # the server and k hospitals remove k of the 3 shares
         assert [c["colluding_hospitals"] for c in summary["privacy"]["collusion"]] == [1, 2]
         assert summary["privacy"]["collusion"][0]["epsilon"] > eps[-1]
+        # by default each node draws its share from the OS CSPRNG: the seed no longer
+        # determines the noise, and the run is reported private with the same epsilon
+        secure = {**cfg, "dp-reproducible-noise": False}
+        other = run_server(InProcessGrid(client_app, nodes, secure), secure, log=quiet)
+        assert np.max(np.abs(np.asarray(other["final_params"]) - sim.final_params)) > 1e-3
+        assert other["privacy"]["private"] is True
+        assert [r["epsilon"] for r in other["rounds"]] == pytest.approx(eps, rel=1e-12)
     # and the noise is really there: without it the model is elsewhere
     none = {**cfg, "dp": "none"}
     plain = run_federated(pima_federation(seed=0, n_hospitals=3), strategy=build_strategy(none),
                           model=build_model(cfg), rounds=3, seed=4,
                           channel=build_secagg_channel(none))
     assert np.max(np.abs(plain.final_params - sim.final_params)) > 1000 * max(gap, 1e-7)
+
+
+def test_a_hospital_keeps_its_own_noise_floor(pki) -> None:
+    """A node config's dp-min-noise-multiplier: the node trains only in runs whose noise is
+    added at the hospitals, from the OS, with at least that multiplier, whatever the
+    coordinator's run config says."""
+    from securefed.errors import MessageRejected, ProtocolAbort
+    from securefed.flower.node import check_node_privacy
+    from securefed.flower.settings import build_strategy
+
+    floor = {"dp-min-noise-multiplier": 1.0}
+
+    def strategy(**extra):
+        return build_strategy(app_run_config({"channel": "secagg", "dp-clip-norm": 1.0,
+                                              "dp-noise-multiplier": 1.2, **extra}))
+
+    assert check_node_privacy(floor, strategy(dp="distributed")) is None
+    assert check_node_privacy(floor, strategy(dp="local")) is None
+    with pytest.raises(MessageRejected, match="the run asks for dp = 'central', expected 'local' "
+                                              "or 'distributed'"):
+        check_node_privacy(floor, strategy(dp="central"))
+    with pytest.raises(MessageRejected, match="the run asks for dp = 'none'"):
+        check_node_privacy(floor, strategy())
+    with pytest.raises(MessageRejected, match="dp-reproducible-noise = true, which is not private"):
+        check_node_privacy(floor, strategy(dp="distributed", **{"dp-reproducible-noise": True}))
+    with pytest.raises(MessageRejected, match="noise multiplier 0.5, below this hospital's floor 1.0"):
+        check_node_privacy(floor, strategy(dp="distributed", **{"dp-noise-multiplier": 0.5}))
+    with pytest.raises(ConfigurationError, match="must be a number > 0, got 'high'"):
+        check_node_privacy({"dp-min-noise-multiplier": "high"}, strategy(dp="local"))
+    # in a run: every hospital refuses to train below its floor, so the round has nobody
+    nodes, secagg_keys = pki
+    floored = [{**n, **floor} for n in nodes]
+    low = app_run_config({"dp": "local", "dp-clip-norm": 1.0, "dp-noise-multiplier": 0.5,
+                          "num-rounds": 1, **FAST})
+    with pytest.raises(ProtocolAbort, match="below this hospital's floor 1.0"):
+        run_server(InProcessGrid(client_app, floored, low), low, log=quiet)
+    ok = app_run_config({"channel": "secagg", "dp": "distributed", "dp-clip-norm": 1.0,
+                         "dp-noise-multiplier": 1.0, "num-rounds": 1, **secagg_keys, **FAST})
+    done = run_server(InProcessGrid(client_app, floored, ok), ok, log=quiet)
+    assert done["status"] == "completed" and done["rounds"][0]["contributors"] == [0, 1, 2]

@@ -14,7 +14,9 @@ What each hospital decides for itself, in its node config (the server cannot cha
 ``identity-key``        path of the hospital's identity file (``securefed keys identity``);
 ``roster``              path of the pinned roster (its SHA-256 fingerprint checked out of band);
 ``secagg-mode``         ``"malicious"`` (default) or ``"honest-but-curious"``;
-``secagg-min-clients``  the fewest contributors whose sum it helps to reveal (default 3).
+``secagg-min-clients``  the fewest contributors whose sum it helps to reveal (default 3);
+``dp-min-noise-multiplier``  optional: the least noise it adds itself (local or distributed
+                        DP, from the OS); it trains in no run that asks for less.
 
 The server reads its own copy of the roster from the run config (``secagg-roster``) and
 checks every signature with it, so an impostor node is refused.
@@ -71,8 +73,10 @@ follow the protocol and keep their shares to themselves; a server colluding with
 hospitals learns their shares and removes them, leaving ``n - k`` shares in the sum, and
 the ledger states the epsilon for every ``k`` (``privacy_ledger`` in the summary).  The noise
 level (``dp-noise-multiplier``, ``dp-clip-norm``) is read from the run config, which the
-coordinator submits: a node trusts the coordinator to ask for the noise the consortium
-agreed on (see docs/deployment.md).
+coordinator submits; a hospital that does not trust the coordinator with it sets its own
+floor, ``dp-min-noise-multiplier`` in its node config
+(:func:`securefed.flower.node.check_node_privacy`), and its node trains in no run that asks
+for less.
 
 A node that stops answering (crash, network) is dropped at the stage where it fell silent;
 the round completes with the survivors' sum while at least ``max(t, min_clients)`` remain
@@ -261,7 +265,7 @@ def _noise_share(strategy: Any, fields: Mapping[str, Any], dim: int, scale: floa
 
 
 def _node_masked(run_config: dict[str, Any], fields: dict[str, Any], rounds: _NodeRounds,
-                 load_data: Callable[[], Any]) -> bytes:
+                 load_data: Callable[[], Any], node_config: Mapping[str, Any]) -> bytes:
     """Train on the model just received and answer with the masked input of round r."""
     from securefed.flower.node import local_round
     from securefed.flower.settings import build_strategy
@@ -269,7 +273,8 @@ def _node_masked(run_config: dict[str, Any], fields: dict[str, Any], rounds: _No
 
     r = int(fields["round"])
     sa = rounds.load(r, "masked_input")
-    vector, weight, _payload, _stats = local_round(run_config, load_data(), fields, rounds.state)
+    vector, weight, _payload, _stats = local_round(run_config, load_data(), fields, rounds.state,
+                                                   node_config)
     encoder = _encoder(fields)
     strategy = build_strategy(run_config)
     own = _node_stream(strategy, fields, sa.client_id)
@@ -324,7 +329,7 @@ def client_stage(run_config: dict[str, Any], client_id: int, load_data: Any,
         reply["unmask"] = sa.unmask(fields["unmask"])
         rounds.forget(r)
     if "masked" in fields:
-        reply["masked"] = _node_masked(run_config, fields, rounds, load_data)
+        reply["masked"] = _node_masked(run_config, fields, rounds, load_data, node_config or {})
     if "advertise" in fields:
         from securefed.flower.node import check_round
 
