@@ -252,10 +252,6 @@ def _data_fingerprint(path: str) -> dict[str, str]:
 _FIELDS = {f.name for f in dataclasses.fields(AuditConfig)}
 
 
-def _available(names: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(n for n in wanted if n in names)
-
-
 def profile(name: str) -> AuditConfig:
     """A built-in profile: ``"quick"`` (about 30 s, for tests) or ``"default"`` (<= 3 min).
 

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -645,14 +645,3 @@ def load_results(out_dir: str | Path, *, config: AuditConfig | None = None) -> A
                                                    if c.cell_id in stored), out_dir=out,
                         threat_cells=tuple(stored[c.cell_id] for c in plan_threat_cells(config)
                                            if c.cell_id in stored))
-
-
-def iter_metric(cells: Iterable[dict[str, Any]], key: str) -> list[float]:
-    """One metric of each cell, e.g. ``"metrics.accuracy"`` (NaN where missing)."""
-    out = []
-    for c in cells:
-        v: Any = c
-        for part in key.split("."):
-            v = v.get(part) if isinstance(v, dict) else None
-        out.append(float(v) if isinstance(v, (int, float)) else float("nan"))
-    return out
