@@ -1,17 +1,42 @@
-"""Time of a deployed run on Flower (real processes, loopback, TLS) beside the simulation.
+"""Time of a deployed round on Flower (real processes, loopback, TLS) beside the simulation.
 
-    python benchmarks/flower_deployment.py --rounds 2 --channel plain --channel secagg
+    python benchmarks/flower_deployment.py --rounds 3 --channel secagg --channel plain
+    python benchmarks/flower_deployment.py --rounds 3 --channel secagg --cold   # Flower's default executor
+    python benchmarks/flower_deployment.py --rounds 3 --channel secagg --secagg-mode honest-but-curious
+    python benchmarks/flower_deployment.py --import-time                         # import securefed
 
-Starts one local cluster (SuperLink + N SuperNodes, TLS), runs each channel for the given
-number of rounds, and prints per run: wall time, seconds per round, and the largest
-difference of the final model from the in-process simulation with the same seed, next to
-the simulation's own wall time.  Needs ``pip install 'securefed[flower]'``.
+Starts one local cluster exactly as a deployment runs (the consortium set-up of
+``securefed deploy``: SuperLink on loopback with node authentication and a database, the
+Fleet-only gateway, SuperNodes with their node keys and trusted-entities, signed app; the
+hospitals' identity keys and pinned roster, which secure aggregation's default mode against a
+deviating server needs), then runs each channel for the given number of rounds and prints,
+per run:
+
+* wall time of the run, of each round (as the ServerApp measured it) and of the first round
+  (which includes the hello and, under secure aggregation, the first key exchange);
+* CPU seconds used by every process of the cluster during the run (SuperLink, gateway,
+  ServerApp, SuperNodes, executors and every ClientApp), per round: on a shared machine the
+  wall time depends on the other work, the CPU time much less;
+* the machine's load average, so a reader can tell whether the wall times are those of an
+  idle machine;
+* the largest difference of the final model from the in-process simulation with the same
+  seed.
+
+A run that does not complete prints the ServerApp's log instead of figures.
+``--secagg-mode honest-but-curious`` times the faster mode against a server that follows the
+protocol (every node's own config then accepts it).  ``--cold`` starts the SuperNodes as plain ``flower-supernode`` processes (a fresh ClientApp
+interpreter per message, Flower's 3-second poll) for comparison.  ``--import-time`` measures
+``import securefed`` in fresh interpreters (best of 5, wall and CPU).
+Needs ``pip install 'securefed[flower]'``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,33 +46,93 @@ import numpy as np
 from securefed.data import pima_federation
 from securefed.federated import run_federated
 from securefed.flower import APP_DIR
+from securefed.flower.bundle import make_consortium
 from securefed.flower.cluster import LocalCluster
 from securefed.flower.settings import app_run_config, build_model, build_strategy
-from securefed.flower.tls import write_tls_files
+from securefed.identity import write_identity_files
+
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cluster_cpu_seconds(cluster: LocalCluster) -> float:
+    """CPU seconds (user + system, children included) of every live cluster process."""
+    total = 0
+    for pid in cluster.all_pids():
+        try:
+            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+                fields = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
+    return total / _TICK
+
+
+def import_time() -> None:
+    code = ("import time, resource; t = time.perf_counter(); c = time.process_time(); "
+            "import securefed; print(time.perf_counter() - t, time.process_time() - c)")
+    runs = []
+    for _ in range(5):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             check=True)
+        runs.append(tuple(float(x) for x in out.stdout.split()))
+    wall, cpu = min(runs)
+    heavy = subprocess.run([sys.executable, "-c", "import sys, securefed; print(sorted(m for m in "
+                            "('torch', 'tenseal', 'dp_accounting', 'cryptography', 'flwr', "
+                            "'pandas') if m in sys.modules))"], capture_output=True, text=True,
+                           check=True).stdout.strip()
+    print(f"import securefed: {wall:.3f} s wall, {cpu:.3f} s CPU (best of 5); heavy modules "
+          f"loaded by it: {heavy}; load average {os.getloadavg()[0]:.1f}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--nodes", type=int, default=3)
     parser.add_argument("--channel", action="append", choices=["plain", "secagg"])
     parser.add_argument("--strategy", default="fedavg")
+    parser.add_argument("--secagg-mode", default="malicious",
+                        choices=["malicious", "honest-but-curious"],
+                        help="secure aggregation's mode (default: against a deviating server)")
+    parser.add_argument("--cold", action="store_true",
+                        help="plain flower-supernode processes (Flower's subprocess isolation)")
+    parser.add_argument("--import-time", action="store_true", help="only time import securefed")
     args = parser.parse_args()
-    channels = args.channel or ["plain", "secagg"]
+    if args.import_time:
+        import_time()
+        return
+    channels = args.channel or ["secagg", "plain"]
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        write_tls_files(work / "tls")
-        nodes = [{"partition-id": i, "num-partitions": args.nodes} for i in range(args.nodes)]
+        names = [f"hospital{i}" for i in range(args.nodes)]
+        # the hospitals make their identity keys; the coordinator gets only the roster
+        roster, keys = write_identity_files(names, work / "hospital-keys")
+        consortium = make_consortium(work / "bundle", hospitals=names, roster=roster)
+        nodes = [{"partition-id": i, "num-partitions": args.nodes, "identity-key": str(keys[name]),
+                  "secagg-mode": args.secagg_mode} for i, name in enumerate(names)]
         t0 = time.perf_counter()
-        with LocalCluster(work / "cluster", node_configs=nodes, tls_dir=work / "tls") as cluster:
-            print(f"cluster of {args.nodes} SuperNodes ready in {time.perf_counter() - t0:.1f} s")
+        with LocalCluster(work / "cluster", node_configs=nodes, consortium=consortium,
+                          warm=not args.cold) as cluster:
+            print(f"cluster of {args.nodes} SuperNodes ({'cold' if args.cold else 'warm'}) ready "
+                  f"in {time.perf_counter() - t0:.1f} s; load average {os.getloadavg()[0]:.1f}",
+                  flush=True)
+            failed = False
             for channel in channels:
                 overrides = {"num-rounds": args.rounds, "num-clients": args.nodes,
-                             "channel": channel, "strategy": args.strategy, "seed": 0}
+                             "channel": channel, "strategy": args.strategy, "seed": 0,
+                             "secagg-mode": args.secagg_mode}
                 result = work / f"{channel}.json"
+                cpu0 = cluster_cpu_seconds(cluster)
+                load0 = os.getloadavg()[0]
                 out = cluster.run_app(APP_DIR, run_config={**overrides, "result-path": str(result)},
                                       done_file=result, timeout=1800)
-                summary = json.loads(result.read_text())
+                cpu = cluster_cpu_seconds(cluster) - cpu0
+                summary = json.loads(result.read_text()) if result.exists() else {}
+                if not out.ok or summary.get("status") != "completed":
+                    print(f"{channel:7s} {out.status or 'no status'}: the run did not complete "
+                          f"({summary.get('abort_reason', out.details)}); ServerApp log:\n"
+                          f"{out.log[-4000:] or cluster.run_log(out.run_id)[-4000:]}", flush=True)
+                    failed = True
+                    continue
                 cfg = app_run_config(overrides)
                 channel_obj = None
                 if channel == "secagg":
@@ -61,9 +146,15 @@ def main() -> None:
                 sim_s = time.perf_counter() - s0
                 diff = float(np.max(np.abs(np.asarray(summary["final_params"]) - sim.final_params)))
                 per_round = [round(r["seconds"], 1) for r in summary["rounds"]]
-                print(f"{channel:7s} {out.status:20s} deployed {out.seconds:7.1f} s "
-                      f"(rounds {per_round} s)  simulated {sim_s:6.2f} s  "
-                      f"ratio {out.seconds / sim_s:7.0f}x  max |w_deployed - w_simulated| = {diff:.2e}")
+                later = per_round[1:] or per_round
+                print(f"{channel:7s} {out.status}: run {out.seconds:.1f} s wall; rounds {per_round} s "
+                      f"(first {per_round[0]} s, later mean {np.mean(later):.1f} s); "
+                      f"cluster CPU {cpu:.1f} s ({cpu / args.rounds:.1f} s per round); "
+                      f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; "
+                      f"simulated {sim_s:.2f} s; max |w_deployed - w_simulated| = {diff:.2e}",
+                      flush=True)
+    if failed:
+        sys.exit(1)
 
 
 if __name__ == "__main__":

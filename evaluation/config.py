@@ -68,6 +68,7 @@ class AuditConfig:
     target_fraction: float = 0.95
     exclude: tuple[str, ...] = ()
     attack_folds: int | None = None
+    dp_audit_canaries: int = 1000
     algorithm_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     defense_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     attack_params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
@@ -135,6 +136,11 @@ class AuditConfig:
             raise ConfigurationError(
                 f"attack_folds must be None or an integer >= 1, got {self.attack_folds!r}"
             )
+        if not (isinstance(self.dp_audit_canaries, int) and not isinstance(self.dp_audit_canaries, bool)
+                and (self.dp_audit_canaries == 0 or self.dp_audit_canaries >= 10)):
+            raise ConfigurationError(
+                "dp_audit_canaries must be 0 (no DP audit) or an integer >= 10, got "
+                f"{self.dp_audit_canaries!r}")
         if not 0 < self.target_fraction <= 1:
             raise ConfigurationError(f"target_fraction must be in (0, 1], got {self.target_fraction!r}")
         self.heterogeneity_setting()
@@ -252,10 +258,6 @@ def _data_fingerprint(path: str) -> dict[str, str]:
 _FIELDS = {f.name for f in dataclasses.fields(AuditConfig)}
 
 
-def _available(names: tuple[str, ...], wanted: tuple[str, ...]) -> tuple[str, ...]:
-    return tuple(n for n in wanted if n in names)
-
-
 def profile(name: str) -> AuditConfig:
     """A built-in profile: ``"quick"`` (about 30 s, for tests) or ``"default"`` (<= 3 min).
 
@@ -296,7 +298,7 @@ def profile(name: str) -> AuditConfig:
                                "curious-peer": {"replicates": 6},
                                "outsider-membership": {"shadows": 8},
                            }.items() if k in threats},
-                           folds=3, rounds=8, exclude=quick_exclude,
+                           folds=3, rounds=8, exclude=quick_exclude, dp_audit_canaries=0,
                            )
     if name == "default":
         if "fedmedheter" in algos:  # FedAvg keeps the DP-only comparison and the threats'

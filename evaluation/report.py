@@ -23,6 +23,7 @@ import securefed
 from defenses import get_defense
 from evaluation.algorithms import get_algorithm
 from evaluation.claims import ClaimResult, evaluate_claims
+from evaluation.dp_audit import dp_audit_rows
 from evaluation.figures import FigureFile, make_figures, verdict_heatmap
 from evaluation.privacy import get_audit_attack
 from evaluation.runner import AuditResults, audit_hospitals
@@ -214,6 +215,37 @@ def _privacy_table(summary: AuditSummary) -> Table:
             rows.append([g["algorithm"], g["defense"], attack, party, metric, _ms(g, col),
                          _ms(g, col + ".baseline"), _ms(g, col + ".gain"), details or "-"])
     return head, rows
+
+
+def _dp_audit_table(rows: list[dict[str, Any]]) -> Table:
+    head = ["defense", "mechanism", "clip norm", "noise multiplier", "rounds",
+            "accountant's epsilon (upper bound)", "measured lower bound", "guesses (correct)",
+            "consistent"]
+    out = []
+    for r in rows:
+        if r.get("error"):
+            out.append([r["defense"], r["mechanism"], "-", "-", "-", f"failed: {r['error']}",
+                        "-", "-", "-"])
+            continue
+        out.append([r["defense"], r["mechanism"], _f(r["clip_norm"]), _f(r["noise_multiplier"], 2),
+                    str(r["rounds"]), r["upper_label"],
+                    f"{_f(r['epsilon_lower'], 2)} ({r['confidence']:.0%} confidence, "
+                    f"{r['canaries']} canary hospitals)",
+                    f"{r['guesses']} ({r['correct']})",
+                    "yes" if r["consistent"] else "NO: the lower bound exceeds the claim"])
+    return head, out
+
+
+DP_AUDIT_TEXT = (
+    "For each DP defense of the utility runs, one training run with canary hospitals (Steinke, "
+    "Nasr and Jagielski 2023, one-run auditing) with the defense's own mechanism, clip norm, "
+    "noise multiplier, delta and rounds. The lower bound is what that run proves about epsilon "
+    "at the stated confidence; the accountant's epsilon is the upper bound the defense claims, "
+    "with its unit, neighbouring relation and accountant. A lower bound above the upper bound "
+    "would prove the implementation leaks more than it claims; one below it is consistent with "
+    "the claim but does not show it is tight (one run of m canaries proves at most about log m). "
+    "The canaries' updates are isolated from the hospitals' (the auditor's best case); who must "
+    "be trusted for the upper bound is in 'Defenses and threat models'.")
 
 
 def _gain_ci(r: dict[str, Any]) -> str:
@@ -591,6 +623,17 @@ def _sections(results: AuditResults, summary: AuditSummary, claims: list[ClaimRe
         if peers:
             secs.append(("Curious peer: how the recovery degrades as hospitals join", "table",
                          _peer_series_table(peers)))
+    dp_rows = dp_audit_rows(results.dp_audit_cells)
+    if dp_rows:
+        secs += [("Differential privacy: the accountant's epsilon beside a measured lower bound",
+                  "table", _dp_audit_table(dp_rows)),
+                 ("How the DP audit works", "text", DP_AUDIT_TEXT)]
+    elif results.config.dp_audit_canaries == 0 and any(
+            c.get("epsilon") is not None for c in results.cells):
+        secs.append(("Differential privacy: measured lower bound", "text",
+                     "Not measured in this audit (dp_audit_canaries = 0): the epsilons shown "
+                     "are the accountant's upper bounds only. The default profile runs the "
+                     "one-run audit beside every DP defense."))
     secs += [
         ("Findings", "list", _findings(summary, claims, setup, results.cells, verdicts)),
         ("Set-up", "text", text),
@@ -721,6 +764,7 @@ def write_report(results: AuditResults, *, command: str | None = None) -> Report
                  "threat_cells": len(results.threat_cells), "code_fingerprint": code_fingerprint(),
                  "elapsed_seconds": results.elapsed, "cpu_seconds": results.cpu_time},
         "threats": [{k: v for k, v in r.items()} for r in verdicts],
+        "dp_audit": dp_audit_rows(results.dp_audit_cells),
         "verdict_rule": VERDICT_RULE,
         "threat_scenarios": {t: get_threat(t).describe() for t in results.config.threats},
         "config": results.config.to_dict(),

@@ -15,7 +15,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -87,6 +87,7 @@ class AuditResults:
     elapsed: float = 0.0
     threat_cells: tuple[dict[str, Any], ...] = ()
     cpu_time: float = 0.0
+    dp_audit_cells: tuple[dict[str, Any], ...] = ()
 
 
 #: Modules that only present stored cells: editing them does not invalidate results.
@@ -597,12 +598,28 @@ def _do_task(config: AuditConfig, task: tuple[str, Any], threads: int | None = 1
     if kind == "cell":
         folds, model = _folds_for(config)
         return [(payload, run_cell(payload, config, folds[payload.fold], model=model))]
+    if kind == "dp-audit":
+        from evaluation.dp_audit import run_dp_audit_cell
+
+        folds, _ = _folds_for(config)
+        return [(payload, run_dp_audit_cell(payload, config,
+                                            num_clients=len(folds[0].data.clients)))]
     data, schema = _threat_data(config)
     cache: dict[Any, Any] = {}
     return [(c, run_threat_cell(c, config, data, schema=schema, cache=cache)) for c in payload]
 
 
-def _tasks(todo: list[Cell], ttodo: list[ThreatCell]) -> list[tuple[str, Any]]:
+def plan_dp_audits(config: AuditConfig, cells: list[Cell] | None = None) -> list[Any]:
+    """The DP audit cells (:mod:`evaluation.dp_audit`) of ``config``'s DP defenses."""
+    from evaluation.dp_audit import plan_dp_audit_cells
+
+    cells = plan_cells(config) if cells is None else cells
+    return plan_dp_audit_cells(config, code=code_fingerprint(),
+                               utility_defenses={c.defense for c in cells})
+
+
+def _tasks(todo: list[Cell], ttodo: list[ThreatCell], dtodo: list[Any] | None = None
+           ) -> list[tuple[str, Any]]:
     """Utility cells one by one; threat cells grouped by the trained model they share, the
     most expensive groups first (so that two workers finish together)."""
     from evaluation.threats import get_threat
@@ -613,7 +630,7 @@ def _tasks(todo: list[Cell], ttodo: list[ThreatCell]) -> list[tuple[str, Any]]:
         key = (shared, c.algorithm, c.defense, c.replicate) if shared else (c.cell_id,)
         groups.setdefault(key, []).append(c)
     threat_tasks = [("threats", g) for g in groups.values()]
-    return [*threat_tasks, *(("cell", c) for c in todo)]
+    return [*threat_tasks, *(("dp-audit", c) for c in dtodo or ()), *(("cell", c) for c in todo)]
 
 
 def _run_audit(
@@ -630,6 +647,7 @@ def _run_audit(
     out = Path(out_dir)
     cells = plan_cells(config)
     tcells = plan_threat_cells(config)
+    dcells = plan_dp_audits(config, cells)
     if config.data is not None:
         audit_hospitals(config)  # every file read and checked before anything is written
     _prepare_out_dir(out, config, overwrite=overwrite)
@@ -637,14 +655,16 @@ def _run_audit(
     done = {r["cell_id"]: r for r in _read_cells(store)}
     todo = [c for c in cells if c.cell_id not in done]
     ttodo = [c for c in tcells if c.cell_id not in done]
-    resumed = len(cells) + len(tcells) - len(todo) - len(ttodo)
-    tasks = _tasks(todo, ttodo)
+    dtodo = [c for c in dcells if c.cell_id not in done]
+    total = len(cells) + len(tcells) + len(dcells)
+    resumed = total - len(todo) - len(ttodo) - len(dtodo)
+    tasks = _tasks(todo, ttodo, dtodo)
     if tasks:
         bar = None
         if progress:
             from tqdm.auto import tqdm
 
-            bar = tqdm(total=len(cells) + len(tcells), initial=resumed, desc="audit", unit="cell")
+            bar = tqdm(total=total, initial=resumed, desc="audit", unit="cell")
         worker_cpu: list[float] = []
 
         def finished(results: list[tuple[Any, dict[str, Any]]]) -> None:
@@ -683,10 +703,12 @@ def _run_audit(
         worker_cpu = []
     ordered = tuple(done[c.cell_id] for c in cells)
     threats = tuple(done[c.cell_id] for c in tcells)
+    dp_audits = tuple(done[c.cell_id] for c in dcells)
     # this process, plus what the cells measured in the workers (their start-up is not counted)
     return AuditResults(config=config, cells=ordered, out_dir=out, resumed=resumed,
                         elapsed=time.perf_counter() - started, threat_cells=threats,
-                        cpu_time=time.process_time() - cpu0 + sum(worker_cpu))
+                        cpu_time=time.process_time() - cpu0 + sum(worker_cpu),
+                        dp_audit_cells=dp_audits)
 
 
 def _mp_context(mp: Any) -> Any:
@@ -716,15 +738,6 @@ def load_results(out_dir: str | Path, *, config: AuditConfig | None = None) -> A
     return AuditResults(config=config, cells=tuple(stored[c.cell_id] for c in cells
                                                    if c.cell_id in stored), out_dir=out,
                         threat_cells=tuple(stored[c.cell_id] for c in plan_threat_cells(config)
-                                           if c.cell_id in stored))
-
-
-def iter_metric(cells: Iterable[dict[str, Any]], key: str) -> list[float]:
-    """One metric of each cell, e.g. ``"metrics.accuracy"`` (NaN where missing)."""
-    out = []
-    for c in cells:
-        v: Any = c
-        for part in key.split("."):
-            v = v.get(part) if isinstance(v, dict) else None
-        out.append(float(v) if isinstance(v, (int, float)) else float("nan"))
-    return out
+                                           if c.cell_id in stored),
+                        dp_audit_cells=tuple(stored[c.cell_id] for c in plan_dp_audits(config, cells)
+                                             if c.cell_id in stored))

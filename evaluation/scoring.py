@@ -84,10 +84,6 @@ class ScoredReconstruction:
         """Gain in mean per-feature accuracy over the baseline."""
         return self.attack.mean_feature_accuracy - self.baseline.mean_feature_accuracy
 
-    @property
-    def row_gain(self) -> float:
-        return self.attack.exact_row_rate - self.baseline.exact_row_rate
-
 
 def feature_correct(X_rec: np.ndarray, X_true: np.ndarray, *, prior: PriorKnowledge,
                     tolerance: float = DEFAULT_TOLERANCE) -> np.ndarray:

@@ -52,12 +52,20 @@ class Upload:
     compression, in decoded float form); ``payload`` is the encoded form of the same vector
     that a plain channel transmits (see :mod:`securefed.codec`); ``weight`` is the
     client-side weight, which the channel sums alongside.
+
+    ``rng`` is the client's own generator for the steps a channel performs on the client's
+    behalf in a simulation (secure aggregation's stochastic rounding to the fixed-point grid
+    and a distributed-DP noise share): client-side randomness comes from the client, never
+    from the server's generator.  The engine hands each client a stream of its own per round
+    (:meth:`securefed.federated.round.SeedStreams.channel_rng`); ``None`` lets the channel
+    draw from the OS.
     """
 
     client_id: int
     vector: np.ndarray
     weight: float
     payload: Mapping[str, Any]
+    rng: np.random.Generator | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

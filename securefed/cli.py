@@ -1,4 +1,4 @@
-"""The ``securefed`` command line: the core commands (``train``, ``keys``).
+"""The ``securefed`` command line: the core commands (``train``, ``keys``, ``deploy``).
 
 The installed ``securefed`` program adds the commands of the upper layers (``audit``, from
 :mod:`evaluation.cli`) to this parser; nothing here imports them, so the core stays usable on
@@ -474,6 +474,9 @@ def build_parser(
     ki.add_argument("--out", required=True,
                     help="directory for roster.json and one <name>.identity per hospital")
     ki.set_defaults(func=_cmd_keys_identity)
+    from securefed.flower.deploy import add_deploy_commands
+
+    add_deploy_commands(sub)
     for extend in extensions:
         extend(sub)
     return parser

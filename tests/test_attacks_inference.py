@@ -150,7 +150,8 @@ def test_binary_attributes_and_representatives_on_the_synthetic_schema():
         g = attack.run(obs, prior, rng=np.random.default_rng(0), targets_X=X, targets_y=y)
         assert set(np.unique(g.values)) <= {0.0, 1.0}
         sc = score_attribute(g, X[:, j], prior=prior)
-        assert 0.0 <= sc.accuracy <= 1.0 and sc.mae is None
+        assert sc.accuracy == pytest.approx(float(np.mean(g.values == X[:, j])), abs=1e-12)
+        assert sc.mae is None
     reps = ClassRepresentative().run(obs, prior, rng=np.random.default_rng(0))
     ind = reps.X[:, list(prior.binary_columns)]
     assert np.all((ind >= 0) & (ind <= 1))

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from securefed.cli import main, write_json_atomic
 
@@ -109,19 +110,24 @@ def test_result_json_holds_what_applying_the_model_needs(federation, tmp_path, c
             else:
                 x = (rows[spec["feature"]] == spec["category"]).astype(float)
             z += lr["coefficients"][spec["name"]] * x.to_numpy(float)
-        return z > 0
+        return z
 
-    per = {}
+    per, scores, labels = {}, [], []
     for name in ("east", "west"):
         rows = pd.read_csv(root / f"{name}-test.csv")
-        per[name] = (predict(rows) == (rows["dx"] == "yes")).to_numpy()
+        z = predict(rows)
+        per[name] = ((z > 0) == (rows["dx"] == "yes")).to_numpy()
+        scores.append(z)
+        labels.append((rows["dx"] == "yes").to_numpy())
     final = doc["final"]
     assert set(final["per_hospital"]) == {"east", "west"}
     for name, hits in per.items():
         assert final["per_hospital"][name]["accuracy"] == pytest.approx(hits.mean(), abs=1e-6)
         assert final["per_hospital"][name]["test_patients"] == 25
     assert final["test_accuracy"] == pytest.approx(np.concatenate(list(per.values())).mean(), abs=1e-6)
-    assert final["test_patients"] == 50 and 0.0 <= final["test_auc"] <= 1.0
+    assert final["test_patients"] == 50
+    assert final["test_auc"] == pytest.approx(
+        roc_auc_score(np.concatenate(labels), np.concatenate(scores)), abs=1e-9)
 
 
 def test_centralized_runs_through_the_same_path(federation, tmp_path):

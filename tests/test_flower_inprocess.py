@@ -196,8 +196,33 @@ def test_old_dp_wrapper_names_still_work_with_a_warning() -> None:
             pytest.warns(DeprecationWarning):
         build_strategy({"wrappers": "local-dp", "dp": "central", "dp-clip-norm": 1.0,
                         "dp-noise-multiplier": 1.0})
-    with pytest.raises(ConfigurationError, match="not available in a deployment"):
-        build_strategy({"dp": "distributed", "dp-clip-norm": 1.0, "dp-noise-multiplier": 1.0})
+    with pytest.raises(ConfigurationError, match=r"dp must be one of \['none', 'central', "
+                       r"'local', 'distributed'\], got 'gaussian'"):
+        build_strategy({"dp": "gaussian", "dp-clip-norm": 1.0, "dp-noise-multiplier": 1.0})
+
+
+def test_distributed_dp_settings_in_a_deployment() -> None:
+    from securefed.dp import DistributedDP
+    from securefed.flower.secagg_stages import build_secagg_channel
+    from securefed.flower.settings import DeploymentSettings
+
+    cfg = app_run_config({"channel": "secagg", "dp": "distributed", "dp-clip-norm": 0.5,
+                          "dp-noise-multiplier": 1.0, "dp-dropout-tolerance": 0.25,
+                          "secagg-mode": "honest-but-curious"})
+    strategy = build_strategy(cfg)
+    assert isinstance(strategy, DistributedDP) and strategy.integer_noise.secure
+    assert strategy.integer_noise.dropout_tolerance == 0.25
+    channel = build_secagg_channel(cfg, strategy=strategy)
+    assert channel.integer_noise is strategy.integer_noise  # the simulation accounts its noise
+    assert (channel.clip_range, channel.max_weight) == (strategy.secagg_clip_range(), 1.0)
+    with pytest.raises(ConfigurationError, match="expected channel = 'secagg', got channel = 'plain'"):
+        DeploymentSettings.from_run_config({**cfg, "channel": "plain"})
+    with pytest.raises(ConfigurationError, match="expected secagg-clip-range and secagg-max-weight "
+                                                 "at their defaults, got 5.0 and 10000.0"):
+        build_secagg_channel({**cfg, "secagg-clip-range": 5.0})
+    with pytest.raises(ConfigurationError, match="dp-dropout-tolerance applies to dp = 'distributed' "
+                                                 "only, got dp = 'central'"):
+        build_strategy({**cfg, "dp": "central"})
 
 
 def test_compressed_updates_travel_as_in_the_simulation() -> None:

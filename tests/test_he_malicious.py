@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from securefed.errors import MessageRejected, ProtocolAbort
+from securefed.errors import KeyMaterialError, MessageRejected, ProtocolAbort
 from securefed.federated import DropoutPlan, Float32Codec, Upload
 from securefed.he import CKKSChannel, CKKSKeyAuthority, CKKSKeyHolder, CKKSParameters
 from securefed.he.seal_ops import Blobs, Party
@@ -91,6 +91,17 @@ def test_6b_hospitals_and_server_hold_no_secret_key(world):
         vec.decrypt()  # TenSEAL: no secret key in this context
     with pytest.raises(MessageRejected, match="decrypts only checked aggregates"):
         authority.decrypt_vector(vec)
+
+
+def test_a_party_without_the_secret_key_cannot_decrypt(training):
+    """The server's SEAL party (public context only) refuses to decrypt with a named error."""
+    holder, public = training
+    party = Party(public.context, holder.parameters, secret=False)
+    ct = party.encrypt(np.array([1.0, 2.0]))
+    with pytest.raises(KeyMaterialError, match="no secret key"):
+        party.decrypt(ct)
+    owner = Party(holder.context, holder.parameters, secret=True)
+    assert owner.decrypt(ct)[:2] == pytest.approx([1.0, 2.0], abs=1e-5)
 
 
 # ----------------------------------------------------------------- 6c. exact decryptions

@@ -7,7 +7,7 @@ from securefed import FedAvg, FedProx, ModelSpec, PlainChannel, run_federated
 from securefed.data import pima_federation
 from securefed.errors import ConfigurationError, InvalidDataError, ProtocolAbort
 from securefed.federated import DropoutPlan, Float32Codec, Upload
-from securefed.secagg import SecAggChannel
+from securefed.secagg import FixedPointEncoder, SecAggChannel
 
 
 def _uploads(n=5, dim=20, seed=0, weights=None):
@@ -225,3 +225,58 @@ def test_identities_persist_across_rounds_and_can_be_given():
         _aggregate(ch, ups + _uploads(n=5)[4:], 20)
     with pytest.raises(KeyMaterialError, match="both identities and roster"):
         SecAggChannel(roster=roster)
+
+
+def test_client_side_randomness_comes_from_each_client_never_from_the_server_generator():
+    """Rounding and noise shares draw from each upload's own generator: the server's stream
+    (which central DP draws from next) is left untouched, the same client streams give the
+    same sum, and other client streams another."""
+    import dataclasses
+
+    from securefed.federated.round import seed_streams
+
+    ups = _uploads(n=4, dim=200)
+    streams = seed_streams(7, 14)
+
+    def with_streams(round_index):
+        return [dataclasses.replace(u, rng=streams.channel_rng(u.client_id, round_index))
+                for u in ups]
+
+    noise = _RecordingNoise()
+    ch = SecAggChannel(clip_range=50.0, max_weight=200.0, scale=2.0**12, integer_noise=noise)
+    server = np.random.default_rng(3)
+    before = server.bit_generator.state
+    first = ch.aggregate(with_streams(0), round_index=0, dim=200, codec=Float32Codec(),
+                         dropouts=DropoutPlan(), rng=server)
+    assert server.bit_generator.state == before
+    again = ch.aggregate(with_streams(0), round_index=0, dim=200, codec=Float32Codec(),
+                         dropouts=DropoutPlan(), rng=np.random.default_rng(99))
+    np.testing.assert_array_equal(first.weighted_sum, again.weighted_sum)
+    other = ch.aggregate(with_streams(1), round_index=0, dim=200, codec=Float32Codec(),
+                         dropouts=DropoutPlan(), rng=server)
+    assert not np.array_equal(first.weighted_sum, other.weighted_sum)
+    # each client's share came from its own stream: rounding first, then the share
+    for k, u in enumerate(ups):
+        own = streams.channel_rng(u.client_id, 0)
+        enc = FixedPointEncoder(clip_range=50.0, max_weight=200.0, scale=2.0**12, bits=32)
+        enc.encode_signed(np.asarray(u.vector), float(u.weight), rng=own)
+        np.testing.assert_array_equal(noise.calls[k][3], own.integers(-1000, 1000, 200))
+
+
+def test_channel_streams_leave_the_client_stream_alone():
+    from securefed.federated.round import seed_streams
+
+    s = seed_streams(5, 3)
+    plain = s.client_rng(1).random(5)
+    rng = s.client_rng(1)
+    s.channel_rng(1, 0).random(5)
+    np.testing.assert_array_equal(rng.random(5), plain)
+    draws = {(c, r): s.channel_rng(c, r).random() for c in range(3) for r in range(3)}
+    assert len(set(draws.values())) == 9  # one stream per client and round
+    # a client's own spawned children (personalisation) are other streams
+    child = s.client_rng(1).spawn(1)[0].random()
+    assert child not in draws.values()
+    with pytest.raises(ConfigurationError, match="round_index must be an integer >= 0, got -1"):
+        s.channel_rng(0, -1)
+    with pytest.raises(ConfigurationError, match=r"client id must be in \[0, 3\), got 3"):
+        s.channel_rng(3, 0)

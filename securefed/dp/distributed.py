@@ -225,7 +225,12 @@ class DiscreteGaussianNoise:
     By default the noise comes from the OS CSPRNG via an exact sampler and the ``rng``
     argument is ignored; a ``seed`` is refused.  With ``reproducible_noise=True`` (not
     private) it comes from ``seed`` (if given) or from the ``rng`` the channel passes, which
-    in the simulation is the server's generator: the server could recompute every share.
+    is the client's own per-round stream derived from the run's seed (in the simulation and,
+    in this mode, at a deployed node): anyone holding the seed could recompute every share.
+
+    In a deployment the shares are drawn at the hospitals, each by its own copy of this
+    object; the server's copy draws nothing and is told what the nodes were asked to add
+    (:meth:`record_shares`), which is what the accounting reads.
 
     A channel that accepts ``integer_noise`` should add this vector to the client's encoded
     integers *before* masking; only the sum (all masks cancelled) then carries the noise.
@@ -288,6 +293,16 @@ class DiscreteGaussianNoise:
         if gen is None:
             raise ConfigurationError("reproducible noise needs a seed or an rng; got neither")
         return sample_discrete_gaussian(var, int(dim), rng=gen)
+
+    def record_shares(self, dim: int, *, scale: float, num_clients: int, shares: int) -> None:
+        """Record ``shares`` noise shares drawn elsewhere (by deployed nodes, each calling
+        :meth:`sample` with these arguments), for the accounting, without drawing any."""
+        if not (isinstance(shares, (int, np.integer)) and shares >= 1):
+            raise ConfigurationError(f"shares must be an integer >= 1, got {shares!r}")
+        if not (math.isfinite(scale) and scale > 0):
+            raise ConfigurationError(f"scale must be a finite number > 0, got {scale!r}")
+        var = self.client_variance(int(dim), scale=scale, num_clients=int(num_clients))
+        self.calls.extend([NoiseCall(int(dim), float(scale), int(num_clients), var)] * int(shares))
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"integer_noise": "discrete_gaussian", "secure": self.secure,

@@ -14,6 +14,7 @@ run that continues from saved parameters must be given it back (``privacy_ledger
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -233,7 +234,9 @@ def run_federated(
                     t_train += step.train_seconds
                     t_process += step.process_seconds
                     losses.append(step.local.train_loss)
-                    uploads.append(step.upload)
+                    # the channel's client-side steps draw from the client's own stream
+                    uploads.append(dataclasses.replace(step.upload,
+                                                       rng=streams.channel_rng(cid, r)))
                 t0 = time.perf_counter()
                 result = channel.aggregate(uploads, round_index=r, dim=dim, codec=strategy.codec,
                                            dropouts=plan, rng=server_rng)

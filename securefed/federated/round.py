@@ -20,7 +20,13 @@ from securefed.errors import ConfigurationError
 from securefed.federated.strategy import Strategy
 from securefed.federated.types import LocalConfig, LocalResult
 
-__all__ = ["SeedStreams", "seed_streams", "sample_clients", "ClientStep", "client_step"]
+__all__ = ["SeedStreams", "seed_streams", "sample_clients", "ClientStep", "client_step",
+           "CHANNEL_KEY"]
+
+#: The spawn-key element that marks a client's per-round channel stream
+#: (:meth:`SeedStreams.channel_rng`).  A client's own ``rng.spawn`` children are numbered
+#: 0, 1, 2, ... under the same parent, so they never reach it.
+CHANNEL_KEY = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -28,9 +34,11 @@ class SeedStreams:
     """The generators of one run, all children of one root seed.
 
     ``numpy.random.SeedSequence(seed)`` spawns ``2 + num_clients`` children, in this order:
-    the model's initialisation, the server (sampling, dropouts, the channel's simulation
-    randomness), then one per client (batch order, stochastic rounding).  Cryptographic
-    secrets never come from these seeds.
+    the model's initialisation, the server (sampling, dropouts, central DP noise), then one
+    per client (batch order, local DP noise).  Each client's sequence also gives, per round,
+    the stream a channel uses on that client's behalf (:meth:`channel_rng`: secure
+    aggregation's stochastic rounding and a distributed-DP noise share), so nothing a client
+    draws comes from the server's stream.  Cryptographic secrets never come from these seeds.
     """
 
     init_seed: int
@@ -45,6 +53,33 @@ class SeedStreams:
             raise ConfigurationError(
                 f"client id must be in [0, {len(self.clients)}), got {client_id}")
         return np.random.default_rng(self.clients[client_id])
+
+    def channel_rng(self, client_id: int, round_index: int) -> np.random.Generator:
+        """Client ``client_id``'s stream for the channel's client-side steps in round
+        ``round_index``.
+
+        A child of the client's sequence keyed by the round (spawn key ``(2 + k,
+        CHANNEL_KEY, round)``, out of reach of the client's own ``spawn`` calls), so it
+        leaves the client's training stream untouched and a deployed node recomputes it
+        from the seed alone, without state.
+
+        >>> s = seed_streams(0, 2)
+        >>> bool(s.channel_rng(1, 3).random() == seed_streams(0, 2).channel_rng(1, 3).random())
+        True
+        >>> bool(s.channel_rng(1, 3).random() == s.channel_rng(1, 4).random())
+        False
+        """
+        if not 0 <= client_id < len(self.clients):
+            raise ConfigurationError(
+                f"client id must be in [0, {len(self.clients)}), got {client_id}")
+        if isinstance(round_index, bool) or not isinstance(round_index, (int, np.integer)) \
+                or round_index < 0:
+            raise ConfigurationError(f"round_index must be an integer >= 0, got {round_index!r}")
+        seq = self.clients[client_id]
+        child = np.random.SeedSequence(entropy=seq.entropy,
+                                       spawn_key=(*seq.spawn_key, CHANNEL_KEY, int(round_index)),
+                                       pool_size=seq.pool_size)
+        return np.random.default_rng(child)
 
 
 def seed_streams(seed: int, num_clients: int) -> SeedStreams:

@@ -48,7 +48,7 @@ def _build_app() -> Any:
         check_round(fields, context.state, kind="train")
         client = load_node_data(context.node_config)
         vector, weight, payload, stats = local_round(dict(context.run_config), client, fields,
-                                                     context.state)
+                                                     context.state, context.node_config)
         reply = {"round": int(fields["round"]), "client": client.client_id, "weight": weight,
                  "payload": pack(payload), **stats}
         return Message(make_content(reply), reply_to=msg)

@@ -14,8 +14,16 @@ recorded from ``/proc`` while the cluster runs, and :meth:`LocalCluster.stop` se
 to the SuperNodes, then to the SuperLink, then SIGKILL by PID to whatever is left after a
 deadline.  ``LocalCluster`` is a context manager, so a failing test still cleans up.
 
+With a *consortium* (the folders :func:`securefed.flower.bundle.make_consortium` writes) the
+cluster runs as a real deployment does: the SuperLink listens on 127.0.0.1 only, with
+SuperNode authentication (every hospital's node key registered) and a database, behind the
+Fleet-only gateway of :mod:`securefed.flower.gateway`; every SuperNode runs with
+``--trusted-entities`` and its node key; runs are submitted as apps signed by the consortium
+key (:mod:`securefed.flower.apps`).  With ``warm=True`` (the default) each SuperNode is
+:func:`securefed.flower.warm.run_node`: a short message poll and a warm ClientApp executor.
+
 This module needs the ``flwr`` executables on ``PATH`` (``pip install securefed[flower]``)
-but does not import ``flwr`` itself.
+and imports ``flwr`` only to submit signed apps.
 """
 
 from __future__ import annotations
@@ -154,13 +162,14 @@ def _config_arg(config: Mapping[str, Any]) -> str:
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """How one ``flwr run`` ended."""
+    """How one run ended (after any resumptions: ``run_ids`` lists every Flower run)."""
 
     run_id: int
     status: str  # e.g. "finished:completed", "finished:failed"
     details: str
     seconds: float
     log: str = ""  # the ServerApp's output, fetched when the run did not complete
+    run_ids: tuple[int, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -181,13 +190,24 @@ class LocalCluster:
     Parameters
     ----------
     workdir:
-        A fresh directory for the FLWR_HOMEs, logs and the CLI configuration.
+        A fresh directory for the FLWR_HOMEs, logs, the database and the CLI configuration.
     node_configs:
         One mapping per SuperNode, passed as its ``--node-config`` (for example
-        ``{"partition-id": 0, "num-partitions": 3}``).
+        ``{"partition-id": 0, "num-partitions": 3}``); with a consortium, added to the
+        hospital's own ``node.json`` settings.
     tls_dir:
         A directory made by :func:`securefed.flower.tls.write_tls_files` (``ca.pem``,
         ``server.pem``, ``server.key``); ``None`` runs without TLS (tests only).
+    consortium:
+        ``(coordinator, hospitals)`` from :func:`securefed.flower.bundle.make_consortium`:
+        node authentication, trusted apps, the Fleet-only gateway and signed submissions
+        (see the module docstring).  Its TLS files replace ``tls_dir``.
+    warm:
+        Start each SuperNode as :func:`securefed.flower.warm.run_node` (fast poll, warm
+        ClientApps); ``False`` starts plain ``flower-supernode`` processes.
+    database:
+        Give the SuperLink a database file (``--database``), so that its state survives a
+        restart (:meth:`restart_superlink`).
     pythonpath:
         Extra entries for the processes' ``PYTHONPATH``; by default the folder that holds
         the ``securefed`` package in use, so that the apps import the same code.
@@ -204,8 +224,11 @@ class LocalCluster:
         *,
         node_configs: Sequence[Mapping[str, Any]],
         tls_dir: str | Path | None = None,
+        consortium: tuple[Any, Sequence[Any]] | None = None,
+        warm: bool = True,
+        database: bool = True,
         pythonpath: Sequence[str] | None = None,
-        startup_timeout: float = 90.0,
+        startup_timeout: float = 300.0,
         stop_timeout: float = 10.0,
     ) -> None:
         if not node_configs:
@@ -215,6 +238,13 @@ class LocalCluster:
                 raise ClusterError(f"{exe!r} not found; install the extra: pip install 'securefed[flower]'")
         self.workdir = Path(workdir).absolute()
         self.node_configs = [dict(c) for c in node_configs]
+        self.coordinator, self.hospitals = (None, []) if consortium is None else (
+            consortium[0], list(consortium[1]))
+        if self.coordinator is not None:
+            if len(self.hospitals) != len(self.node_configs):
+                raise ConfigurationError(f"{len(self.node_configs)} node configs for "
+                                         f"{len(self.hospitals)} hospitals in the consortium")
+            tls_dir = self.coordinator.tls_dir
         self.tls_dir = None if tls_dir is None else Path(tls_dir).absolute()
         if self.tls_dir is not None:
             for name in ("ca.pem", "server.pem", "server.key"):
@@ -224,12 +254,17 @@ class LocalCluster:
             # the folder that holds the securefed package
             pythonpath = [str(Path(__file__).resolve().parents[2])]
         self.pythonpath = list(pythonpath)
+        self.warm = warm
+        self.database = self.workdir / "state" / "superlink.db" if database else None
         self.startup_timeout = startup_timeout
         self.stop_timeout = stop_timeout
         self.superlink: _Proc | None = None
+        self.gateway: _Proc | None = None
         self.supernodes: list[_Proc | None] = []
-        self.port: int | None = None
+        self.port: int | None = None  # the port SuperNodes dial (the gateway's, if any)
+        self.link_port: int | None = None  # the SuperLink's own port
         self._cli_home = self.workdir / "cli-home"
+        self._spawned: dict[str, int] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def __enter__(self) -> LocalCluster:
@@ -245,9 +280,17 @@ class LocalCluster:
 
     @property
     def address(self) -> str:
+        """The address SuperNodes dial (the gateway's when there is one)."""
         if self.port is None:
             raise ClusterError("the cluster has not been started")
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def control_address(self) -> str:
+        """The SuperLink's own address (Control API; loopback only)."""
+        if self.link_port is None:
+            raise ClusterError("the cluster has not been started")
+        return f"127.0.0.1:{self.link_port}"
 
     def _spawn(self, name: str, args: list[str]) -> _Proc:
         home = self.workdir / "homes" / name
@@ -258,17 +301,15 @@ class LocalCluster:
         # Several apps share one machine here: one torch thread each avoids contention
         # (the models are tiny; results do not depend on it).
         env.setdefault("OMP_NUM_THREADS", "1")
-        with open(log_path, "wb") as log:
+        with open(log_path, "ab") as log:
             popen = subprocess.Popen(  # noqa: S603 (fixed argument list, no shell)
                 args, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
             )
+        self._spawned[name] = self._spawned.get(name, 0) + 1
         return _Proc(name=name, popen=popen, log_path=log_path)
 
-    def start(self) -> None:
-        """Start the SuperLink, wait until healthy, start the SuperNodes, wait until online."""
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+    def _link_args(self) -> list[str]:
         tls_link = (
             ["--insecure"] if self.tls_dir is None else [
                 "--ssl-certfile", str(self.tls_dir / "server.pem"),
@@ -276,70 +317,152 @@ class LocalCluster:
                 "--ssl-ca-certfile", str(self.tls_dir / "ca.pem"),
             ]
         )
-        self.superlink = self._spawn("superlink", [
-            "flower-superlink", *tls_link, "--host", "127.0.0.1", "--port", str(self.port),
-            "--disable-runtime-dependency-installation",
-        ])
-        self._write_cli_config()
+        args = ["flower-superlink", *tls_link, "--host", "127.0.0.1", "--port", str(self.link_port),
+                "--disable-runtime-dependency-installation"]
+        if self.database is not None:
+            self.database.parent.mkdir(parents=True, exist_ok=True)
+            args += ["--database", str(self.database)]
+        if self.coordinator is not None:
+            args.append("--enable-supernode-auth")
+        return args
+
+    def start(self) -> None:
+        """Start the SuperLink (and gateway), wait until healthy, register and start the
+        SuperNodes, wait until they are online."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.link_port = free_port()
+        self.port = self.link_port
         deadline = time.monotonic() + self.startup_timeout
-        while not self._healthy():
-            self._check_alive(self.superlink)
-            if time.monotonic() > deadline:
-                raise ClusterError(f"SuperLink not healthy after {self.startup_timeout} s\n"
-                                   + self.tail(self.superlink))
-            time.sleep(0.2)
-        self.record_children()
+        self.start_superlink(deadline=deadline)
+        if self.coordinator is not None:
+            self.port = free_port()
+            tls = self.tls_dir
+            assert tls is not None
+            self.gateway = self._spawn("gateway", [
+                sys.executable, "-m", "securefed.flower.gateway", "--listen", self.address,
+                "--upstream", self.control_address, "--certfile", str(tls / "server.pem"),
+                "--keyfile", str(tls / "server.key"), "--ca", str(tls / "ca.pem")])
+            self._wait_healthy(self.address, self.gateway, deadline)
+            self.register_nodes()
         for i in range(len(self.node_configs)):
             self.supernodes.append(self._spawn_node(i))
         self.wait_nodes_online(len(self.node_configs), timeout=max(5.0, deadline - time.monotonic()))
         self.record_children()
 
-    def _spawn_node(self, index: int) -> _Proc:
+    def start_superlink(self, *, deadline: float | None = None) -> None:
+        """Start the SuperLink on its port (again, after :meth:`kill_superlink`)."""
+        if self.superlink is not None and self.superlink.popen.poll() is None:
+            raise ClusterError("the SuperLink is already running")
+        deadline = deadline or time.monotonic() + self.startup_timeout
+        self.superlink = self._spawn("superlink", self._link_args())
+        self._write_cli_config()
+        self._wait_healthy(self.control_address, self.superlink, deadline)
+        self.record_children()
+
+    def kill_superlink(self) -> None:
+        """SIGKILL the SuperLink and everything it started (its ServerApp too): a crash."""
+        proc = self.superlink
+        if proc is None:
+            return
+        self.record_children()
+        for pid in {proc.popen.pid} | proc.known | descendants(proc.popen.pid):
+            _signal(pid, signal.SIGKILL)
+        proc.popen.wait(timeout=10)
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in proc.known) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def restart_superlink(self) -> None:
+        """:meth:`kill_superlink`, then start it again on the same port and database."""
+        self.kill_superlink()
+        self.start_superlink()
+
+    def _wait_healthy(self, address: str, proc: _Proc, deadline: float) -> None:
+        while not self._healthy(address):
+            self._check_alive(proc)
+            if time.monotonic() > deadline:
+                raise ClusterError(f"{proc.name} not healthy at {address} after "
+                                   f"{self.startup_timeout} s\n" + self.tail(proc))
+            time.sleep(0.2)
+
+    def register_nodes(self) -> dict[str, int]:
+        """Register every hospital's node public key with the SuperLink (node ids back)."""
+        assert self.coordinator is not None
+        ids = {}
+        for name, path in self.coordinator.node_public_keys().items():
+            data = self._json("supernode", "register", str(path), "local")
+            ids[name] = int(data["node-id"])
+        return ids
+
+    def _node_args(self, index: int) -> list[str]:
         tls = (["--insecure"] if self.tls_dir is None
                else ["--root-certificates", str(self.tls_dir / "ca.pem")])
-        args = ["flower-supernode", *tls, "--superlink", self.address, "--port", str(free_port())]
-        if self.node_configs[index]:
-            args += ["--node-config", _config_arg(self.node_configs[index])]
-        return self._spawn(f"supernode-{index}", args)
+        args = [*tls, "--superlink", self.address, "--port", str(free_port())]
+        config = dict(self.node_configs[index])
+        if self.hospitals:
+            hospital = self.hospitals[index]
+            args += ["--auth-supernode-private-key", str(hospital.node_key),
+                     "--trusted-entities", str(hospital.trusted_entities)]
+            config = {**hospital.node_config, **config}
+        if config:
+            args += ["--node-config", _config_arg(config)]
+        return args
+
+    def _spawn_node(self, index: int) -> _Proc:
+        args = self._node_args(index)
+        if self.warm:
+            command = [sys.executable, "-m", "securefed.flower.warm", "node", "--", *args]
+        else:
+            command = ["flower-supernode", *args]
+        return self._spawn(f"supernode-{index}", command)
 
     def _check_alive(self, proc: _Proc) -> None:
         if proc.popen.poll() is not None:
             raise ClusterError(f"{proc.name} exited with code {proc.popen.returncode}\n"
                                + self.tail(proc))
 
-    def _healthy(self) -> bool:
+    def _healthy(self, address: str | None = None) -> bool:
         scheme = "http" if self.tls_dir is None else "https"
         ctx = None
         if self.tls_dir is not None:
             ctx = ssl.create_default_context(cafile=str(self.tls_dir / "ca.pem"))
         try:
-            with urllib.request.urlopen(f"{scheme}://{self.address}/health", timeout=2,
+            with urllib.request.urlopen(f"{scheme}://{address or self.address}/health", timeout=2,
                                         context=ctx) as resp:
                 return resp.status == 200
         except (urllib.error.URLError, OSError, ssl.SSLError):
             return False
 
-    def _write_cli_config(self) -> None:
-        self._cli_home.mkdir(parents=True, exist_ok=True)
-        lines = ["[superlink]", 'default = "local"', "", "[superlink.local]",
-                 f"address = {toml_value(self.address)}"]
+    def _write_cli_config(self, address: str | None = None, name: str = "local") -> Path:
+        """The flwr command line's configuration; by default it talks to the SuperLink itself
+        (loopback), as the coordinator does."""
+        home = self._cli_home if name == "local" else self.workdir / f"cli-{name}"
+        home.mkdir(parents=True, exist_ok=True)
+        lines = ["[superlink]", f'default = "{name}"', "", f"[superlink.{name}]",
+                 f"address = {toml_value(address or self.control_address)}"]
         if self.tls_dir is None:
             lines.append("insecure = true")
         else:
             lines.append(f"root-certificates = {toml_value(str(self.tls_dir / 'ca.pem'))}")
-        (self._cli_home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        (home / "config.toml").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        return home
 
-    def flwr(self, *args: str, timeout: float = 60.0) -> str:
+    def flwr(self, *args: str, timeout: float = 60.0, home: Path | None = None) -> str:
         """Run the ``flwr`` command line against this cluster and return its standard output."""
-        env = offline_env(flwr_home=self._cli_home, pythonpath=self.pythonpath)
-        done = subprocess.run(  # noqa: S603
-            ["flwr", *args], cwd=self.workdir, env=env, capture_output=True, text=True,
-            timeout=timeout, stdin=subprocess.DEVNULL,
-        )
+        done = self.flwr_result(*args, timeout=timeout, home=home)
         if done.returncode != 0:
             raise ClusterError(f"flwr {' '.join(args)} failed ({done.returncode}):\n"
                                f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}")
         return done.stdout
+
+    def flwr_result(self, *args: str, timeout: float = 60.0,
+                    home: Path | None = None) -> subprocess.CompletedProcess:
+        """Run the ``flwr`` command line; the completed process, whatever its exit status."""
+        env = offline_env(flwr_home=home or self._cli_home, pythonpath=self.pythonpath)
+        return subprocess.run(  # noqa: S603
+            ["flwr", *args], cwd=self.workdir, env=env, capture_output=True, text=True,
+            timeout=timeout, stdin=subprocess.DEVNULL,
+        )
 
     def _json(self, *args: str) -> Any:
         out = self.flwr(*args, "--format", "json")
@@ -363,27 +486,29 @@ class LocalCluster:
             if self.online_nodes() >= count:
                 return
             if time.monotonic() > deadline:
-                raise ClusterError(f"fewer than {count} SuperNodes online after {timeout:.0f} s")
+                raise ClusterError(f"fewer than {count} SuperNodes online after {timeout:.0f} s\n"
+                                   + self.logs())
             time.sleep(0.5)
 
     # ------------------------------------------------------------------ runs
-    def run_app(
-        self,
-        app_dir: str | Path,
-        *,
-        run_config: Mapping[str, Any] | None = None,
-        timeout: float = 300.0,
-        done_file: str | Path | None = None,
-        on_poll: Any = None,
-    ) -> RunOutcome:
-        """Submit the Flower app in ``app_dir`` and wait until the run has finished.
+    def submit(self, app_dir: str | Path, run_config: Mapping[str, Any] | None = None) -> int:
+        """Start a run of the app in ``app_dir``; its run id.
 
-        ``done_file``, when given, is a path the ServerApp writes at its end: the wait checks
-        for it often and asks the SuperLink for the run status less often (each ``flwr``
-        call is a Python start-up).  ``on_poll(cluster, seconds)`` is called on every poll;
-        tests use it to kill a SuperNode mid-run.
+        With a consortium the app is signed with the consortium key, stored in the
+        SuperLink's database and started by hash (what ``securefed deploy submit`` does);
+        otherwise it is submitted with ``flwr run``.
         """
-        t0 = time.monotonic()
+        if self.coordinator is not None:
+            from securefed.flower.apps import build_fab, sign_fab, start_run, store_signed_app
+            from securefed.flower.bundle import load_signing_key
+
+            assert self.database is not None
+            if self.coordinator.roster is not None and "secagg-roster" not in (run_config or {}):
+                run_config = {**(run_config or {}), "secagg-roster": str(self.coordinator.roster)}
+            app = sign_fab(build_fab(app_dir), load_signing_key(self.coordinator.signing_key))
+            store_signed_app(self.database, app)
+            return start_run(self.control_address, root_certificates=self.tls_dir / "ca.pem"
+                             if self.tls_dir else None, app=app, run_config=run_config or {})
         args = ["run", str(Path(app_dir).absolute()), "local", "--format", "json"]
         if run_config:
             path = self.workdir / f"run-config-{int(time.time() * 1000)}.toml"
@@ -393,32 +518,74 @@ class LocalCluster:
         data = self._json(*args)
         if not data.get("success", True) or "run-id" not in data:
             raise ClusterError(f"flwr run did not start a run: {data}")
-        run_id = int(data["run-id"])
+        return int(data["run-id"])
+
+    def run_app(
+        self,
+        app_dir: str | Path,
+        *,
+        run_config: Mapping[str, Any] | None = None,
+        timeout: float = 300.0,
+        done_file: str | Path | None = None,
+        on_poll: Any = None,
+        resume_attempts: int = 0,
+    ) -> RunOutcome:
+        """Submit the Flower app in ``app_dir`` and wait until the run has finished.
+
+        ``done_file``, when given, is a path the ServerApp writes at its end: the wait checks
+        for it often and asks the SuperLink for the run status less often (each ``flwr``
+        call is a Python start-up).  ``on_poll(cluster, seconds)`` is called on every poll;
+        tests use it to kill a process mid-run.
+
+        ``resume_attempts``: when the run fails or its ServerApp is lost (the SuperLink was
+        restarted under it), submit it again with ``resume = true`` up to this many times;
+        the ServerApp then continues from the run's checkpoint (``checkpoint-path``).
+        """
+        t0 = time.monotonic()
+        config = dict(run_config or {})
+        run_id = self.submit(app_dir, config)
+        run_ids = [run_id]
         deadline = t0 + timeout
         # Each status query is a `flwr` process (a second or more of CPU): with a done file
         # to watch, ask rarely, only to notice a ServerApp that died before writing it.
         interval = 5.0 if done_file is None else 30.0
         last_status = 0.0
+        link_pid = self.superlink.popen.pid if self.superlink else None
         status, details = "", ""
         while True:
             now = time.monotonic()
             self.record_children()
             if on_poll is not None:
                 on_poll(self, now - t0)
+            restarted = self.superlink is not None and self.superlink.popen.pid != link_pid
             done = done_file is not None and Path(done_file).exists()
-            if (done and now - last_status > 1.0) or now - last_status > interval:
-                status, details = self.run_status(run_id)
+            if restarted or (done and now - last_status > 1.0) or now - last_status > interval:
+                status, details = self.run_status(run_id) if self._healthy(self.control_address) \
+                    else ("", "")
                 last_status = time.monotonic()
+                lost = restarted and not status.startswith("finished")
+                if lost or (status.startswith("finished") and status != "finished:completed"
+                            and resume_attempts > 0 and not _aborted(done_file)):
+                    if resume_attempts <= 0:
+                        break
+                    resume_attempts -= 1
+                    if lost:  # its ServerApp died with the old SuperLink; stop the orphan
+                        self.flwr_result("stop", str(run_id), "local")
+                    link_pid = self.superlink.popen.pid if self.superlink else None
+                    run_id = self.submit(app_dir, {**config, "resume": True})
+                    run_ids.append(run_id)
+                    continue
                 if status.startswith("finished"):
                     break
             if now > deadline:
-                self.flwr("stop", str(run_id), "local")
+                self.flwr_result("stop", str(run_id), "local")
                 raise ClusterError(f"run {run_id} did not finish within {timeout} s "
                                    f"(last status {status!r})\n" + self.run_log(run_id))
             time.sleep(0.3)
         seconds = time.monotonic() - t0
         log = "" if status == "finished:completed" else self.run_log(run_id)
-        return RunOutcome(run_id=run_id, status=status, details=details, seconds=seconds, log=log)
+        return RunOutcome(run_id=run_id, status=status, details=details, seconds=seconds, log=log,
+                          run_ids=tuple(run_ids))
 
     def run_status(self, run_id: int) -> tuple[str, str]:
         data = self._json("ls", "local", "--run-id", str(run_id))
@@ -439,6 +606,8 @@ class LocalCluster:
         procs = [p for p in self.supernodes if p is not None]
         if self.superlink is not None:
             procs.append(self.superlink)
+        if self.gateway is not None:
+            procs.append(self.gateway)
         return procs
 
     def record_children(self) -> None:
@@ -474,16 +643,19 @@ class LocalCluster:
         return {p for p in pids if _alive(p)}
 
     def stop(self) -> None:
-        """SIGTERM the SuperNodes, then the SuperLink; SIGKILL by PID what is left after a deadline."""
+        """SIGTERM the SuperNodes, then the SuperLink and gateway; SIGKILL by PID what is
+        left after a deadline."""
         self.record_children()
         nodes = [p for p in self.supernodes if p is not None]
         for proc in nodes:
             if proc.popen.poll() is None:
                 proc.popen.send_signal(signal.SIGTERM)
         self._wait_exit(nodes, self.stop_timeout / 2)
-        if self.superlink is not None and self.superlink.popen.poll() is None:
-            self.superlink.popen.send_signal(signal.SIGTERM)
-            self._wait_exit([self.superlink], self.stop_timeout / 2)
+        servers = [p for p in (self.superlink, self.gateway) if p is not None]
+        for proc in servers:
+            if proc.popen.poll() is None:
+                proc.popen.send_signal(signal.SIGTERM)
+        self._wait_exit(servers, self.stop_timeout / 2)
         leftovers = set()
         for proc in self._procs():
             leftovers |= {proc.popen.pid} | proc.known
@@ -503,6 +675,7 @@ class LocalCluster:
                 pass
         self.supernodes = []
         self.superlink = None
+        self.gateway = None
 
     @staticmethod
     def _wait_exit(procs: Sequence[_Proc], timeout: float) -> None:
@@ -523,3 +696,14 @@ class LocalCluster:
     def logs(self) -> str:
         """The tail of every process's log (for a failing test's message)."""
         return "\n".join(self.tail(p) for p in self._procs())
+
+
+def _aborted(done_file: str | Path | None) -> bool:
+    """Whether the ServerApp itself ended the run (its summary says ``aborted``): a protocol
+    abort is a result, not a crash, and is not resumed."""
+    if done_file is None or not Path(done_file).exists():
+        return False
+    try:
+        return json.loads(Path(done_file).read_text(encoding="utf-8")).get("status") == "aborted"
+    except (OSError, ValueError):
+        return False

@@ -9,6 +9,7 @@ the JSON form of the public round configuration.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,7 +27,8 @@ from securefed.flower.settings import (
 )
 from securefed.flower.transport import load_blob, pack_state, save_blob, unpack_state
 
-__all__ = ["local_round", "check_round", "config_to_json", "config_from_json"]
+__all__ = ["local_round", "check_round", "check_node_privacy", "config_to_json",
+           "config_from_json"]
 
 _RNG_KEY = "securefed-rng"
 _CLIENT_STATE_KEY = "securefed-client-state"
@@ -49,17 +51,57 @@ def config_from_json(text: str) -> LocalConfig:
     return LocalConfig(**data)
 
 
+def check_node_privacy(node_config: Mapping[str, Any], strategy: Any) -> None:
+    """The hospital's own floor on the noise it adds, from its node config.
+
+    The noise level of a run (``dp``, ``dp-noise-multiplier``, ``dp-target-epsilon``) is
+    chosen by the coordinator in the run config.  A hospital that does not trust the
+    coordinator with it sets ``dp-min-noise-multiplier`` in its node config: the node then
+    trains only in a run whose noise is added at the hospitals (``dp = "local"`` or
+    ``"distributed"``), drawn from the OS (not reproducible), with a noise multiplier ``z``
+    of at least that value, and answers any other training message with
+    :class:`~securefed.errors.MessageRejected`.  ``z`` alone fixes the per-round guarantee
+    (the node clips to the run's ``C`` itself and the noise is ``z`` times it), so the floor
+    holds whatever else the run config says.  Central DP does not meet it: its noise is the
+    coordinator's to add.
+    """
+    floor = node_config.get("dp-min-noise-multiplier", "")
+    if floor in ("", None):
+        return
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or not floor > 0:
+        raise ConfigurationError(
+            f"node config dp-min-noise-multiplier must be a number > 0, got {floor!r}")
+    mechanism = getattr(strategy, "mechanism", None)
+    if mechanism not in ("local", "distributed"):
+        raise MessageRejected(
+            f"this hospital adds at least noise multiplier {floor} itself (node config "
+            f"dp-min-noise-multiplier); the run asks for dp = {mechanism or 'none'!r}, expected "
+            "'local' or 'distributed'")
+    if getattr(strategy, "reproducible", False):
+        raise MessageRejected(
+            "this hospital requires noise from the OS (node config dp-min-noise-multiplier); "
+            "the run asks for dp-reproducible-noise = true, which is not private")
+    z = float(strategy.noise_multiplier)
+    if z < float(floor):
+        raise MessageRejected(
+            f"the run asks for noise multiplier {z:.4g}, below this hospital's floor {floor} "
+            "(node config dp-min-noise-multiplier)")
+
+
 def local_round(
     run_config: dict[str, Any],
     client: ClientArrays,
     fields: dict[str, Any],
     state: Any,
+    node_config: Mapping[str, Any] | None = None,
 ) -> tuple[np.ndarray, float, dict[str, Any], dict[str, float]]:
     """One round of local work, exactly as the simulation's engine does it for one client.
 
     Returns ``(vector, weight, payload, stats)`` where ``vector`` is the weighted update as
     the server will decode it and ``payload`` its encoded form.  The node's generator and
-    client state are restored from and saved to ``state``.
+    client state are restored from and saved to ``state``.  ``node_config`` holds the
+    hospital's own settings; its DP floor is checked before any training
+    (:func:`check_node_privacy`).
     """
     seed = int(fields["seed"])
     num_clients = int(fields["num_clients"])
@@ -68,6 +110,7 @@ def local_round(
             f"this node is client {client.client_id} but the run has {num_clients} clients"
         )
     strategy = build_strategy(run_config)
+    check_node_privacy(node_config or {}, strategy)
     spec = build_model(run_config)
     if spec.n_features != client.X.shape[1]:
         raise ConfigurationError(

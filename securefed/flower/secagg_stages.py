@@ -14,7 +14,9 @@ What each hospital decides for itself, in its node config (the server cannot cha
 ``identity-key``        path of the hospital's identity file (``securefed keys identity``);
 ``roster``              path of the pinned roster (its SHA-256 fingerprint checked out of band);
 ``secagg-mode``         ``"malicious"`` (default) or ``"honest-but-curious"``;
-``secagg-min-clients``  the fewest contributors whose sum it helps to reveal (default 3).
+``secagg-min-clients``  the fewest contributors whose sum it helps to reveal (default 3);
+``dp-min-noise-multiplier``  optional: the least noise it adds itself (local or distributed
+                        DP, from the OS); it trains in no run that asks for less.
 
 The server reads its own copy of the roster from the run config (``secagg-roster``) and
 checks every signature with it, so an impostor node is refused.
@@ -50,7 +52,31 @@ fixed-point scale and threshold are chosen by :class:`securefed.secagg.SecAggCha
 itself, so a deployment and a simulation with the same settings encode identically.  They
 differ only in the stochastic rounding: in deployment each node rounds with its own
 generator seeded from the OS, so results agree within the quantisation tolerance
-(``n / scale`` per coordinate of the weighted sum), not bit for bit.
+(``n / scale`` per coordinate of the weighted sum), not bit for bit.  With
+``dp-reproducible-noise = true`` (not private) a node instead draws its rounding and noise
+share from its per-round stream derived from the run's seed
+(:meth:`securefed.federated.round.SeedStreams.channel_rng`), the stream the simulation's
+channel uses for that client, so the two agree on the noise too.
+
+**Distributed DP** (``dp = "distributed"``).  Each node clips and bounds its update
+(:class:`securefed.dp.DistributedDP`, built from the run config as in the simulation), rounds
+it to the fixed-point grid and adds its share of a discrete Gaussian
+(:class:`securefed.dp.DiscreteGaussianNoise`: by default the exact sampler on the OS CSPRNG)
+to the integers before masking, exactly where the simulation's channel adds it; only the
+sum, carrying every contributor's share, is ever unmasked.  A node sizes its share for the
+clients whose key shares it received in this round (each one opened and, in malicious mode,
+bound to a signed advertisement), so a server cannot make it add less noise by claiming
+more participants.  The server draws no noise: it records what the nodes were asked to add
+(:meth:`~securefed.dp.DiscreteGaussianNoise.record_shares`) and the mechanism accounts for
+the shares that reached the sum (the round's contributors).  Threat model: the hospitals
+follow the protocol and keep their shares to themselves; a server colluding with ``k``
+hospitals learns their shares and removes them, leaving ``n - k`` shares in the sum, and
+the ledger states the epsilon for every ``k`` (``privacy_ledger`` in the summary).  The noise
+level (``dp-noise-multiplier``, ``dp-clip-norm``) is read from the run config, which the
+coordinator submits; a hospital that does not trust the coordinator with it sets its own
+floor, ``dp-min-noise-multiplier`` in its node config
+(:func:`securefed.flower.node.check_node_privacy`), and its node trains in no run that asks
+for less.
 
 A node that stops answering (crash, network) is dropped at the stage where it fell silent;
 the round completes with the survivors' sum while at least ``max(t, min_clients)`` remain
@@ -59,6 +85,7 @@ and aborts with :class:`~securefed.errors.ProtocolAbort` otherwise.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -79,28 +106,53 @@ __all__ = [
 ]
 
 _CLIENT_KEY = "securefed-secagg-client-{}"
+_LOG = logging.getLogger(__name__)
+_DEFAULT_CLIP_RANGE = 100.0
+_DEFAULT_MAX_WEIGHT = 10_000.0
 
 
-def build_secagg_channel(run_config: Mapping[str, Any]) -> Any:
+def build_secagg_channel(run_config: Mapping[str, Any], *, strategy: Any = None) -> Any:
     """The :class:`~securefed.secagg.SecAggChannel` a run config describes.
 
     Keys: ``secagg-clip-range``, ``secagg-max-weight``, ``secagg-bits``, ``secagg-scale``
     (0: chosen per round), ``secagg-threshold`` (0: the channel's default, a majority),
     ``secagg-mode`` and ``secagg-min-clients``.
+
+    With ``dp = "distributed"`` the channel is the one the mechanism needs
+    (:func:`securefed.secagg.secagg_channel_for`: its range widened for the noise, uniform
+    weights) and carries the mechanism's integer noise; ``strategy`` is the
+    :class:`~securefed.dp.DistributedDP` of the simulation the channel serves (built from
+    the run config when omitted), whose ledger accounts for the noise the channel adds.
+    ``secagg-clip-range`` and ``secagg-max-weight`` are then set by the mechanism, and a
+    value other than their defaults is refused.
     """
-    from securefed.secagg import SecAggChannel
+    from securefed.flower.settings import build_strategy, dp_mode
+    from securefed.secagg import SecAggChannel, secagg_channel_for
 
     scale = float(run_config.get("secagg-scale", 0.0))
     threshold = int(run_config.get("secagg-threshold", 0))
-    return SecAggChannel(
-        clip_range=float(run_config.get("secagg-clip-range", 100.0)),
-        max_weight=float(run_config.get("secagg-max-weight", 10_000.0)),
+    common = dict(
         scale=scale if scale > 0 else None,
-        bits=int(run_config.get("secagg-bits", 32)),
         threshold=threshold if threshold > 0 else None,
         mode=str(run_config.get("secagg-mode", "malicious")),
         min_clients=int(run_config.get("secagg-min-clients", 3)),
     )
+    bits = int(run_config.get("secagg-bits", 32))
+    clip_range = float(run_config.get("secagg-clip-range", _DEFAULT_CLIP_RANGE))
+    max_weight = float(run_config.get("secagg-max-weight", _DEFAULT_MAX_WEIGHT))
+    if dp_mode(run_config) == "distributed":
+        if (clip_range, max_weight) != (_DEFAULT_CLIP_RANGE, _DEFAULT_MAX_WEIGHT):
+            raise ConfigurationError(
+                "with dp = 'distributed' the fixed-point range comes from dp-clip-norm and the "
+                "noise (uniform weights); expected secagg-clip-range and secagg-max-weight at "
+                f"their defaults, got {clip_range} and {max_weight}")
+        dp = strategy if strategy is not None else build_strategy(run_config)
+        if getattr(dp, "integer_noise", None) is None:
+            raise ConfigurationError(
+                f"dp = 'distributed' needs the DistributedDP strategy the run config builds, "
+                f"got {type(dp).__name__}")
+        return secagg_channel_for(dp, bits=bits, **common)
+    return SecAggChannel(clip_range=clip_range, max_weight=max_weight, bits=bits, **common)
 
 
 # ---------------------------------------------------------------------------- node state
@@ -183,20 +235,53 @@ class _NodeRounds:
             del self.state[key]  # keys and shares of a finished round are no longer needed
 
 
+def _node_stream(strategy: Any, fields: Mapping[str, Any], client_id: int) -> np.random.Generator:
+    """The generator a node rounds (and draws a reproducible noise share) with.
+
+    By default seeded from the OS, never from the (public) run seed, so the server cannot
+    predict it.  Only with ``dp-reproducible-noise = true`` (not private) is it the client's
+    per-round stream derived from the seed, the one the simulation's channel uses for it.
+    """
+    if bool(getattr(strategy, "reproducible", False)):
+        from securefed.federated.round import seed_streams
+
+        streams = seed_streams(int(fields["seed"]), int(fields["num_clients"]))
+        return streams.channel_rng(client_id, int(fields.get("absolute_round", fields["round"])))
+    return np.random.default_rng(np.random.SeedSequence(int.from_bytes(os.urandom(32), "big")))
+
+
+def _noise_share(strategy: Any, fields: Mapping[str, Any], dim: int, scale: float,
+                 rng: np.random.Generator) -> np.ndarray | None:
+    """This node's distributed-DP share (``None`` without distributed DP), sized for the
+    clients whose key shares this node received in the round (see the module docstring)."""
+    noise = getattr(strategy, "integer_noise", None)
+    if noise is None:
+        return None
+    from securefed.secagg.messages import ShareDelivery
+
+    holders = len(ShareDelivery.from_bytes(fields["masked"]).senders) + 1
+    share = np.asarray(noise.sample(dim, scale=scale, num_clients=holders, rng=rng))
+    return share.astype(np.int64)
+
+
 def _node_masked(run_config: dict[str, Any], fields: dict[str, Any], rounds: _NodeRounds,
-                 load_data: Callable[[], Any]) -> bytes:
+                 load_data: Callable[[], Any], node_config: Mapping[str, Any]) -> bytes:
     """Train on the model just received and answer with the masked input of round r."""
     from securefed.flower.node import local_round
+    from securefed.flower.settings import build_strategy
     from securefed.secagg import model_digest
 
     r = int(fields["round"])
     sa = rounds.load(r, "masked_input")
-    vector, weight, _payload, _stats = local_round(run_config, load_data(), fields, rounds.state)
+    vector, weight, _payload, _stats = local_round(run_config, load_data(), fields, rounds.state,
+                                                   node_config)
     encoder = _encoder(fields)
-    # Stochastic rounding from a generator seeded by the OS: never derived from the
-    # (public) simulation seed, so the server cannot predict the rounding.
-    rounding = np.random.default_rng(int.from_bytes(os.urandom(16), "little"))
-    ints, w = encoder.encode_signed(vector, weight, rng=rounding)
+    strategy = build_strategy(run_config)
+    own = _node_stream(strategy, fields, sa.client_id)
+    ints, w = encoder.encode_signed(vector, weight, rng=own)  # rounding first, then the noise
+    share = _noise_share(strategy, fields, int(vector.shape[0]), encoder.scale, own)
+    if share is not None:
+        ints = ints + share
     encoded = encoder.wrap(np.append(ints, w))  # the plain input: never stored, never sent
     digest = model_digest(np.asarray(fields["params"], dtype=np.float64))
     blob = sa.masked_input(fields["masked"], encoded, model_digest=digest)
@@ -205,9 +290,8 @@ def _node_masked(run_config: dict[str, Any], fields: dict[str, Any], rounds: _No
     # clear).  Clipping is reported in the node's own log.
     clipped = int(np.count_nonzero(np.abs(vector) > encoder.clip_range))
     if clipped:
-        print(f"securefed: round {r}: {clipped} update coordinates clipped to "
-              f"+-{encoder.clip_range}; ask the coordinator to raise secagg-clip-range",
-              flush=True)
+        _LOG.warning("round %d: %d update coordinates clipped to +-%s; ask the coordinator to "
+                     "raise secagg-clip-range", r, clipped, encoder.clip_range)
     rounds.save(sa)
     return blob
 
@@ -245,7 +329,7 @@ def client_stage(run_config: dict[str, Any], client_id: int, load_data: Any,
         reply["unmask"] = sa.unmask(fields["unmask"])
         rounds.forget(r)
     if "masked" in fields:
-        reply["masked"] = _node_masked(run_config, fields, rounds, load_data)
+        reply["masked"] = _node_masked(run_config, fields, rounds, load_data, node_config or {})
     if "advertise" in fields:
         from securefed.flower.node import check_round
 
@@ -305,9 +389,11 @@ class _Round:
                 "bits": self.encoder.bits, "length": self.dim + 1}
 
     def train_fields(self) -> dict[str, Any]:
-        return {**self.plan.train_fields(), "clip_range": self.encoder.clip_range,
-                "max_weight": self.encoder.max_weight, "scale": self.encoder.scale,
-                "bits": self.encoder.bits}
+        # the absolute round keys a node's reproducible stream (a resumed run numbers its
+        # protocol rounds from 0 again)
+        return {**self.plan.train_fields(), "absolute_round": self.plan.absolute_round,
+                "clip_range": self.encoder.clip_range, "max_weight": self.encoder.max_weight,
+                "scale": self.encoder.scale, "bits": self.encoder.bits}
 
     def feed(self, stage: str, cid: int, blob: bytes) -> None:
         try:
@@ -458,6 +544,13 @@ class _Pipeline:
     def finish(self, cur: _Round) -> None:
         result = cur.result()
         cur.plan.failures.update(cur.failures)
+        noise = getattr(self.run.strategy, "integer_noise", None)
+        if noise is not None:
+            # distributed DP: every node that received key shares added one noise share,
+            # sized for that many holders; the mechanism charges for those that reached the sum
+            holders = len(cur.server.u2)
+            noise.record_shares(cur.dim, scale=cur.encoder.scale, num_clients=holders,
+                                shares=holders)
         self.run.finish_round(cur.plan, result)
         del self.rounds[cur.index]
 

@@ -13,10 +13,29 @@ keys, encrypted key shares and, at the end, the sum.  It never receives patient 
 
 At the end it writes a JSON summary (final parameters, per-round figures, which hospitals
 contributed, and why any did not) to the run config's ``result-path`` when one is given.
+
+**Checkpoints and resumption.**  With ``checkpoint-path`` set, the run is saved after every
+completed round (:mod:`securefed.flower.checkpoint`: model, server generator, the strategy's
+server state, the DP ledger, the summary so far; written atomically).  A run submitted with
+``resume = true`` continues from that file: it skips the completed rounds, continues the
+ledger (epsilon never restarts from zero) and runs only the remaining ones, so a SuperLink
+or ServerApp that died in round ``k`` costs at most round ``k``.  A round in flight when the
+process died is run again from its start with the model of round ``k - 1``; it was never
+completed, so it was never applied nor accounted.  Protocol messages of the continued run
+count rounds from 0 again (each Flower run is a new session for the nodes); the summary,
+the strategy and the ledger use the absolute round numbers.
+
+**Hospitals that come back.**  Before each round the ServerApp asks the SuperLink which
+SuperNodes are online.  A sampled hospital whose node is offline is left out of that round at
+once (no waiting out the timeouts), after waiting up to ``rejoin-wait`` seconds for it.  A
+node the ServerApp does not know yet (a hospital that restarted without node authentication
+gets a new Flower node id) is asked who it is (``query.hello``) and mapped to its client id,
+so a restarted hospital takes part again from the next round it can join.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import time
@@ -32,7 +51,13 @@ from securefed.federated.engine import evaluate
 from securefed.federated.round import sample_clients, seed_streams
 from securefed.federated.types import FederationFacts, LocalConfig
 from securefed.flower.node import config_to_json
-from securefed.flower.settings import DeploymentSettings, build_model, build_strategy
+from securefed.flower.settings import (
+    DeploymentSettings,
+    build_model,
+    build_strategy,
+    generator_from_json,
+    generator_to_json,
+)
 from securefed.flower.transport import exchange
 from securefed.models import get_flat_params, set_flat_params
 from securefed.wire import unpack
@@ -60,6 +85,7 @@ class RoundPlan:
         self.run_config = run_config
         self.failures: dict[int, str] = {}
         self.train_losses: list[float] = []
+        self.absolute_round = round_index  # the round in the whole run (set by ServerRun.plan)
 
     def train_fields(self) -> dict[str, Any]:
         """The public part of a round's first message: model, config and seeding."""
@@ -74,7 +100,9 @@ class RoundPlan:
 
 def plain_round(plan: RoundPlan) -> ChannelResult:
     """One round of the plain channel: one message out, one reply back per hospital."""
-    fields = plan.train_fields()
+    # The plain channel numbers its messages with the absolute round, so a node that kept
+    # its state across a resumed run still refuses a replayed round.
+    fields = {**plan.train_fields(), "round": plan.absolute_round}
     outgoing = {plan.nodes[cid]: fields for cid in plan.selected}
     replies, sent = exchange(plan.grid, outgoing, message_type="train",
                              group_id=str(plan.round_index), timeout=plan.settings.round_timeout,
@@ -87,9 +115,9 @@ def plain_round(plan: RoundPlan) -> ChannelResult:
             plan.failures[cid] = str(reply.error)
             continue
         got = reply.fields or {}
-        if int(got.get("client", -1)) != cid or int(got.get("round", -1)) != plan.round_index:
+        if int(got.get("client", -1)) != cid or int(got.get("round", -1)) != plan.absolute_round:
             plan.failures[cid] = (f"reply for round {got.get('round')} from client {got.get('client')}, "
-                                  f"expected round {plan.round_index} from client {cid}")
+                                  f"expected round {plan.absolute_round} from client {cid}")
             continue
         payload = unpack(got["payload"])
         vector = plan.strategy.codec.decode(payload, dim=plan.params.shape[0])
@@ -165,12 +193,11 @@ class ServerRun:
         self.params = get_flat_params(self.net)
         self.test = _test_data(self.settings)
         self.clients_per_round = self.run_config.get("clients-per-round", 0) or None
-        # the federation is num-clients hospitals (connect() requires every id); the sample
-        # is drawn from the seeded generator and recorded, so no amplification by sampling
-        self.strategy.start_run(FederationFacts(
-            num_clients=self.settings.num_clients, clients_per_round=self.clients_per_round,
-            sampling="fixed", sample_secret=False, sample_published=True))
+        self.strategy.start_run(self._facts())
         self.nodes: dict[int, int] = {}  # client id -> node id
+        self.total_rounds = self.settings.num_rounds
+        self.offset = 0  # rounds completed before this run started (resumed from a checkpoint)
+        self.offline: dict[int, str] = {}  # client id -> why it was left out of the next round
         self._last_finish = time.perf_counter()
         self.summary: dict[str, Any] = {
             "status": "running", "strategy": self.strategy.describe(),
@@ -179,18 +206,115 @@ class ServerRun:
             "final_params": [float(x) for x in self.params],
         }
 
+    def _facts(self, *, ledger: Any = None) -> FederationFacts:
+        # the federation is num-clients hospitals (connect() requires every id); the sample
+        # is drawn from the seeded generator and recorded, so no amplification by sampling
+        return FederationFacts(
+            num_clients=self.settings.num_clients, clients_per_round=self.clients_per_round,
+            sampling="fixed", sample_secret=False, sample_published=True,
+            continuing=ledger is not None, privacy_ledger=ledger)
+
+    # -------------------------------------------------------------- checkpoints
+    def checkpoint(self) -> Any:
+        from securefed.flower.checkpoint import Checkpoint, config_digest, export_strategy_state
+
+        return Checkpoint(
+            completed=int(self.summary["rounds"][-1]["round"]) + 1 if self.summary["rounds"] else 0,
+            params=np.asarray(self.params, dtype=np.float64).copy(),
+            server_rng=generator_to_json(self.rng),
+            strategy_state=export_strategy_state(self.strategy),
+            ledger=self.strategy.privacy_ledger(), summary=dict(self.summary),
+            digest=config_digest(self.run_config))
+
+    def resume_from(self, path: str) -> None:
+        """Continue the run saved in ``path`` (see the module docstring)."""
+        from securefed.flower.checkpoint import (
+            config_digest,
+            load_checkpoint,
+            restore_strategy_state,
+        )
+
+        saved = load_checkpoint(path)
+        if saved.digest != config_digest(self.run_config):
+            raise ConfigurationError(
+                f"checkpoint {path} was written by a run with other settings; continue it with "
+                "the same run config (only paths, timeouts and resume may differ)")
+        if saved.params.shape != np.asarray(self.params).shape:
+            raise ConfigurationError(f"checkpoint {path} holds {saved.params.shape[0]} parameters, "
+                                     f"the model has {np.asarray(self.params).shape[0]}")
+        restore_strategy_state(self.strategy, saved.strategy_state)
+        if (saved.ledger is None) != (self.strategy.privacy_ledger() is None):
+            raise ConfigurationError(f"checkpoint {path} and this run disagree on DP (one has a "
+                                     "privacy ledger, the other not); expected the same wrappers")
+        if saved.ledger is not None:  # the model's ledger continues: epsilon never restarts
+            self.strategy.start_run(self._facts(ledger=saved.ledger))
+        self.rng = generator_from_json(saved.server_rng)
+        self.params = saved.params
+        self.summary = dict(saved.summary)
+        self.summary["status"] = "running"
+        self.summary.setdefault("resumed_at", []).append(saved.completed)
+        self.offset = saved.completed
+        self.settings = dataclasses.replace(self.settings,
+                                            num_rounds=max(self.total_rounds - saved.completed, 0))
+        self.log(f"securefed: resumed from {path} after round {saved.completed}/{self.total_rounds}")
+
+    # -------------------------------------------------------------- membership
+    def refresh_nodes(self) -> set[int]:
+        """Online node ids; new nodes are asked who they are and mapped to their client id."""
+        online = {int(n) for n in self.grid.get_node_ids()}
+        unknown = online - set(self.nodes.values())
+        if unknown and self.nodes:
+            replies, _ = exchange(self.grid, {n: {"hello": 1} for n in sorted(unknown)},
+                                  message_type="query.hello", group_id="rejoin",
+                                  timeout=min(self.settings.round_timeout, 30.0))
+            for node_id, reply in sorted(replies.items()):
+                if not reply.ok or "client" not in (reply.fields or {}):
+                    continue
+                cid = int(reply.fields["client"])
+                old = self.nodes.get(cid)
+                if cid not in range(self.settings.num_clients):
+                    continue
+                if old is not None and old in online and old != node_id:
+                    self.log(f"securefed: node {node_id} claims client {cid}, which node {old} "
+                             "holds and is online; ignored")
+                    continue
+                self.nodes[cid] = node_id
+                self.log(f"securefed: client {cid} rejoined as node {node_id}")
+        return online
+
     def sample(self) -> tuple[int, ...]:
-        """The clients of the next round, drawn as the engine draws them."""
-        return sample_clients(self.settings.num_clients, self.clients_per_round, self.rng)
+        """The clients of the next round, drawn as the engine draws them, without those
+        whose node is offline (after waiting up to ``rejoin-wait`` seconds for them)."""
+        selected = sample_clients(self.settings.num_clients, self.clients_per_round, self.rng)
+        if not self.nodes:  # before the hello: nothing is mapped yet
+            return selected
+        deadline = time.monotonic() + self.settings.rejoin_wait
+        while True:
+            online = self.refresh_nodes()
+            away = [c for c in selected if self.nodes.get(c) not in online]
+            if not away or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        for cid in away:
+            self.offline[cid] = "offline at the start of the round (its SuperNode is not connected)"
+        if away:
+            self.log(f"securefed: clients {away} are offline; the round goes on without them")
+        return tuple(c for c in selected if c not in away)
 
     def plan(self, round_index: int, selected: tuple[int, ...]) -> RoundPlan:
-        """Start round ``round_index``: the strategy's ``before_round`` and ``configure``."""
-        self.strategy.before_round(round_index)
-        config = self.strategy.configure(round_index)
-        return RoundPlan(grid=self.grid, round_index=round_index, params=self.params,
+        """Start round ``round_index`` (counted in this run): the strategy's ``before_round``
+        and ``configure`` of the absolute round ``round_index + offset``."""
+        absolute = round_index + self.offset
+        self.strategy.before_round(absolute)
+        config = self.strategy.configure(absolute)
+        plan = RoundPlan(grid=self.grid, round_index=round_index, params=self.params,
                          config=config, selected=selected, nodes=self.nodes,
                          settings=self.settings, strategy=self.strategy, rng=self.rng,
                          log=self.log, run_config=self.run_config)
+        plan.absolute_round = absolute
+        plan.failures.update(self.offline)
+        self.offline = {}
+        return plan
 
     def finish_round(self, plan: RoundPlan, result: ChannelResult) -> None:
         """``server_aggregate`` -> ``server_update``, then evaluate and record the round.
@@ -198,7 +322,7 @@ class ServerRun:
         A round's ``seconds`` run from the end of the previous round (or from the start of
         the run), so they add up to the run's time even when rounds overlap.
         """
-        r = plan.round_index
+        r = plan.round_index + self.offset
         now = time.perf_counter()
         seconds, self._last_finish = now - self._last_finish, now
         try:
@@ -232,7 +356,11 @@ class ServerRun:
             record.update(test_loss=loss, test_accuracy=acc, test_auc=auc)
         self.summary["rounds"].append(record)
         self.summary["final_params"] = [float(x) for x in self.params]
-        self.log(f"securefed: round {r + 1}/{self.settings.num_rounds} done in {seconds:.1f} s; "
+        if self.settings.checkpoint_path:
+            from securefed.flower.checkpoint import save_checkpoint
+
+            save_checkpoint(self.settings.checkpoint_path, self.checkpoint())
+        self.log(f"securefed: round {r + 1}/{self.total_rounds} done in {seconds:.1f} s; "
                  f"contributors {list(result.contributors)}"
                  + (f"; failed {record['failures']}" if plan.failures else "")
                  + (f"; test accuracy {record['test_accuracy']:.3f}" if self.test is not None else ""))
@@ -286,6 +414,13 @@ def run_server(grid: Any, run_config: Mapping[str, Any],
     """Run every round and return the JSON-ready summary (also written to ``result-path``)."""
     run = ServerRun(grid, run_config, log)
     settings = run.settings
+    if settings.resume and Path(settings.checkpoint_path).exists():
+        run.resume_from(settings.checkpoint_path)
+        if run.settings.num_rounds == 0:  # every round was already complete
+            run.summary["status"] = "completed"
+            if settings.result_path:
+                _write_json(settings.result_path, run.summary)
+            return run.summary
     try:
         node_ids = _wait_for_nodes(grid, settings.num_clients, settings.node_wait_timeout)
         if settings.channel == "secagg":

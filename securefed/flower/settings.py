@@ -12,7 +12,11 @@ Randomness follows :func:`securefed.federated.run_federated` exactly: one root
 initialisation, the server's generator and one generator per client (client ``k`` gets child
 ``2 + k``).  A hospital node keeps its generator's state between messages (a new ClientApp
 process serves each message), so the stream it draws over a run is the one the simulation
-draws for that client.  Cryptographic secrets never come from these seeds.
+draws for that client.  Under secure aggregation a node rounds (and, with distributed DP,
+draws its noise share) with a generator seeded from the OS; only with
+``dp-reproducible-noise = true`` does it use its per-round channel stream
+(:meth:`~securefed.federated.round.SeedStreams.channel_rng`), as the simulated client does.
+Cryptographic secrets never come from these seeds.
 """
 
 from __future__ import annotations
@@ -92,27 +96,30 @@ def _strategy_values(kwargs: dict[str, Any]) -> dict[str, Any]:
     return kwargs
 
 
-#: DP mechanisms a deployment can use, by their run-config name (``dp = "central"``).
-#: Distributed DP needs integer noise inside the secure-aggregation stages, which the
-#: deployment does not carry yet.
-DP_MODES = ("central", "local")
+#: DP mechanisms a deployment can use, by their run-config name (``dp = "central"``); the
+#: classes come from :mod:`securefed.dp.registry`.  ``distributed`` needs ``channel =
+#: "secagg"``: each node adds its discrete Gaussian share inside the secure-aggregation
+#: stages (:mod:`securefed.flower.secagg_stages`).
+DP_MODES = ("central", "local", "distributed")
 _OLD_WRAPPER_NAMES = {"central-dp": "central", "local-dp": "local"}
 
 
 def _dp_wrapper(kind: str) -> Callable[[Strategy, Mapping[str, Any]], Strategy]:
-    """A DP wrapper (``central`` or ``local``) from the run config's ``dp-*`` keys.
+    """A DP wrapper (``central``, ``local`` or ``distributed``) from the run config's
+    ``dp-*`` keys.
 
     Noise comes from the OS CSPRNG unless ``dp-reproducible-noise = true``: in a deployment
     the seed is written in the run config, so seeded noise could be recomputed and
     subtracted; the reproducible mode exists only to compare a deployment with a simulation
     bit for bit, and the run's summary then says it is not private.  The old key
     ``dp-secure`` is still read (``false`` = reproducible), with a warning.
+    ``dp-dropout-tolerance`` (distributed only) is the fraction of a round's hospitals that
+    may drop out after adding nothing while the noise still reaches its target.
     """
 
     def wrap(strategy: Strategy, cfg: Mapping[str, Any]) -> Strategy:
-        from securefed import dp
+        from securefed.dp.registry import make_dp_strategy
 
-        cls = {"central": dp.CentralDP, "local": dp.LocalDP}[kind]
         clip = cfg.get("dp-clip-norm", "")
         if clip == "":
             raise ConfigurationError(f"dp = {kind!r} needs dp-clip-norm (the L2 bound C), got none")
@@ -125,12 +132,21 @@ def _dp_wrapper(kind: str) -> Callable[[Strategy, Mapping[str, Any]], Strategy]:
                           "set dp-reproducible-noise = true for reproducible (not private) noise",
                           DeprecationWarning, stacklevel=3)
             reproducible = reproducible or not bool(cfg["dp-secure"])
-        return cls(strategy, clip_norm=float(clip),
-                   noise_multiplier=None if z is None else float(z),
-                   target_epsilon=None if eps is None else float(eps),
-                   delta=float(cfg.get("dp-delta", 1e-5) or 1e-5),
-                   num_clients=int(cfg.get("num-clients", 3)), clients_per_round=cpr,
-                   rounds=int(cfg.get("num-rounds", 1)), reproducible_noise=reproducible)
+        extra: dict[str, Any] = {}
+        tolerance = _none_if(cfg.get("dp-dropout-tolerance", ""))
+        if tolerance is not None:
+            if kind != "distributed":
+                raise ConfigurationError(
+                    f"dp-dropout-tolerance applies to dp = 'distributed' only, got dp = {kind!r} "
+                    f"with dp-dropout-tolerance = {tolerance!r}")
+            extra["dropout_tolerance"] = float(tolerance)
+        return make_dp_strategy(
+            kind, strategy, clip_norm=float(clip),
+            noise_multiplier=None if z is None else float(z),
+            target_epsilon=None if eps is None else float(eps),
+            delta=float(cfg.get("dp-delta", 1e-5) or 1e-5),
+            num_clients=int(cfg.get("num-clients", 3)), clients_per_round=cpr,
+            rounds=int(cfg.get("num-rounds", 1)), reproducible_noise=reproducible, **extra)
 
     return wrap
 
@@ -139,7 +155,8 @@ DP_WRAPPERS = {name: _dp_wrapper(name) for name in DP_MODES}
 
 
 def dp_mode(run_config: Mapping[str, Any]) -> str | None:
-    """The DP mechanism a run config asks for (``dp = "central" | "local"``), or ``None``.
+    """The DP mechanism a run config asks for (``dp = "central" | "local" |
+    "distributed"``), or ``None``.
 
     The old spelling ``wrappers = "central-dp"`` / ``"local-dp"`` still works, with a
     :class:`DeprecationWarning`; asking for two different mechanisms is an error.
@@ -148,11 +165,7 @@ def dp_mode(run_config: Mapping[str, Any]) -> str | None:
     if mode in ("", "none"):
         mode = ""
     elif mode not in DP_MODES:
-        hint = ("distributed DP is not available in a deployment yet (the secure-aggregation "
-                "stages carry no integer noise); use it in the simulation"
-                if mode == "distributed" else "")
-        raise ConfigurationError(f"dp must be one of {['none', *DP_MODES]}, got {mode!r}"
-                                 + (f"; {hint}" if hint else ""))
+        raise ConfigurationError(f"dp must be one of {['none', *DP_MODES]}, got {mode!r}")
     old = [w.strip() for w in str(run_config.get("wrappers", "")).split(",")
            if w.strip() in _OLD_WRAPPER_NAMES]
     for w in old:
@@ -249,6 +262,9 @@ class DeploymentSettings:
     secagg_mode: str = "malicious"
     secagg_min_clients: int = 3
     secagg_roster: str = ""
+    checkpoint_path: str = ""
+    resume: bool = False
+    rejoin_wait: float = 0.0
 
     @classmethod
     def from_run_config(cls, run_config: Mapping[str, Any]) -> DeploymentSettings:
@@ -269,9 +285,26 @@ class DeploymentSettings:
             raise ConfigurationError(
                 f"result-path must be an absolute path (the ServerApp runs in its own folder), "
                 f"got {result_path!r}")
+        checkpoint_path = str(run_config.get("checkpoint-path", ""))
+        if checkpoint_path and not Path(checkpoint_path).is_absolute():
+            raise ConfigurationError(
+                f"checkpoint-path must be an absolute path (the ServerApp runs in its own folder), "
+                f"got {checkpoint_path!r}")
+        resume = run_config.get("resume", False)
+        if not isinstance(resume, bool):
+            raise ConfigurationError(f"resume must be true or false, got {resume!r}")
+        if resume and not checkpoint_path:
+            raise ConfigurationError("resume = true needs a checkpoint-path to continue from")
+        rejoin_wait = run_config.get("rejoin-wait", 0.0)
+        if isinstance(rejoin_wait, bool) or not isinstance(rejoin_wait, (int, float)) or rejoin_wait < 0:
+            raise ConfigurationError(f"rejoin-wait must be a number >= 0, got {rejoin_wait!r}")
         channel = str(run_config.get("channel", "plain"))
         if channel not in ("plain", "secagg"):
             raise ConfigurationError(f"channel must be 'plain' or 'secagg', got {channel!r}")
+        if dp_mode(run_config) == "distributed" and channel != "secagg":
+            raise ConfigurationError(
+                f"dp = 'distributed' adds each hospital's noise share inside secure aggregation; "
+                f"expected channel = 'secagg', got channel = {channel!r}")
         return cls(
             num_rounds=_int("num-rounds", 3, 1),
             num_clients=_int("num-clients", 3, 1),
@@ -286,6 +319,9 @@ class DeploymentSettings:
             secagg_mode=_secagg_mode(run_config, channel),
             secagg_min_clients=_int("secagg-min-clients", 3, 1),
             secagg_roster=str(run_config.get("secagg-roster", "")),
+            checkpoint_path=checkpoint_path,
+            resume=resume,
+            rejoin_wait=float(rejoin_wait),
         )
 
 

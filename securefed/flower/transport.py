@@ -131,7 +131,8 @@ def exchange(
     timeout: float,
     straggler_timeout: float | None = None,
     enough: Callable[[Mapping[int, Reply]], bool] | None = None,
-    poll_interval: float = 0.2,
+    poll_interval: float = 0.1,
+    max_poll_interval: float = 1.0,
 ) -> tuple[dict[int, Reply], dict[int, int]]:
     """Send ``outgoing[node_id]`` to each node and collect the replies until ``timeout``.
 
@@ -142,7 +143,9 @@ def exchange(
     Returns ``(replies by node id, bytes sent by node id)``.  A node that does not answer in
     time, or answers with an error, gets a :class:`Reply` whose ``error`` says why; the
     caller decides whether the protocol can go on without it.  (Flower's own
-    ``send_and_receive`` sleeps 3 s between polls; a shorter poll keeps rounds short.)
+    ``send_and_receive`` sleeps 3 s between polls; here the pause starts at
+    ``poll_interval`` and grows by half after each empty poll up to ``max_poll_interval``,
+    so quick replies are seen quickly and a long stage does not load the SuperLink.)
     """
     from flwr.app import Message
 
@@ -158,8 +161,11 @@ def exchange(
     replies: dict[int, Reply] = {}
     deadline = time.monotonic() + timeout
     first_reply: float | None = None
+    pause = poll_interval
     while pending:
+        got = 0
         for msg in grid.pull_messages(list(pending)):
+            got += 1
             node_id = pending.pop(msg.metadata.reply_to_message_id, None)
             if node_id is None:
                 continue
@@ -180,7 +186,8 @@ def exchange(
         if straggler_timeout is not None and first_reply is not None \
                 and now - first_reply > straggler_timeout:
             break
-        time.sleep(poll_interval)
+        pause = poll_interval if got else min(pause * 1.5, max_poll_interval)
+        time.sleep(pause)
     for node_id in pending.values():
         replies[node_id] = Reply(node_id, None, 0, "no reply in time")
     return replies, sent

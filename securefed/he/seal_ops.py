@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tenseal import sealapi as seal
 
-from securefed.errors import InvalidDataError
+from securefed.errors import InvalidDataError, KeyMaterialError
 from securefed.he.keys import CKKSParameters
 
 __all__ = ["Blobs", "Party"]
@@ -87,7 +87,9 @@ class Party:
         return ct
 
     def decrypt(self, ct: seal.Ciphertext) -> np.ndarray:
-        assert self.decryptor is not None
+        if self.decryptor is None:
+            raise KeyMaterialError("this CKKS context holds no secret key and cannot decrypt "
+                                   "(only the key authority decrypts)")
         pt = seal.Plaintext()
         self.decryptor.decrypt(ct, pt)
         return np.asarray(self.encoder.decode_double(pt), dtype=np.float64)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -89,14 +90,19 @@ class SecAggChannel(AggregationChannel):
     integer_noise:
         Distributed-DP hook.  When given, each client calls
         ``integer_noise.sample(dim, scale=<fixed-point scale>, num_clients=<n this round>,
-        rng=rng)`` and adds the returned int64 vector to the fixed-point encoding of its
+        rng=<the client's generator>)`` and adds the returned int64 vector to the fixed-point encoding of its
         ``dim`` update coordinates (not to the weight coordinate), after clipping and
         rounding and before wrapping into ``Z_{2^b}`` and masking.  Only the sum, which
         carries the noise of every contributor, is ever unmasked.  The overflow check covers
         the clipped values only: choose ``bits``/``scale`` with headroom for the noise.
 
-    ``rng`` (from the engine) drives the stochastic rounding and the noise only; keys, seeds
-    and the SecAgg+ graph come from the OS CSPRNG.
+    Randomness.  Each client's stochastic rounding and noise share (in that order) come from
+    its upload's own generator (:attr:`securefed.channel.Upload.rng`: the engine hands each
+    client a per-round stream derived from the client's seed,
+    :meth:`~securefed.federated.round.SeedStreams.channel_rng`), or from the OS when it has
+    none; a deployed node does the same at the hospital.  The ``rng`` argument (the server's
+    generator) is not used, so the server's stream (sampling, central DP noise) is the same
+    whichever channel runs.  Keys, seeds and the SecAgg+ graph come from the OS CSPRNG.
 
     Threat model (see ``docs/secure-aggregation.md``): in malicious mode the server may
     deviate arbitrarily and collude with up to ``c`` clients; the roster is trusted; the
@@ -264,12 +270,14 @@ class SecAggChannel(AggregationChannel):
 
         def encode(cid: int) -> np.ndarray:
             up = by_id[cid]
+            # the client's own stream (never the server's): rounding, then its noise share
+            own = up.rng if up.rng is not None else _os_generator()
             v = np.asarray(up.vector, dtype=np.float64)
             clipped[0] += int(np.count_nonzero(np.abs(v) > self.clip_range))
-            ints, w = encoder.encode_signed(v, float(up.weight), rng=rng)
+            ints, w = encoder.encode_signed(v, float(up.weight), rng=own)
             if self.integer_noise is not None:
                 noise = np.asarray(self.integer_noise.sample(dim, scale=encoder.scale,
-                                                             num_clients=n, rng=rng))
+                                                             num_clients=n, rng=own))
                 if noise.shape != (dim,) or noise.dtype.kind not in "iu":
                     raise InvalidDataError(
                         f"integer_noise.sample returned {noise.dtype} of shape {noise.shape}, "
@@ -321,6 +329,11 @@ class SecAggChannel(AggregationChannel):
                 "min_clients": self.min_clients,
             },
         )
+
+
+def _os_generator() -> np.random.Generator:
+    """A generator seeded with 256 bits from the OS, for a client that brought none."""
+    return np.random.default_rng(np.random.SeedSequence(int.from_bytes(os.urandom(32), "big")))
 
 
 def secagg_channel_for(dp: Any, *, bits: int = 32, tail: float = 8.0, **kwargs: Any) -> SecAggChannel:
