@@ -138,12 +138,14 @@ def _per_hospital_claim(other: str, claim: str, significance: bool
                                          other=NAMES.get(other, other))
                   + f"; {rule}")
         miss = _missing(s, ("fedmedheter", "none"), (other, "none"))
+        if miss:
+            return ClaimResult("4", claim, miss, UNMEASURED, method)
         f = s.frame[s.frame.defense == "none"]
         a = f[f.algorithm == "fedmedheter"]
         b = f[f.algorithm == other]
-        if miss or "hospital_mean" not in f or a.hospital_mean.notna().sum() < 2 \
+        if "hospital_mean" not in f or a.hospital_mean.notna().sum() < 2 \
                 or b.hospital_mean.notna().sum() < 2:
-            return ClaimResult("4", claim, miss or "fewer than 2 folds with per-hospital figures",
+            return ClaimResult("4", claim, "fewer than 2 folds with per-hospital figures",
                                UNMEASURED, method)
         c = compare(dict(zip(a.fold, a.hospital_mean, strict=True)),
                     dict(zip(b.fold, b.hospital_mean, strict=True)),

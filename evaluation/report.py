@@ -185,12 +185,16 @@ def _cost_table(summary: AuditSummary) -> Table:
     return head, rows
 
 
+#: Metric names as the significance table writes them.
+_METRIC_NAMES = {"hospital_mean": "per-hospital mean accuracy (model each hospital uses)"}
+
+
 def _stats_table(summary: AuditSummary) -> Table:
     head = ["comparison", "metric", "difference", "95% CI (independent)", "Student p",
             "Welch p", "paired p", "95% CI (paired)", "Wilcoxon p", "Cohen's d"]
     rows = []
     for c in summary.comparisons:
-        rows.append([f"{c.a} vs {c.b}", c.metric, f"{c.diff:+.3f}",
+        rows.append([f"{c.a} vs {c.b}", _METRIC_NAMES.get(c.metric, c.metric), f"{c.diff:+.3f}",
                      f"[{c.student_ci[0]:+.3f}, {c.student_ci[1]:+.3f}]", _p(c.student_p),
                      _p(c.welch_p), _p(c.paired_p),
                      f"[{c.paired_ci[0]:+.3f}, {c.paired_ci[1]:+.3f}]", _p(c.wilcoxon_p),

@@ -258,3 +258,21 @@ def test_fedavg_per_hospital_accuracy_is_its_global_model(audited):
         assert cell["per_hospital_accuracy"] == pytest.approx(
             {c.name: _accuracy(spec, direct.final_params, c.X_test, c.y_test)
              for c in _own_held_out(fold).clients}, abs=1e-6)
+
+
+def test_per_hospital_claims_say_what_is_missing(audited):
+    from evaluation.claims import evaluate_claims
+    from evaluation.summary import summarize
+
+    cfg, res, _, _ = audited
+    without = [c for c in res.cells if c["algorithm"] != "centralized"]
+    rows = {c.claim: c for c in evaluate_claims(summarize(without))
+            if "measured per hospital" in c.claim}
+    central = next(c for k, c in rows.items() if "Centralised" in k)
+    assert (central.verdict, central.measured) == ("not measured",
+                                                   "not in this audit: centralized/none")
+    fedavg = next(c for k, c in rows.items() if "FedAvg" in k)
+    assert fedavg.verdict in ("holds", "does not hold")
+    assert evaluate_claims(summarize([]))  # an empty audit still gives every row
+    assert {c.verdict for c in evaluate_claims(summarize([]))
+            if "measured per hospital" in c.claim} == {"not measured"}
