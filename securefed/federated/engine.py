@@ -135,6 +135,46 @@ def run_federated(
     If the strategy raises :class:`PrivacyBudgetExceeded`, before a round or during one, the
     run stops and the exception carries the result of the completed rounds in ``partial``.
     """
+    channel = channel or PlainChannel()
+    _check_run(data, strategy=strategy, model=model, rounds=rounds, channel=channel,
+               clients_per_round=clients_per_round, dropout_rate=dropout_rate,
+               dropout_stage=dropout_stage, initial_params=initial_params,
+               privacy_ledger=privacy_ledger)
+    strategy.start_run(FederationFacts(
+        num_clients=len(data.clients), clients_per_round=clients_per_round, sampling="fixed",
+        sample_secret=False, sample_published=True, continuing=initial_params is not None,
+        privacy_ledger=privacy_ledger))
+    run = _Run(data, strategy=strategy, model=model, seed=seed, channel=channel,
+               clients_per_round=clients_per_round, dropout_rate=dropout_rate,
+               dropout_stage=dropout_stage, record_transcript=record_transcript,
+               initial_params=initial_params)
+    bar = None
+    if progress is True:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=rounds, desc=f"{strategy.name}/{channel.name}", unit="round")
+    try:
+        for r in range(rounds):
+            try:
+                record = run.round(r)
+            except PrivacyBudgetExceeded as exc:  # before the round, or a hospital refused
+                raise PrivacyBudgetExceeded(str(exc), partial=run.result(rounds)) from exc
+            if bar is not None:
+                bar.update(1)
+                bar.set_postfix(acc=f"{record.test_accuracy:.3f}", loss=f"{record.test_loss:.3f}")
+            elif callable(progress):
+                progress(record)
+    finally:
+        if bar is not None:
+            bar.close()
+    return run.result(rounds)
+
+
+def _check_run(data: FederatedArrays, *, strategy: Strategy, model: ModelSpec, rounds: int,
+               channel: AggregationChannel, clients_per_round: int | None, dropout_rate: float,
+               dropout_stage: str | None, initial_params: np.ndarray | None,
+               privacy_ledger: Mapping[str, Any] | None) -> None:
+    """Refuse a run whose settings cannot hold, before round 0 (each error names the setting)."""
     if rounds < 1:
         raise ConfigurationError(f"rounds must be >= 1, got {rounds}")
     if not 0.0 <= dropout_rate < 1.0:
@@ -145,7 +185,6 @@ def run_federated(
         raise ConfigurationError(
             f"model expects {model.n_features} features, data has {data.num_features}"
         )
-    channel = channel or PlainChannel()
     check_weight_bound(strategy, channel, data)  # before round 0, not at the first upload
     per_round = len(data.clients) if clients_per_round is None else min(clients_per_round,
                                                                             len(data.clients))
@@ -170,133 +209,113 @@ def run_federated(
     if privacy_ledger is not None and not uses_dp:
         raise ConfigurationError(
             "a privacy_ledger was given but the strategy adds no differential privacy; "
-            f"training on without DP would void that ledger's epsilon; got strategy "
+            "training on without DP would void that ledger's epsilon; got strategy "
             f"{strategy.name!r} without a DP wrapper")
-    strategy.start_run(FederationFacts(
-        num_clients=len(data.clients), clients_per_round=clients_per_round, sampling="fixed",
-        sample_secret=False, sample_published=True, continuing=initial_params is not None,
-        privacy_ledger=privacy_ledger))
-    streams = seed_streams(seed, len(data.clients))
-    client_rngs = [streams.client_rng(i) for i in range(len(data.clients))]
-    server_rng = streams.server_rng()
-    net = model.build(seed=streams.init_seed)
-    params = get_flat_params(net) if initial_params is None else np.asarray(initial_params, np.float64)
-    dim = params.shape[0]
-    client_states: list[dict] = [{} for _ in data.clients]
-    history: list[RoundRecord] = []
-    transcript: list[RoundTranscript] = []
 
-    bar = None
-    if progress is True:
-        from tqdm.auto import tqdm
 
-        bar = tqdm(total=rounds, desc=f"{strategy.name}/{channel.name}", unit="round")
+class _Run:
+    """The state of one simulated run: model, per-client streams and state, history."""
 
-    def _result() -> RunResult:
+    def __init__(self, data: FederatedArrays, *, strategy: Strategy, model: ModelSpec, seed: int,
+                 channel: AggregationChannel, clients_per_round: int | None,
+                 dropout_rate: float, dropout_stage: str | None, record_transcript: bool,
+                 initial_params: np.ndarray | None) -> None:
+        self.data, self.strategy, self.model, self.seed = data, strategy, model, seed
+        self.channel, self.clients_per_round = channel, clients_per_round
+        self.dropout_rate, self.dropout_stage = dropout_rate, dropout_stage
+        self.record_transcript = record_transcript
+        self.streams = seed_streams(seed, len(data.clients))
+        self.client_rngs = [self.streams.client_rng(i) for i in range(len(data.clients))]
+        self.server_rng = self.streams.server_rng()
+        self.net = model.build(seed=self.streams.init_seed)
+        self.params = (get_flat_params(self.net) if initial_params is None
+                       else np.asarray(initial_params, np.float64))
+        self.client_states: list[dict] = [{} for _ in data.clients]
+        self.history: list[RoundRecord] = []
+        self.transcript: list[RoundTranscript] = []
+
+    def result(self, rounds: int) -> RunResult:
+        """The run so far (``rounds``: the number planned)."""
+        settings = {"strategy": self.strategy.describe(), "rounds": rounds,
+                    "clients_per_round": self.clients_per_round,
+                    "dropout_rate": self.dropout_rate, "dropout_stage": self.dropout_stage,
+                    "num_clients": len(self.data.clients)}
         return RunResult(
-            algorithm=strategy.name,
-            channel=channel.name,
-            model=model,
-            seed=seed,
-            history=tuple(history),
-            final_params=params.copy(),
-            transcript=tuple(transcript) if record_transcript else None,
-            privacy_ledger=strategy.privacy_ledger(),
-            settings={
-                "strategy": strategy.describe(),
-                "rounds": rounds,
-                "clients_per_round": clients_per_round,
-                "dropout_rate": dropout_rate,
-                "dropout_stage": dropout_stage,
-                "num_clients": len(data.clients),
-            },
+            algorithm=self.strategy.name, channel=self.channel.name, model=self.model,
+            seed=self.seed, history=tuple(self.history), final_params=self.params.copy(),
+            transcript=tuple(self.transcript) if self.record_transcript else None,
+            privacy_ledger=self.strategy.privacy_ledger(), settings=settings,
         )
 
-    try:
-        for r in range(rounds):
-            try:
-                strategy.before_round(r)
-            except PrivacyBudgetExceeded as exc:
-                raise PrivacyBudgetExceeded(str(exc), partial=_result()) from exc
-            config = strategy.configure(r)
-            selected = sample_clients(len(data.clients), clients_per_round, server_rng)
-            plan = _dropout_plan(selected, dropout_rate=dropout_rate, stage=dropout_stage,
-                                 stages=channel.stages, rng=server_rng)
-            bytes_down_model = channel.broadcast_bytes(params, round_index=r)
-            uploads: list[Upload] = []
-            losses: list[float] = []
-            t_train = 0.0
-            t_process = 0.0
-            try:
-                for cid in selected:
-                    step = client_step(strategy, net, data.clients[cid], params, config,
-                                       rng=client_rngs[cid], client_state=client_states[cid])
-                    t_train += step.train_seconds
-                    t_process += step.process_seconds
-                    losses.append(step.local.train_loss)
-                    # the channel's client-side steps draw from the client's own stream
-                    uploads.append(dataclasses.replace(step.upload,
-                                                       rng=streams.channel_rng(cid, r)))
-                t0 = time.perf_counter()
-                result = channel.aggregate(uploads, round_index=r, dim=dim, codec=strategy.codec,
-                                           dropouts=plan, rng=server_rng)
-                t1 = time.perf_counter()
-                mean_update = strategy.server_aggregate(result, rng=server_rng)
-                new_params = strategy.server_update(params, mean_update, round_index=r)
-                t2 = time.perf_counter()
-            except PrivacyBudgetExceeded as exc:  # a hospital refused to spend more
-                strategy.end_round(r, completed=False)
-                raise PrivacyBudgetExceeded(str(exc), partial=_result()) from exc
-            except BaseException:
-                strategy.end_round(r, completed=False)
-                raise
-            strategy.end_round(r, completed=True)
-            if record_transcript:
-                transcript.append(RoundTranscript(
-                    round_index=r, global_params=params.copy(), config=config,
-                    selected=selected, contributors=result.contributors, channel=channel.name,
-                    received=result.received, revealed_update=mean_update.copy(),
-                ))
-            params = new_params
-            set_flat_params(net, params)
-            t3 = time.perf_counter()
-            test_loss, test_acc, test_auc = evaluate(net, data.X_test, data.y_test)
-            def own(c: ClientArrays, w: np.ndarray = params) -> np.ndarray | None:
-                return strategy.personal_params(net, c, w, rng=client_rngs[c.client_id].spawn(1)[0],
-                                                client_state=client_states[c.client_id])
+    def round(self, r: int) -> RoundRecord:
+        """Round ``r``: sample, train locally, aggregate, update, evaluate; returns its record."""
+        strategy, channel, data = self.strategy, self.channel, self.data
+        strategy.before_round(r)
+        config = strategy.configure(r)
+        selected = sample_clients(len(data.clients), self.clients_per_round, self.server_rng)
+        plan = _dropout_plan(selected, dropout_rate=self.dropout_rate, stage=self.dropout_stage,
+                             stages=channel.stages, rng=self.server_rng)
+        bytes_down_model = channel.broadcast_bytes(self.params, round_index=r)
+        uploads: list[Upload] = []
+        losses: list[float] = []
+        t_train = t_process = 0.0
+        try:
+            for cid in selected:
+                step = client_step(strategy, self.net, data.clients[cid], self.params, config,
+                                   rng=self.client_rngs[cid], client_state=self.client_states[cid])
+                t_train += step.train_seconds
+                t_process += step.process_seconds
+                losses.append(step.local.train_loss)
+                # the channel's client-side steps draw from the client's own stream
+                uploads.append(dataclasses.replace(step.upload,
+                                                   rng=self.streams.channel_rng(cid, r)))
+            t0 = time.perf_counter()
+            result = channel.aggregate(uploads, round_index=r, dim=self.params.shape[0],
+                                       codec=strategy.codec, dropouts=plan, rng=self.server_rng)
+            t1 = time.perf_counter()
+            mean_update = strategy.server_aggregate(result, rng=self.server_rng)
+            new_params = strategy.server_update(self.params, mean_update, round_index=r)
+            t2 = time.perf_counter()
+        except BaseException:
+            strategy.end_round(r, completed=False)
+            raise
+        strategy.end_round(r, completed=True)
+        if self.record_transcript:
+            self.transcript.append(RoundTranscript(
+                round_index=r, global_params=self.params.copy(), config=config,
+                selected=selected, contributors=result.contributors, channel=channel.name,
+                received=result.received, revealed_update=mean_update.copy(),
+            ))
+        self.params = new_params
+        t3 = time.perf_counter()
+        test_loss, test_acc, test_auc, per_hospital = self._evaluate()
+        t4 = time.perf_counter()
+        times = {
+            "local_training": t_train, "client_processing": t_process, "channel": t1 - t0,
+            "server_update": t2 - t1, "evaluation": t4 - t3,
+            **{f"channel.{k}": v for k, v in dict(result.timings).items()},
+        }
+        record = RoundRecord(
+            round_index=r,
+            train_loss=float(np.mean(losses)) if losses else float("nan"),
+            test_loss=test_loss, test_accuracy=test_acc, test_auc=test_auc,
+            bytes_up=int(sum(result.bytes_up.values())),
+            bytes_down=int(bytes_down_model * len(selected) + sum(result.bytes_down.values())),
+            times=times, num_selected=len(selected), num_contributors=len(result.contributors),
+            extra=dict(strategy.round_metrics(r)), per_hospital=per_hospital,
+        )
+        self.history.append(record)
+        return record
 
-            per_hospital = evaluate_per_hospital(net, data, personal=own)
-            t4 = time.perf_counter()
-            channel_times = dict(result.timings)
-            times = {
-                "local_training": t_train,
-                "client_processing": t_process,
-                "channel": (t1 - t0),
-                "server_update": t2 - t1,
-                "evaluation": t4 - t3,
-                **{f"channel.{k}": v for k, v in channel_times.items()},
-            }
-            record = RoundRecord(
-                round_index=r,
-                train_loss=float(np.mean(losses)) if losses else float("nan"),
-                test_loss=test_loss,
-                test_accuracy=test_acc,
-                test_auc=test_auc,
-                bytes_up=int(sum(result.bytes_up.values())),
-                bytes_down=int(bytes_down_model * len(selected) + sum(result.bytes_down.values())),
-                times=times,
-                num_selected=len(selected),
-                num_contributors=len(result.contributors),
-                extra=dict(strategy.round_metrics(r)),
-                per_hospital=per_hospital,
-            )
-            history.append(record)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix(acc=f"{test_acc:.3f}", loss=f"{test_loss:.3f}")
-            elif callable(progress):
-                progress(record)
-    finally:
-        if bar is not None:
-            bar.close()
-    return _result()
+    def _evaluate(self) -> tuple[float, float, float, dict[str, dict[str, float]]]:
+        """The global model on the pooled test set, and each hospital's own model on its own."""
+        set_flat_params(self.net, self.params)
+        test_loss, test_acc, test_auc = evaluate(self.net, self.data.X_test, self.data.y_test)
+        params = self.params
+
+        def own(c: ClientArrays) -> np.ndarray | None:
+            return self.strategy.personal_params(
+                self.net, c, params, rng=self.client_rngs[c.client_id].spawn(1)[0],
+                client_state=self.client_states[c.client_id])
+
+        return test_loss, test_acc, test_auc, evaluate_per_hospital(self.net, self.data, personal=own)
