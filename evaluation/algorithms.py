@@ -26,16 +26,20 @@ from securefed.federated import (
     RoundRecord,
     RunResult,
     Strategy,
+    StrategyWrapper,
     evaluate,
     run_federated,
 )
 from securefed.federated.centralized import run_centralized
+from securefed.federated.local_only import run_local_only
+from securefed.federated.personal import Ditto
 from securefed.models import ModelSpec, set_flat_params
 from securefed.registry import Registry, check_parameters
 
 __all__ = [
     "HyperParams",
     "Algorithm",
+    "PersonalParamsRecorder",
     "register_algorithm",
     "ALGORITHMS",
     "get_algorithm",
@@ -60,17 +64,24 @@ class HyperParams:
 
 Trainer = Callable[..., RunResult]
 
+#: The field of :class:`Algorithm` that trains each kind.
+_TRAINER = {"federated": "strategy_factory", "centralized": "centralized_trainer",
+            "local": "local_trainer"}
+
 
 @dataclass(frozen=True)
 class Algorithm:
     """One trainable algorithm.
 
     ``kind`` is ``"federated"`` (a :class:`Strategy` run by the engine through the defense's
-    channel) or ``"centralized"`` (pooled rows; applies to a defense whose
-    ``centralized_channel`` equals ``centralized_channel`` here).  With
+    channel), ``"centralized"`` (pooled rows; applies to a defense whose
+    ``centralized_channel`` equals ``centralized_channel`` here) or ``"local"`` (every
+    hospital trains alone and shares nothing, so no defense has anything to protect: it runs
+    under ``"none"`` only; ``local_trainer`` has the signature of a centralised trainer).  With
     ``library_defaults`` the strategy is built from its own parameters only (its library
     defaults, changed by the audit's ``[algorithm_params.NAME]``), not from the audit's shared
-    learning rate, epochs and batch size.
+    learning rate, epochs and batch size.  ``profiles`` names the built-in profiles whose
+    utility runs include the algorithm (:func:`evaluation.config.profile`).
     """
 
     name: str
@@ -82,17 +93,19 @@ class Algorithm:
     default_params: Mapping[str, Any] = field(default_factory=dict)
     models: tuple[str, ...] = ("logreg", "mlp")
     library_defaults: bool = False
+    local_trainer: Trainer | None = None
+    profiles: tuple[str, ...] = ("quick", "default")
 
     def __post_init__(self) -> None:
-        if self.kind not in ("federated", "centralized"):
+        if self.kind not in _TRAINER:
             raise ConfigurationError(
-                f"algorithm kind must be 'federated' or 'centralized', got {self.kind!r}")
-        needed = "strategy_factory" if self.kind == "federated" else "centralized_trainer"
+                f"algorithm kind must be one of {list(_TRAINER)}, got {self.kind!r}")
+        needed = _TRAINER[self.kind]
         if getattr(self, needed) is None:
             raise ConfigurationError(f"a {self.kind} algorithm ({self.name!r}) needs {needed}")
 
     def _factory(self) -> Callable[..., Any]:
-        factory = self.strategy_factory if self.kind == "federated" else self.centralized_trainer
+        factory = getattr(self, _TRAINER[self.kind])
         if factory is None:  # unreachable after __post_init__; keeps type checkers honest
             raise ConfigurationError(f"algorithm {self.name!r} has nothing to train with")
         return factory
@@ -103,6 +116,8 @@ class Algorithm:
             return False
         if self.kind == "centralized":
             return defense.centralized_channel == self.centralized_channel
+        if self.kind == "local":  # nothing leaves a hospital: there is nothing to defend
+            return defense.name == "none"
         return True
 
     def validate(self, params: Mapping[str, Any], hyper: HyperParams) -> None:
@@ -123,8 +138,12 @@ class Algorithm:
         params: Mapping[str, Any] | None = None,
         record_transcript: bool = False,
         progress: Any = False,
+        wrap: Callable[[Strategy], Strategy] | None = None,
     ) -> RunResult:
-        """Train on ``data`` under ``defense``; returns the engine's :class:`RunResult`."""
+        """Train on ``data`` under ``defense``; returns the engine's :class:`RunResult`.
+
+        ``wrap`` (federated algorithms) is applied to the strategy after the defense's
+        wrappers, outermost (e.g. :class:`PersonalParamsRecorder`)."""
         if not self.supports(defense, model):
             raise ConfigurationError(
                 f"algorithm {self.name!r} does not run under defense {defense.name!r} "
@@ -132,19 +151,62 @@ class Algorithm:
             )
         kwargs = {**self.default_params, **(params or {})}
         self.validate(params or {}, hyper)
-        if self.kind == "centralized":
+        if self.kind in ("centralized", "local"):
             return self._factory()(data, model=model, rounds=rounds, seed=seed,
                                    progress=progress, **hyper.local(), **kwargs)
         shared = {} if self.library_defaults else hyper.local()
         strategy = self._factory()(**{**shared, **kwargs})
         strategy, channel = defense.build(strategy, RunContext(
             num_clients=len(data.clients), rounds=rounds, clients_per_round=hyper.clients_per_round))
+        if wrap is not None:
+            strategy = wrap(strategy)
         return run_federated(
             data, strategy=strategy, model=model, rounds=rounds, seed=seed,
             channel=channel, clients_per_round=hyper.clients_per_round,
             dropout_rate=hyper.dropout_rate, record_transcript=record_transcript,
             progress=progress,
         )
+
+
+class PersonalParamsRecorder(StrategyWrapper):
+    """Passes every training phase through unchanged and remembers, per hospital, the
+    parameters it used for its own patients in the last evaluation (``None``: the global
+    model).
+
+    The engine asks each hospital for those parameters whenever it evaluates the hospital on
+    its own test patients, every round.  With ``final_round`` set, hospitals derive their own
+    models only in that round and use the global model in earlier evaluations, which the
+    audit does not keep: local fine-tuning at every round would cost one more local epoch per
+    hospital and round.  The final round's models are the same either way (fine-tuning
+    starts from the current global model and draws from a child generator the engine spawns
+    whether or not it is used; Ditto's and FedPer's personal state is updated in training,
+    not here).  In a deployment the parameters never leave the hospital; the audit uses
+    them only to score each hospital's model on a second set of its own patients (a
+    federation file's test CSV), as the hospital would at home.  Nothing the channel
+    carries changes.
+    """
+
+    def __init__(self, inner: Strategy, *, final_round: int | None = None) -> None:
+        super().__init__(inner)
+        self.final_round = final_round
+        self.round = -1
+        self.last: dict[int, np.ndarray | None] = {}
+
+    def before_round(self, round_index: int) -> None:
+        self.round = round_index
+        self.inner.before_round(round_index)
+
+    def personal_params(self, model, client, global_params, *, rng, client_state):  # type: ignore[override]
+        if self.final_round is not None and self.round != self.final_round:
+            own = None
+        else:
+            own = self.inner.personal_params(model, client, global_params, rng=rng,
+                                             client_state=client_state)
+        self.last[client.client_id] = None if own is None else np.array(own, dtype=np.float64)
+        return own
+
+    def describe(self) -> dict[str, Any]:
+        return self.inner.describe()
 
 
 ALGORITHMS: Registry[Algorithm] = Registry("algorithm")
@@ -194,7 +256,10 @@ register_algorithm("fedmedheter", Algorithm(
     summary="FedMedHeter: proximal local objective, loss-scaled adaptive local step size, "
             "heterogeneity-aware client-side weights, 2-bit stochastic quantisation with error "
             "feedback; the library defaults of securefed.federated.fedmedheter (learning rate "
-            "0.3, batch 16, one local epoch), not the audit's shared hyper-parameters",
+            "0.3, batch 16, one local epoch), not the audit's shared hyper-parameters. "
+            "Personalisation is on (its default, 'finetune': each hospital fine-tunes the "
+            "global model for one epoch on its own rows, at home): pooled columns are the "
+            "global model, per-hospital columns each hospital's personalised model",
     strategy_factory=FedMedHeter, library_defaults=True,
 ))
 
@@ -290,4 +355,25 @@ register_algorithm("encrypted-centralized", Algorithm(
     summary="encrypt-then-centralise: logistic regression trained by the server on CKKS-encrypted "
             "rows (one full-batch gradient step per round, key holder refreshes the weights)",
     centralized_trainer=run_encrypted_centralized, centralized_channel="ckks", models=("logreg",),
+))
+
+
+register_algorithm("ditto", Algorithm(
+    name="ditto", kind="federated",
+    summary="Ditto (Li, Hu, Beirami and Smith, ICML 2021): FedAvg's global model, unchanged, "
+            "plus a personal model per hospital trained on its own rows with the pull "
+            "(lambda/2)||v - w||^2 towards the global model (lambda = 1, the value "
+            "benchmarks/personalisation.py chose on validation data, not re-tuned here); the "
+            "personal model never leaves the hospital. Pooled columns: the global model; "
+            "per-hospital columns: each hospital's personal model",
+    strategy_factory=Ditto, default_params={"ditto_lambda": 1.0}, profiles=("default",),
+))
+register_algorithm("local-only", Algorithm(
+    name="local-only", kind="local",
+    summary="every hospital trains its own model on its own rows only (the same epochs, rate "
+            "and batch size), nothing is shared. There is no global model: per-hospital "
+            "columns are each hospital's own model on its own held-out patients; pooled "
+            "columns are the mean over hospitals of each hospital's model on all held-out "
+            "patients (no F1, no external test)",
+    local_trainer=run_local_only, profiles=("default",),
 ))

@@ -274,14 +274,20 @@ def profile(name: str) -> AuditConfig:
     (the curious peer, which costs little, on 6; LiRA with 8 shadow models); the default one uses 5 folds of 20 rounds
     and runs the threats with FedAvg and FedMedHeter on each scenario's own number of
     replicates.  The per-cell attacks of earlier versions (``attacks``) are not in the
-    profiles: the threat scenarios replace them.
+    profiles: the threat scenarios replace them.  An algorithm is in a profile's utility runs
+    only if its ``profiles`` name it: the personalisation baselines (``ditto``,
+    ``local-only``) are in the default profile, without defenses (like FedProx), and not in
+    the quick one (its time budget).
     """
     from evaluation.threats import threat_names
 
-    algos = algorithm_names()
+    if name not in PROFILES:
+        raise ConfigurationError(f"unknown profile {name!r}; valid: {list(PROFILES)}")
+    algos = tuple(a for a in algorithm_names() if name in get_algorithm(a).profiles)
     defs = defense_names()
     threats = threat_names()
-    exclude = tuple(f"fedprox/{d}" for d in defs if d != "none")
+    exclude = tuple(f"{a}/{d}" for a in ("fedprox", "ditto") if a in algos
+                    for d in defs if d != "none")
     if name == "quick":
         defended = "fedmedheter" if "fedmedheter" in algos else "fedavg"
         quick_exclude = tuple(f"{a}/{d}" for a in algos for d in defs

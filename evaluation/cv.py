@@ -21,7 +21,8 @@ import numpy as np
 from securefed.errors import ConfigurationError
 from securefed.federated import ClientArrays, FederatedArrays
 
-__all__ = ["Fold", "stratified_hospital_folds", "fold_assignment", "mean_std"]
+__all__ = ["Fold", "stratified_hospital_folds", "fold_assignment", "mean_std",
+           "held_out_by_hospital"]
 
 
 @dataclass(frozen=True)
@@ -128,6 +129,36 @@ def stratified_hospital_folds(
         ext = (z(data.X_test), np.asarray(data.y_test)) if external else None
         out.append(Fold(index=k, data=fold_data, test_hospital=hosp, external=ext))
     return out
+
+
+def held_out_by_hospital(fold: Fold) -> FederatedArrays:
+    """``fold.data`` with each hospital's held-out rows of this fold as its own test patients.
+
+    Every runner evaluates, at each hospital, the model that hospital uses (its personalised
+    model where the strategy keeps one) on ``ClientArrays.X_test``/``y_test``
+    (``RoundRecord.per_hospital``); with this view those are the hospital's own patients left
+    out of the fold.  Training rows, the pooled test set and the hospitals' order are those of
+    ``fold.data``; a hospital's own test file (a federation file's test CSV), if any, is
+    replaced here and stays in ``fold.data``.
+
+    >>> import numpy as np
+    >>> from securefed.federated import ClientArrays, FederatedArrays
+    >>> c = [ClientArrays(i, f"h{i}", np.zeros((2, 1), np.float32), np.zeros(2, np.float32))
+    ...      for i in range(2)]
+    >>> data = FederatedArrays(tuple(c), np.arange(3, dtype=np.float32)[:, None],
+    ...                        np.array([0, 1, 1], np.float32), ("x",))
+    >>> view = held_out_by_hospital(Fold(0, data, np.array([1, 0, 1]), None))
+    >>> [v.X_test[:, 0].tolist() for v in view.clients]
+    [[1.0], [0.0, 2.0]]
+    """
+    from dataclasses import replace
+
+    data = fold.data
+    clients = tuple(
+        replace(c, X_test=data.X_test[fold.test_hospital == i],
+                y_test=data.y_test[fold.test_hospital == i])
+        for i, c in enumerate(data.clients))
+    return replace(data, clients=clients)
 
 
 def mean_std(values: np.ndarray | list[float]) -> tuple[float, float]:

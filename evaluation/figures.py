@@ -131,28 +131,52 @@ def accuracy_bars(summary: AuditSummary, out: Path) -> FigureFile | None:
 
 
 def per_hospital(summary: AuditSummary, out: Path, defense: str = "none") -> FigureFile | None:
-    groups = [g for g in summary.groups if g["defense"] == defense]
-    hosp = sorted({k for g in groups for k in g if k.startswith("hospital.")})
-    if not groups or not hosp:
+    """Bars per hospital (and the mean over hospitals): each algorithm's accuracy on the
+    hospital's own held-out patients, with the model that hospital uses (personalised
+    where the algorithm keeps one) and, for personalised algorithms, the global model beside
+    it (hatched)."""
+    series = []  # (label, colour key, block, hatched)
+    for g in summary.groups:
+        if g["defense"] != defense:
+            continue
+        per = g.get("per_hospital") or {}
+        own = per.get("held_out_folds")
+        if own is None:
+            continue
+        label = {"personalised": "personalised", "local": "each hospital alone",
+                 "global": "global model"}.get(own["model"], str(own["model"]))
+        series.append((f"{g['algorithm']} ({label})", g["algorithm"], own, False))
+        if per.get("held_out_folds_global") is not None:
+            series.append((f"{g['algorithm']} (global model)", g["algorithm"],
+                           per["held_out_folds_global"], True))
+    if not series:
         return None
-    algos = [g["algorithm"] for g in groups]
-    colours = _colours(algos)
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.6 * len(hosp) + 2), 3.8))
-    width = 0.8 / len(groups)
-    for j, g in enumerate(groups):
-        xs = np.arange(len(hosp)) + (j - (len(groups) - 1) / 2) * width
-        ms = [g[h]["mean"] for h in hosp]
-        ss = [g[h]["std"] for h in hosp]
-        ax.bar(xs, ms, width * 0.92, yerr=ss, capsize=2, color=colours[g["algorithm"]],
-               label=g["algorithm"])
-    ax.set_xticks(range(len(hosp)), [h.split(".", 1)[1] for h in hosp])
+    hosp = list(dict.fromkeys(h for _, _, b, _ in series for h in b["accuracy"]))
+    colours = _colours(list(dict.fromkeys(k for _, k, _, _ in series)))
+    ticks = [*hosp, "mean over\nhospitals"]
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.9 * len(ticks) + 2), 4.0))
+    width = 0.8 / len(series)
+    for j, (label, key, block, hatched) in enumerate(series):
+        xs = np.arange(len(ticks)) + (j - (len(series) - 1) / 2) * width
+        cells = [block["accuracy"].get(h, {"mean": np.nan, "std": np.nan}) for h in hosp]
+        mean = block["mean"] or {"mean": np.nan, "std": np.nan}
+        ms = [c["mean"] for c in cells] + [mean["mean"]]
+        ss = [c["std"] for c in cells] + [mean["std"]]
+        ax.bar(xs, ms, width * 0.92, yerr=ss, capsize=2, label=label,
+               color="white" if hatched else colours[key], edgecolor=colours[key],
+               hatch="///" if hatched else None, lw=1.0)
+    ax.set_xticks(range(len(ticks)), ticks)
     ax.set_ylabel("accuracy on the hospital's own held-out patients")
     ax.set_ylim(0, 1)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, ncols=min(len(groups), 4), loc="upper center", bbox_to_anchor=(0.5, -0.1))
+    ax.legend(fontsize=8, ncols=min(len(series), 3), loc="upper center",
+              bbox_to_anchor=(0.5, -0.12))
     return _save(fig, out, "per-hospital", "Accuracy per hospital",
-                 f"Defense '{defense}'. Each hospital's held-out patients scored separately: a "
-                 "model that serves one hospital's population or labelling rule poorly shows here.")
+                 f"Defense '{defense}'. Each hospital's held-out patients of each fold scored "
+                 "by the model that hospital uses: personalised (FedMedHeter, Ditto), its own "
+                 "(local-only training) or the global model (the others); hatched bars: the "
+                 "global model of a personalised algorithm on the same patients. Whiskers: one "
+                 "standard deviation over folds.")
 
 
 def privacy_utility(summary: AuditSummary, out: Path) -> list[FigureFile]:

@@ -27,11 +27,11 @@ from evaluation.dp_audit import dp_audit_rows
 from evaluation.figures import FigureFile, make_figures, verdict_heatmap
 from evaluation.privacy import get_audit_attack
 from evaluation.runner import AuditResults, audit_hospitals
-from evaluation.summary import REFERENCE, AuditSummary, summarize
+from evaluation.summary import MODEL_NAMES, REFERENCE, AuditSummary, summarize
 from evaluation.threats import get_threat
 from evaluation.verdicts import VERDICT_RULE, threat_verdicts
 
-__all__ = ["ReportFiles", "write_report", "summary_rows"]
+__all__ = ["ReportFiles", "write_report", "summary_rows", "per_hospital_rows"]
 
 
 @dataclass(frozen=True)
@@ -98,26 +98,76 @@ Table = tuple[list[str], list[list[str]]]
 def summary_rows(summary: AuditSummary) -> Table:
     """The headline table (also printed by the CLI)."""
     head = ["algorithm", "defense", "folds", "accuracy", "AUC", "F1", "bytes/run",
-            "train s", "epsilon"]
+            "train s", "epsilon", "per-hospital mean (model)", "worst hospital"]
     rows = []
     for g in summary.groups:
         eps = g.get("epsilon", {"mean": float("nan")})["mean"]
+        block = (g.get("per_hospital") or {}).get("held_out_folds")
         rows.append([g["algorithm"], g["defense"], str(g["n"]), _ms(g, "accuracy"),
                      _ms(g, "auc"), _ms(g, "f1"), _bytes(g["bytes_total"]["mean"]),
-                     _f(g["train_time"]["mean"], 2), epsilon_text(eps)])
+                     _f(g["train_time"]["mean"], 2), epsilon_text(eps),
+                     "n/a" if block is None else f"{_ms(g, 'hospital_mean')} ({block['model']})",
+                     "n/a" if block is None else
+                     f"{block['worst']['hospital']} {_f(block['worst']['mean'])}"])
     return head, rows
 
 
 def _utility_table(summary: AuditSummary) -> Table:
-    hosp = sorted({k for g in summary.groups for k in g if k.startswith("hospital.")})
-    own = sorted({k for g in summary.groups for k in g if k.startswith("own.")})
+    """Pooled metrics: the global model (where the algorithm has one) on every held-out
+    patient of the fold, and on the external test set; per-hospital means beside them."""
     head = ["algorithm", "defense", "accuracy", "AUC", "F1", "log loss", "external accuracy",
-            "external AUC", *[h.split(".", 1)[1] + " accuracy" for h in hosp],
-            *[h.split(".", 1)[1] + " own test accuracy" for h in own]]
-    rows = [[g["algorithm"], g["defense"], _ms(g, "accuracy"), _ms(g, "auc"), _ms(g, "f1"),
-             _ms(g, "loss"), _ms(g, "external_accuracy"), _ms(g, "external_auc"),
-             *[_ms(g, h) for h in hosp], *[_ms(g, h) for h in own]] for g in summary.groups]
+            "external AUC", "per-hospital mean (model each hospital uses)", "worst hospital"]
+    rows = []
+    for g in summary.groups:
+        block = (g.get("per_hospital") or {}).get("held_out_folds")
+        worst = "n/a" if block is None else (
+            f"{block['worst']['hospital']} {_f(block['worst']['mean'])}")
+        model = "" if block is None else f" ({block['model']})"
+        rows.append([g["algorithm"], g["defense"], _ms(g, "accuracy"), _ms(g, "auc"),
+                     _ms(g, "f1"), _ms(g, "loss"), _ms(g, "external_accuracy"),
+                     _ms(g, "external_auc"), _ms(g, "hospital_mean") + model, worst])
     return head, rows
+
+
+#: The per-hospital families as the report names them.
+_FAMILIES = (("held_out_folds", "held-out folds"), ("held_out_folds_global", "held-out folds"),
+             ("own_test", "own test file"), ("own_test_global", "own test file"))
+
+
+def per_hospital_rows(summary: AuditSummary) -> list[dict[str, Any]]:
+    """One row per (algorithm, defense, patients, model): each hospital's accuracy on its own
+    patients (mean ± std over folds), the mean over hospitals and the worst hospital.
+
+    A personalised algorithm (FedMedHeter, Ditto) has a row for each hospital's personalised
+    model and one for its global model on the same patients; ``summary.json`` carries these
+    rows under ``per_hospital``."""
+    out = []
+    for g in summary.groups:
+        for key, patients in _FAMILIES:
+            block = (g.get("per_hospital") or {}).get(key)
+            if block is None:
+                continue
+            out.append({"algorithm": g["algorithm"], "defense": g["defense"],
+                        "patients": patients, "model": block["model"],
+                        "model_description": MODEL_NAMES.get(block["model"], block["model"]),
+                        "mean": block["mean"], "worst": block["worst"],
+                        "accuracy": block["accuracy"]})
+    return out
+
+
+def _per_hospital_table(summary: AuditSummary) -> Table:
+    rows = per_hospital_rows(summary)
+    hosp = list(dict.fromkeys(h for r in rows for h in r["accuracy"]))
+    head = ["algorithm", "defense", "patients", "model each hospital uses",
+            "mean over hospitals", "worst hospital", *hosp]
+    out = []
+    for r in rows:
+        acc = r["accuracy"]
+        out.append([r["algorithm"], r["defense"], r["patients"], r["model_description"],
+                    _ms({"m": r["mean"]}, "m") if r["mean"] else "n/a",
+                    f"{r['worst']['hospital']} {_f(r['worst']['mean'])}",
+                    *[_ms({"m": acc[h]}, "m") if h in acc else "-" for h in hosp]])
+    return head, out
 
 
 def _cost_table(summary: AuditSummary) -> Table:
@@ -135,12 +185,16 @@ def _cost_table(summary: AuditSummary) -> Table:
     return head, rows
 
 
+#: Metric names as the significance table writes them.
+_METRIC_NAMES = {"hospital_mean": "per-hospital mean accuracy (model each hospital uses)"}
+
+
 def _stats_table(summary: AuditSummary) -> Table:
     head = ["comparison", "metric", "difference", "95% CI (independent)", "Student p",
             "Welch p", "paired p", "95% CI (paired)", "Wilcoxon p", "Cohen's d"]
     rows = []
     for c in summary.comparisons:
-        rows.append([f"{c.a} vs {c.b}", c.metric, f"{c.diff:+.3f}",
+        rows.append([f"{c.a} vs {c.b}", _METRIC_NAMES.get(c.metric, c.metric), f"{c.diff:+.3f}",
                      f"[{c.student_ci[0]:+.3f}, {c.student_ci[1]:+.3f}]", _p(c.student_p),
                      _p(c.welch_p), _p(c.paired_p),
                      f"[{c.paired_ci[0]:+.3f}, {c.paired_ci[1]:+.3f}]", _p(c.wilcoxon_p),
@@ -351,11 +405,26 @@ def _findings(summary: AuditSummary, claims: list[ClaimResult], setup: dict[str,
         best = max(none, key=lambda g: g["accuracy"]["mean"])
         worst = min(none, key=lambda g: g["accuracy"]["mean"])
         out.append(
-            f"Without protection, {best['algorithm']} was the most accurate "
+            f"Without protection, on the pooled held-out patients (global models), "
+            f"{best['algorithm']} was the most accurate "
             f"({_ms(best, 'accuracy')} over {best['n']} folds) and {worst['algorithm']} the "
             f"least ({_ms(worst, 'accuracy')})."
         )
+    rows = [r for r in per_hospital_rows(summary)
+            if r["defense"] == "none" and r["patients"] == "held-out folds" and r["mean"]]
+    if rows:
+        out.append(
+            "Per hospital (each hospital's own held-out patients, mean over hospitals; worst "
+            "hospital in brackets): " + "; ".join(
+                f"{r['algorithm']} with {MODEL_NAMES.get(r['model'], r['model'])} "
+                f"{_f(r['mean']['mean'])} ({r['worst']['hospital']} {_f(r['worst']['mean'])})"
+                for r in rows) + ".")
     for c in summary.comparisons:
+        if c.metric == "hospital_mean" and c.a.endswith("/none") and c.b.endswith("/none"):
+            name = c.a.split("/")[0]
+            out.append(
+                f"{name} vs {REFERENCE}, per hospital (the model each hospital uses): mean "
+                f"difference {c.diff:+.3f} (paired p {_p(c.paired_p)} over {c.n_pairs} folds).")
         if c.metric != "accuracy" or not c.b.endswith("/none") or not c.a.endswith("/none"):
             continue
         name = c.a.split("/")[0]
@@ -510,6 +579,21 @@ def _attacks_table(setup: dict[str, Any]) -> Table:
             [[n, a["summary"], a["threat_model"]] for n, a in setup["attacks"].items()])
 
 
+_UTILITY_TEXT = (
+    "Two views of the same runs. Pooled: one model scored on every held-out patient of the "
+    "fold (and on the external test set); that is the global model, which for FedMedHeter and "
+    "Ditto is the shared model before any hospital adapts it (local-only training has no "
+    "global model: its pooled figures are the mean over hospitals of each hospital's model on "
+    "all held-out patients). Per hospital: each hospital scores, on its own held-out patients "
+    "of the fold (and on its own test file where the federation file gives one), the model it "
+    "uses: its personalised model for FedMedHeter (personalisation 'finetune', on by default: "
+    "one epoch of fine-tuning of the final global model on the hospital's own training rows, "
+    "at the hospital) and Ditto, its own model for local-only training, the global model for "
+    "everything else; FedMedHeter's and Ditto's global models are shown per hospital too. "
+    "The mean over hospitals counts each hospital once; the worst hospital is the one with the "
+    "lowest accuracy over the folds.")
+
+
 def _sections(results: AuditResults, summary: AuditSummary, claims: list[ClaimResult],
               setup: dict[str, Any], verdicts: list[dict[str, Any]] | None = None,
               heatmap: FigureFile | None = None) -> list[tuple[str, str, Any]]:
@@ -564,7 +648,11 @@ def _sections(results: AuditResults, summary: AuditSummary, claims: list[ClaimRe
     if setup["attacks"]:
         secs.append(("Attacks", "table", _attacks_table(setup)))
     secs += [
-        ("Utility (mean ± std over folds)", "table", _utility_table(summary)),
+        ("Utility (mean ± std over folds)", "text", _UTILITY_TEXT),
+        ("Utility: pooled held-out patients and external test set", "table",
+         _utility_table(summary)),
+        ("Utility per hospital: each hospital's own patients", "table",
+         _per_hospital_table(summary)),
         ("Significance (each algorithm against FedAvg, same defense)", "table",
          _stats_table(summary)),
         ("Costs", "table", _cost_table(summary)),
@@ -688,6 +776,7 @@ def write_report(results: AuditResults, *, command: str | None = None) -> Report
         "target_accuracy": summary.target_accuracy,
         "target_source": summary.target_source,
         "groups": summary.groups,
+        "per_hospital": per_hospital_rows(summary),
         "comparisons": [c.to_dict() for c in summary.comparisons],
         "claims": [c.to_dict() for c in claims],
         "findings": _findings(summary, claims, setup, results.cells, verdicts),

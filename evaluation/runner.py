@@ -25,14 +25,14 @@ import numpy as np
 
 import securefed
 from defenses import get_defense
-from evaluation.algorithms import get_algorithm
+from evaluation.algorithms import PersonalParamsRecorder, get_algorithm
 from evaluation.config import AuditConfig
-from evaluation.cv import Fold, stratified_hospital_folds
+from evaluation.cv import Fold, held_out_by_hospital, stratified_hospital_folds
 from evaluation.metrics import model_metrics, per_hospital_accuracy
 from evaluation.privacy import AttackContext, get_audit_attack
 from securefed.errors import ConfigurationError, PrivacyBudgetExceeded, SecurefedError
-from securefed.federated import FederatedArrays, RunResult
-from securefed.models import ModelSpec
+from securefed.federated import FederatedArrays, RunResult, evaluate
+from securefed.models import ModelSpec, set_flat_params
 
 __all__ = [
     "Cell",
@@ -355,12 +355,21 @@ def run_cell(cell: Cell, config: AuditConfig, fold: Fold, *, model: ModelSpec) -
         "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
     t0, c0 = time.perf_counter(), time.process_time()
+    # each hospital is evaluated, at home, on its own held-out patients of the fold
+    view = held_out_by_hospital(fold)
+    recorder: list[PersonalParamsRecorder] = []
+
+    def wrap(strategy: Any) -> PersonalParamsRecorder:
+        recorder.append(PersonalParamsRecorder(strategy, final_round=config.rounds - 1))
+        return recorder[-1]
+
+    def train(data: FederatedArrays, **kw: Any) -> RunResult:
+        return algo.train(data, model=model, rounds=config.rounds, seed=seed, defense=defense,
+                          hyper=config.hyper(),
+                          params=dict(config.algorithm_params.get(cell.algorithm, {})), **kw)
+
     try:
-        run = algo.train(
-            fold.data, model=model, rounds=config.rounds, seed=seed, defense=defense,
-            hyper=config.hyper(), params=dict(config.algorithm_params.get(cell.algorithm, {})),
-            record_transcript=any(a.needs_transcript for a in attacks),
-        )
+        run = train(view, record_transcript=any(a.needs_transcript for a in attacks), wrap=wrap)
     except PrivacyBudgetExceeded as exc:
         if not isinstance(exc.partial, RunResult) or not exc.partial.history:
             record["error"] = f"{type(exc).__name__}: {exc}"
@@ -374,17 +383,16 @@ def run_cell(cell: Cell, config: AuditConfig, fold: Fold, *, model: ModelSpec) -
         return record
     train_time = time.perf_counter() - t0
     data = fold.data
-    record["metrics"] = model_metrics(model, run.final_params, data.X_test, data.y_test)
-    record["per_hospital_accuracy"] = per_hospital_accuracy(
-        model, run.final_params, data.X_test, data.y_test, fold.test_hospital,
-        tuple(c.name for c in data.clients),
-    )
-    if fold.external is not None:
-        record["external"] = model_metrics(model, run.final_params, *fold.external)
-    own = {h: float(m["accuracy"]) for h, m in (run.final.per_hospital or {}).items()
-           if "accuracy" in m}
-    if own:  # each hospital's own test patients (federation files with test CSVs)
-        record["own_test_accuracy"] = own
+    if run.final_params.size:
+        record["metrics"] = model_metrics(model, run.final_params, data.X_test, data.y_test)
+        if fold.external is not None:
+            record["external"] = model_metrics(model, run.final_params, *fold.external)
+    else:  # no global model (local-only): the runner's own pooled figures, see its summary
+        f = run.final
+        record["metrics"] = {"loss": f.test_loss, "accuracy": f.test_accuracy,
+                             "auc": f.test_auc, "f1": float("nan")}
+    record.update(_hospital_records(algo.kind, run, fold, model,
+                                    recorder[0].last if recorder else None, train))
     record["history"] = _history(run)
     record["times"] = _phase_times(run)
     record["train_time"] = train_time
@@ -413,6 +421,70 @@ def run_cell(cell: Cell, config: AuditConfig, fold: Fold, *, model: ModelSpec) -
     record["wall_time"] = time.perf_counter() - t0
     record["cpu_time"] = time.process_time() - c0
     return record
+
+
+def _hospital_records(kind: str, run: RunResult, fold: Fold, model: ModelSpec,
+                      personal: dict[int, np.ndarray | None] | None,
+                      train: Callable[[FederatedArrays], RunResult]) -> dict[str, Any]:
+    """Per-hospital accuracy of the model each hospital uses, on its own patients.
+
+    ``per_hospital_accuracy``: on the hospital's held-out rows of the fold, as the run's
+    last round measured it at the hospital (personalised model where the strategy keeps one;
+    each hospital's own model for local-only training; the global model otherwise);
+    ``per_hospital_model`` says which.  Where any hospital used a model other than the global
+    one and a global model exists, ``global_per_hospital_accuracy`` is the global model on the
+    same rows.  With a federation file whose hospitals hold test files, ``own_test_accuracy``
+    (and ``global_own_test_accuracy``) do the same on each hospital's own test file, with the
+    parameters each hospital used in the last round (``personal``, recorded as it evaluated);
+    ``train`` reruns the cell's training on other data (local-only training, see below).
+    """
+    data = fold.data
+    names = tuple(c.name for c in data.clients)
+    per = run.final.per_hospital or {}
+    label = "local" if kind == "local" else "personalised"
+    out: dict[str, Any] = {}
+    if per:
+        out["per_hospital_accuracy"] = {h: float(per[h]["accuracy"]) for h in names if h in per}
+        out["per_hospital_model"] = {h: label if per[h].get("personal") else "global"
+                                     for h in names if h in per}
+    else:  # a trainer that does not evaluate per hospital (encrypted-centralised)
+        out["per_hospital_accuracy"] = per_hospital_accuracy(
+            model, run.final_params, data.X_test, data.y_test, fold.test_hospital, names)
+        out["per_hospital_model"] = {h: "global" for h in names}
+    has_global = run.final_params.size > 0
+    own_model = any(m != "global" for m in out["per_hospital_model"].values())
+    if own_model and has_global:
+        out["global_per_hospital_accuracy"] = per_hospital_accuracy(
+            model, run.final_params, data.X_test, data.y_test, fold.test_hospital, names)
+    own_tests = [c for c in data.clients if c.X_test is not None and c.y_test is not None
+                 and len(c.y_test)]
+    if not own_tests:
+        return out
+    net = model.build(seed=0)
+    if kind == "local":
+        # local-only training keeps no parameters in its result, and its models do not depend
+        # on what it is evaluated on: the same run again, evaluated on the test files
+        again = train(data)
+        own_per = again.final.per_hospital or {}
+        out["own_test_accuracy"] = {c.name: float(own_per[c.name]["accuracy"]) for c in own_tests}
+        out["own_test_model"] = {c.name: "local" for c in own_tests}
+        return out
+    acc, which, glob = {}, {}, {}
+    for c in own_tests:
+        own = None if personal is None else personal.get(c.client_id)
+        if has_global:
+            set_flat_params(net, run.final_params)
+            glob[c.name] = float(evaluate(net, c.X_test, c.y_test)[1])
+        if own is None:
+            acc[c.name], which[c.name] = glob[c.name], "global"
+        else:
+            set_flat_params(net, own)
+            acc[c.name], which[c.name] = float(evaluate(net, c.X_test, c.y_test)[1]), label
+    out["own_test_accuracy"] = acc
+    out["own_test_model"] = which
+    if any(m != "global" for m in which.values()) and glob:
+        out["global_own_test_accuracy"] = glob
+    return out
 
 
 def run_threat_cell(cell: ThreatCell, config: AuditConfig, data: FederatedArrays, *,

@@ -17,7 +17,8 @@ import pandas as pd
 from evaluation.cv import mean_std
 from evaluation.stats import Comparison, compare
 
-__all__ = ["AuditSummary", "summarize", "cell_frame", "rounds_to_target", "REFERENCE"]
+__all__ = ["AuditSummary", "summarize", "cell_frame", "rounds_to_target", "REFERENCE",
+           "HOSPITAL_FAMILIES", "MODEL_NAMES", "hospital_block"]
 
 #: The algorithm every other is compared with (the seed's baseline).
 REFERENCE = "fedavg"
@@ -28,6 +29,19 @@ METRICS = (
     "external_accuracy", "external_auc", "external_f1",
     "bytes_up", "bytes_down", "bytes_total", "train_time", "time_per_round", "attack_time",
     "rounds_to_target", "bytes_to_target", "epsilon", "delta",
+    "hospital_mean", "global_hospital_mean", "own_mean", "global_own_mean",
+)
+
+#: Per-hospital column families: (prefix of the cell frame's columns, the record's key).
+#: ``hospital.``: the model each hospital uses (personalised where the algorithm keeps one)
+#: on its held-out rows of the fold; ``global_hospital.``: the global model on the same rows
+#: (only where the first is not the global model); ``own.``/``global_own.``: the same on each
+#: hospital's own test file (federation files with test CSVs).
+HOSPITAL_FAMILIES = (
+    ("hospital", "per_hospital_accuracy"),
+    ("global_hospital", "global_per_hospital_accuracy"),
+    ("own", "own_test_accuracy"),
+    ("global_own", "global_own_test_accuracy"),
 )
 
 
@@ -71,10 +85,14 @@ def cell_frame(cells: Sequence[dict[str, Any]], target: float | None = None) -> 
         row["bytes_total"] = row["bytes_up"] + row["bytes_down"]
         for phase, t in (c.get("times") or {}).items():
             row[f"time.{phase}"] = _num(t)
-        for h, a in (c.get("per_hospital_accuracy") or {}).items():
-            row[f"hospital.{h}"] = _num(a)
-        for h, a in (c.get("own_test_accuracy") or {}).items():
-            row[f"own.{h}"] = _num(a)
+        for prefix, key in HOSPITAL_FAMILIES:
+            values = {h: _num(a) for h, a in (c.get(key) or {}).items()}
+            for h, a in values.items():
+                row[f"{prefix}.{h}"] = a
+            if values:  # each hospital counts once, whatever its size
+                row[f"{prefix}_mean"] = float(np.mean(list(values.values())))
+        row["hospital_model"] = _model_label(c.get("per_hospital_model") or {})
+        row["own_model"] = _model_label(c.get("own_test_model") or {})
         if target is not None and hist.get("test_accuracy"):
             r = rounds_to_target(hist["test_accuracy"], target)
             row["rounds_to_target"] = r
@@ -95,6 +113,34 @@ def cell_frame(cells: Sequence[dict[str, Any]], target: float | None = None) -> 
                     row[f"detail.{s['attack']}.{s['party']}.{dk}"] = float(dv)
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _model_label(which: dict[str, str]) -> str | None:
+    """``"personalised"``, ``"local"`` or ``"global"`` when every hospital used that kind of
+    model; ``"mixed"`` otherwise; ``None`` without per-hospital figures."""
+    kinds = set(which.values())
+    if not kinds:
+        return None
+    return kinds.pop() if len(kinds) == 1 else "mixed"
+
+
+#: How the report names the model behind a group's per-hospital figures.
+MODEL_NAMES = {"personalised": "each hospital's personalised model",
+               "local": "each hospital's own model (trained alone)",
+               "global": "the global model", "mixed": "personalised at some hospitals only"}
+
+
+def hospital_block(g: dict[str, Any], prefix: str, model: str | None) -> dict[str, Any] | None:
+    """One family of a group's per-hospital figures: the model behind them, the mean over
+    hospitals (mean ± std over folds of the per-fold mean), the worst hospital (the one
+    with the lowest accuracy over the folds) and every hospital's mean ± std over folds."""
+    hosp = {k.split(".", 1)[1]: v for k, v in g.items()
+            if k.startswith(prefix + ".") and not math.isnan(v["mean"])}
+    if not hosp:
+        return None
+    worst = min(hosp, key=lambda h: (np.nan_to_num(hosp[h]["mean"], nan=np.inf), h))
+    return {"model": model, "mean": g.get(f"{prefix}_mean"),
+            "worst": {"hospital": worst, **hosp[worst]}, "accuracy": hosp}
 
 
 @dataclass(frozen=True)
@@ -134,6 +180,12 @@ def _target(frame: pd.DataFrame, fraction: float) -> tuple[float | None, str]:
     return fraction * float(best), f"{fraction:.0%} of the best mean accuracy in the audit"
 
 
+def _common(sub: pd.DataFrame, col: str) -> str | None:
+    if col not in sub:
+        return None
+    return _model_label({str(i): v for i, v in enumerate(sub[col]) if isinstance(v, str)})
+
+
 def summarize(cells: Sequence[dict[str, Any]], *, target_fraction: float = 0.95) -> AuditSummary:
     """Mean ± std over folds per (algorithm, defense), and comparisons with FedAvg."""
     failed = [c for c in cells if c.get("error")]
@@ -142,8 +194,8 @@ def summarize(cells: Sequence[dict[str, Any]], *, target_fraction: float = 0.95)
     frame = cell_frame(cells, target)
     groups: list[dict[str, Any]] = []
     attack_cols = sorted(c for c in frame.columns if c.startswith("attack."))
-    extra_cols = sorted(c for c in frame.columns if c.startswith(("time.", "hospital.", "own.",
-                                                                  "detail.")))
+    extra_cols = sorted(c for c in frame.columns if c.startswith(
+        ("time.", "detail.", *(f"{p}." for p, _ in HOSPITAL_FAMILIES))))
     if not frame.empty:
         order = list(dict.fromkeys(zip(frame.algorithm, frame.defense, strict=True)))
         for algo, dfn in order:
@@ -156,6 +208,15 @@ def summarize(cells: Sequence[dict[str, Any]], *, target_fraction: float = 0.95)
                     g[col] = {"mean": m, "std": s}
             if "rounds_to_target" in sub:
                 g["reached_target"] = int(sub.rounds_to_target.notna().sum())
+            models = {"hospital": _common(sub, "hospital_model"), "own": _common(sub, "own_model")}
+            per = {}
+            for prefix, _ in HOSPITAL_FAMILIES:
+                model = "global" if prefix.startswith("global_") else models[prefix.split("_")[-1]]
+                block = hospital_block(g, prefix, model)
+                if block is not None:
+                    per[{"hospital": "held_out_folds", "global_hospital": "held_out_folds_global",
+                         "own": "own_test", "global_own": "own_test_global"}[prefix]] = block
+            g["per_hospital"] = per
             groups.append(g)
     comparisons: list[Comparison] = []
     if not frame.empty:
@@ -169,7 +230,10 @@ def summarize(cells: Sequence[dict[str, Any]], *, target_fraction: float = 0.95)
                 other = frame[(frame.algorithm == algo) & (frame.defense == dfn)]
                 if len(other) < 2:
                     continue
-                for metric in ("accuracy", "auc", "f1"):
+                for metric in ("accuracy", "auc", "f1", "hospital_mean"):
+                    if metric not in other or (other[metric].notna().sum() < 2
+                                               or ref[metric].notna().sum() < 2):
+                        continue
                     comparisons.append(compare(
                         dict(zip(other.fold, other[metric], strict=True)),
                         dict(zip(ref.fold, ref[metric], strict=True)),
