@@ -1,43 +1,28 @@
-"""Evaluation: the audit runner, cross-validation, statistics, figures and reports."""
+"""Evaluation: the audit runner, cross-validation, statistics, figures and reports.
+
+The public names are imported on first use (the audit's worker processes then do not load
+the report's plotting stack); the audit attacks register themselves on import.
+"""
 
 from evaluation import audit_attacks as _audit_attacks  # noqa: F401  (registers the attacks)
-from evaluation.algorithms import (
-    Algorithm,
-    HyperParams,
-    algorithm_names,
-    get_algorithm,
-    register_algorithm,
-)
-from evaluation.config import PROFILES, AuditConfig, load_config, profile
-from evaluation.cv import Fold, stratified_hospital_folds
-from evaluation.privacy import (
-    AttackContext,
-    AttackScore,
-    AuditAttack,
-    audit_attack_names,
-    get_audit_attack,
-    register_audit_attack,
-)
-from evaluation.report import ReportFiles, write_report
-from evaluation.runner import AuditResults, Cell, load_results, plan_cells, run_audit
-from evaluation.stats import Comparison, compare
-from evaluation.summary import AuditSummary, summarize
+from securefed._compat import lazy
 
-__all__ = [
-    "Algorithm", "HyperParams", "algorithm_names", "get_algorithm", "register_algorithm",
-    "PROFILES", "AuditConfig", "load_config", "profile",
-    "Fold", "stratified_hospital_folds",
-    "AttackContext", "AttackScore", "AuditAttack", "audit_attack_names", "get_audit_attack",
-    "register_audit_attack",
-    "ReportFiles", "write_report",
-    "AuditResults", "Cell", "load_results", "plan_cells", "run_audit",
-    "Comparison", "compare",
-    "AuditSummary", "summarize",
-]
+_EXPORTS = {
+    **dict.fromkeys(("Algorithm", "HyperParams", "algorithm_names", "get_algorithm",
+                     "register_algorithm"), "evaluation.algorithms"),
+    **dict.fromkeys(("PROFILES", "AuditConfig", "load_config", "profile"), "evaluation.config"),
+    **dict.fromkeys(("Fold", "stratified_hospital_folds"), "evaluation.cv"),
+    **dict.fromkeys(("AttackContext", "AttackScore", "AuditAttack", "audit_attack_names",
+                     "get_audit_attack", "register_audit_attack",
+                     # older names of the audit-attack registry (deprecated, see evaluation.privacy)
+                     "register_attack", "attack_names", "get_attack"), "evaluation.privacy"),
+    **dict.fromkeys(("ReportFiles", "write_report"), "evaluation.report"),
+    **dict.fromkeys(("AuditResults", "Cell", "load_results", "plan_cells", "run_audit"),
+                    "evaluation.runner"),
+    **dict.fromkeys(("Comparison", "compare"), "evaluation.stats"),
+    **dict.fromkeys(("AuditSummary", "summarize"), "evaluation.summary"),
+}
 
+__all__ = [n for n in _EXPORTS if n not in ("register_attack", "attack_names", "get_attack")]
 
-def __getattr__(name: str):  # type: ignore[no-untyped-def]
-    # the older names of the audit-attack registry (see evaluation.privacy)
-    from evaluation import privacy
-
-    return getattr(privacy, name)
+__getattr__, __dir__ = lazy("evaluation", _EXPORTS)

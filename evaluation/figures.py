@@ -49,8 +49,12 @@ def _colours(names: Sequence[str]) -> dict[str, str]:
 def _save(fig: Any, out: Path, name: str, title: str, caption: str) -> FigureFile:
     out.mkdir(parents=True, exist_ok=True)
     png, svg = out / f"{name}.png", out / f"{name}.svg"
-    fig.savefig(png, dpi=110, bbox_inches="tight")
-    fig.savefig(svg, bbox_inches="tight")
+    # the tight bounding box is measured once (each "tight" save would lay the figure out
+    # again) and used for both files; 0.1 inch of padding as matplotlib's own default
+    fig.canvas.draw()
+    bbox = fig.get_tightbbox(fig.canvas.get_renderer()).padded(0.1)
+    fig.savefig(png, dpi=110, bbox_inches=bbox)
+    fig.savefig(svg, bbox_inches=bbox)
     plt.close(fig)
     return FigureFile(name, title, caption, png, svg)
 
