@@ -22,7 +22,12 @@ from securefed.federated import FedAvg, FedProx, LocalConfig  # noqa: E402
 from securefed.federated.round import seed_streams  # noqa: E402
 from securefed.flower.cluster import descendants, toml_value  # noqa: E402
 from securefed.flower.node import config_from_json, config_to_json, local_round  # noqa: E402
-from securefed.flower.nodedata import load_csv_with_schema, load_node_data  # noqa: E402
+from securefed.flower.nodedata import (  # noqa: E402
+    bundled_federation,
+    load_csv_with_schema,
+    load_node_data,
+    preload_node_data,
+)
 from securefed.flower.settings import (  # noqa: E402
     DeploymentSettings,
     build_model,
@@ -127,6 +132,27 @@ def test_config_json_round_trip() -> None:
     c = LocalConfig(learning_rate=0.1, local_epochs=2, batch_size=None, proximal_mu=0.5,
                     extra={"alpha": 0.3})
     assert config_from_json(config_to_json(c)) == c
+
+
+def test_bundled_node_data_is_built_once_and_handed_out_as_copies(tmp_path) -> None:
+    bundled_federation.cache_clear()
+    fed = pima_federation(seed=1, n_hospitals=4)
+    config = {"partition-id": 1, "num-partitions": 4, "data-seed": 1}
+    assert preload_node_data(config) is True
+    assert bundled_federation.cache_info().misses == 1
+    first = load_node_data(config)
+    first.X[:] = 0.0  # a caller that writes into its arrays leaves the cache as it was
+    again = load_node_data(config)
+    assert bundled_federation.cache_info().misses == 1
+    for got in (again, bundled_federation(1, 4).clients[1]):
+        np.testing.assert_array_equal(got.X, fed.clients[1].X)
+        np.testing.assert_array_equal(got.y, fed.clients[1].y)
+        np.testing.assert_array_equal(got.X_test, fed.clients[1].X_test)
+    # a hospital's own file is never preloaded, nor a config the node would refuse
+    assert preload_node_data({"client-id": 0, "data-path": str(tmp_path / "h.csv"),
+                              "schema-path": str(tmp_path / "s.json")}) is False
+    assert preload_node_data({"partition-id": 5, "num-partitions": 3}) is False
+    assert bundled_federation.cache_info().misses == 1
 
 
 def test_node_data_partition_and_csv(tmp_path) -> None:

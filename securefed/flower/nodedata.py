@@ -26,10 +26,19 @@ Two sources:
 
 The node's ``client-id`` (or ``partition-id``) is its index in the federation: it selects
 the node's random stream (see :mod:`securefed.flower.settings`) and must be unique.
+
+Building the bundled federation (reading, harmonising and standardising the public Pima
+files) costs about 0.4 s of CPU, and a node needs its data in several messages of a run.  It
+is computed once per process and kept (:func:`bundled_federation`); the warm executor of
+:mod:`securefed.flower.warm` computes it before it forks any ClientApp
+(:func:`preload_node_data`), so each message finds it ready.  Only the public bundled file
+is kept this way: a hospital's own CSV file is read again for every message that needs it
+(it is fast), so no patient row of a hospital stays in a process between messages.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 from collections.abc import Mapping
 from pathlib import Path
@@ -42,7 +51,8 @@ from securefed.arrays import ClientArrays
 from securefed.data import pima_federation
 from securefed.errors import ConfigurationError, InvalidDataError
 
-__all__ = ["load_node_data", "node_client_id", "load_csv_with_schema"]
+__all__ = ["load_node_data", "node_client_id", "load_csv_with_schema", "bundled_federation",
+           "preload_node_data"]
 
 
 def node_client_id(node_config: Mapping[str, Any]) -> int:
@@ -118,5 +128,30 @@ def load_node_data(node_config: Mapping[str, Any]) -> ClientArrays:
     seed = node_config.get("data-seed", 0)
     if not isinstance(num, int) or num < 1 or client_id >= num:
         raise ConfigurationError(f"partition-id must be in [0, num-partitions={num}), got {client_id}")
-    fed = pima_federation(seed=int(seed), n_hospitals=int(num))
-    return fed.clients[client_id]
+    part = bundled_federation(int(seed), int(num)).clients[client_id]
+    # a copy: the cached arrays stay as they were, whatever the caller does with these
+    return ClientArrays(client_id=part.client_id, name=part.name, X=part.X.copy(),
+                        y=part.y.copy(),
+                        X_test=None if part.X_test is None else part.X_test.copy(),
+                        y_test=None if part.y_test is None else part.y_test.copy())
+
+
+@functools.lru_cache(maxsize=4)
+def bundled_federation(seed: int, num_partitions: int) -> Any:
+    """:func:`securefed.data.pima_federation` of the bundled (public) Pima files, computed
+    once per process for each ``(seed, num_partitions)`` (see the module docstring)."""
+    return pima_federation(seed=seed, n_hospitals=num_partitions)
+
+
+def preload_node_data(node_config: Mapping[str, Any]) -> bool:
+    """Build the bundled federation a node config names, so that processes forked afterwards
+    find it ready; returns whether there was one to build (a node with its own CSV file has
+    none: its rows are read per message).  A config that :func:`load_node_data` would
+    refuse is left for it to refuse, with its message, when a message comes."""
+    if "data-path" in node_config or "partition-id" not in node_config:
+        return False
+    try:
+        load_node_data(node_config)
+    except ConfigurationError:
+        return False
+    return True

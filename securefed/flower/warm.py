@@ -20,7 +20,7 @@ What this module does instead, with Flower's own pieces:
   from the OS; secrets never come from it (securefed draws them from ``os.urandom``).
   Two waits tuned for a cold ClientApp are shortened for a warm one: the back-off while
   the message's objects are still on their way to the SuperNode (1 s, doubling, in Flower;
-  50 ms, doubling up to 0.5 s here: the SuperNode is on the same machine).
+  50 ms, doubling up to 0.2 s here: the SuperNode is on the same machine).
 * :func:`run_supernode` runs Flower's ``flower-supernode`` unchanged except for two
   intervals that Flower 1.42 hard-codes: the pause between two polls for a new message when
   none came (3 s; ``poll_interval`` here, 0.25 s by default) and the heartbeat interval
@@ -31,14 +31,15 @@ What this module does instead, with Flower's own pieces:
   previous session of the same node key (Flower's exit code 305 after a crash), and stops
   both on SIGTERM.
 
-Threat model: unchanged from Flower's.  The warm process holds no secret (it imports code;
-it never sees a message), the forked ClientApp talks only to its own SuperNode on
-127.0.0.1, and a node started with ``--trusted-entities`` still refuses an unsigned app
-before any task is created.
+Threat model: unchanged from Flower's.  The warm process holds no secret (it imports code
+and, for a node that trains on a partition of the bundled public Pima files, builds that
+public data once; it never sees a message nor a hospital's own records), the forked
+ClientApp talks only to its own SuperNode on 127.0.0.1, and a node started with
+``--trusted-entities`` still refuses an unsigned app before any task is created.
 
 Command lines (``python -m securefed.flower.warm ...``)::
 
-    executor --runtime-api-address 127.0.0.1:9094 [--insecure | --root-certificates CA]
+    executor [--node-config CONFIG] --runtime-api-address 127.0.0.1:9094 [--insecure | --root-certificates CA]
     supernode [--poll-interval S] -- <flower-supernode arguments>
     node [--poll-interval S] -- <flower-supernode arguments>   # both, supervised
 
@@ -181,15 +182,29 @@ class ForkExecutor:
         self.reconcile()
 
 
-def run_executor(argv: Sequence[str], *, ready_file: str | None = None) -> None:
+def run_executor(argv: Sequence[str], *, ready_file: str | None = None,
+                 node_config: str | None = None) -> None:
     """``flower-superexec`` with :class:`ForkExecutor`; ``argv`` as for flower-superexec.
 
     ``ready_file`` is created once the modules are loaded (the supervisor starts the
-    SuperNode only then, so a node that is online answers at once).
+    SuperNode only then, so a node that is online answers at once).  ``node_config`` is the
+    SuperNode's ``--node-config`` value: when it names a partition of the bundled public
+    data, that federation is built here once (:func:`securefed.flower.nodedata.preload_node_data`)
+    instead of in every message that needs it.
     """
     missing = _preload(PRELOAD)
     if missing:
         print("securefed: warm executor could not preload " + "; ".join(missing), flush=True)
+    if node_config:
+        from flwr.common.config import parse_config_args
+
+        from securefed.flower.nodedata import preload_node_data
+
+        try:
+            preload_node_data(parse_config_args([node_config]))
+        except ValueError as exc:  # the SuperNode refuses the same value with its own message
+            print(f"securefed: warm executor could not read --node-config {node_config!r}: {exc}",
+                  flush=True)
     import functools
 
     import flwr.supercore.inflatable.inflatable_utils as objects
@@ -199,7 +214,7 @@ def run_executor(argv: Sequence[str], *, ready_file: str | None = None) -> None:
     # fetched them from the SuperLink; Flower then backs off 1 s, 2 s, ... (tuned for a
     # ClientApp that took seconds to start).  The SuperNode is local: ask again sooner.
     objects.pull_objects = functools.partial(objects.pull_objects, initial_backoff=0.05,
-                                             backoff_cap=0.5)
+                                             backoff_cap=0.2)
     # While its SuperNode restarts (a crash, a refused activation) the executor retries the
     # local Runtime API; Flower's back-off grows to 20 s, which would idle a node that is
     # back.  The API is on this machine: retry at least once a second.
@@ -301,6 +316,7 @@ def run_node(argv: Sequence[str], *, poll_interval: float = 0.25,
         del args[i:i + 2]
     node_args = [*args, "--isolation", "process"]
     runtime = _runtime_address(args)
+    node_config = args[args.index("--node-config") + 1] if "--node-config" in args[:-1] else ""
     me = [sys.executable, "-m", "securefed.flower.warm"]
     procs: dict[str, subprocess.Popen] = {}
     stopping = False
@@ -338,6 +354,7 @@ def run_node(argv: Sequence[str], *, poll_interval: float = 0.25,
 
     ready = os.path.join(tempfile.mkdtemp(prefix="securefed-node-"), "executor-ready")
     procs["executor"] = subprocess.Popen([*me, "executor", "--ready-file", ready,  # noqa: S603
+                                          *(["--node-config", node_config] if node_config else []),
                                           "--runtime-api-address", runtime, "--insecure",
                                           "--parent-pid", str(os.getpid())])
     first_refusal: float | None = None
@@ -400,12 +417,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     if command == "executor":
-        ready = None
-        if "--ready-file" in rest:
-            i = rest.index("--ready-file")
-            ready = rest[i + 1]
-            rest = rest[:i] + rest[i + 2:]
-        run_executor(rest, ready_file=ready)
+        own: dict[str, str | None] = {"--ready-file": None, "--node-config": None}
+        for flag in own:
+            if flag in rest[:-1]:
+                i = rest.index(flag)
+                own[flag] = rest[i + 1]
+                rest = rest[:i] + rest[i + 2:]
+        run_executor(rest, ready_file=own["--ready-file"], node_config=own["--node-config"])
         return 0
     parser = argparse.ArgumentParser(prog=f"python -m securefed.flower.warm {command}")
     parser.add_argument("--poll-interval", type=float, default=0.25,
