@@ -56,6 +56,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from securefed.errors import ConfigurationError, KeyMaterialError, MessageRejected
 
 __all__ = [
+    "write_private_file",
     "IdentityKey",
     "RosterEntry",
     "Roster",
@@ -233,6 +234,18 @@ class Roster:
         return f"Roster({len(self)} hospitals, fingerprint {self.fingerprint()[:16]})"
 
 
+def write_private_file(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write secret key material readable by its owner only: created with mode 0600, and the
+    mode set again in case the file existed with a wider one.  Every private key file the
+    project writes (identities, CKKS secret contexts, node and TLS keys) goes through here."""
+    p = Path(path)
+    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as fh:
+        fh.write(data)
+    os.chmod(p, 0o600)
+    return p
+
+
 @dataclass
 class IdentityKey:
     """One hospital's private identity: an Ed25519 signing key and an X25519 agreement key.
@@ -312,12 +325,7 @@ class IdentityKey:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the private keys, readable by the owner only (mode 0600)."""
-        p = Path(path)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(self.to_bytes())
-        os.chmod(p, 0o600)
-        return p
+        return write_private_file(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> IdentityKey:

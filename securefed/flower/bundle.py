@@ -51,7 +51,6 @@ with mode 0600 and never overwritten silently.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -62,6 +61,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from securefed.errors import ConfigurationError, KeyMaterialError
+from securefed.identity import write_private_file
 
 __all__ = [
     "APP_SIGNER_ID",
@@ -84,10 +84,7 @@ def _write_private(path: Path, data: bytes, *, overwrite: bool) -> None:
     if path.exists() and not overwrite:
         raise ConfigurationError(f"{path} already exists; refusing to overwrite a private key "
                                  "(pass overwrite=True / --overwrite to replace it)")
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(path, 0o600)
+    write_private_file(path, data)
 
 
 def write_node_key(private_path: str | Path, public_path: str | Path, *,

@@ -82,6 +82,7 @@ import tenseal as ts
 from tenseal import sealapi as seal  # also registers SEAL's types (e.g. Modulus) with Python
 
 from securefed.errors import ConfigurationError, InvalidDataError, KeyMaterialError
+from securefed.identity import write_private_file
 from securefed.wire import pack, unpack
 
 __all__ = [
@@ -543,12 +544,7 @@ class CKKSKeyHolder:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the secret context, readable by its owner only (mode 0600)."""
-        p = Path(path)
-        fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(self.to_bytes())
-        os.chmod(p, 0o600)
-        return p
+        return write_private_file(path, self.to_bytes())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> CKKSKeyHolder:
