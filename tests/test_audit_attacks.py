@@ -46,6 +46,6 @@ def test_the_server_attacks_what_the_channel_shows(cells):
     assert detail("none", "membership", "dp_advantage_bound") is None
     # Kairouz, Oh and Viswanath 2015: TPR - FPR <= (e^eps - 1 + 2 delta) / (e^eps + 1)
     cell = by[("dp-central", 0)]
-    eps, delta = cell["epsilon"], cell["defense_info"]["params"].get("delta", 1e-5)  # dp default
+    eps, delta = cell["epsilon"], cell["defense_info"]["params"]["delta"]
     assert detail("dp-central", "membership", "dp_advantage_bound") == pytest.approx(
         (math.exp(eps) - 1 + 2 * delta) / (math.exp(eps) + 1), rel=1e-12)
