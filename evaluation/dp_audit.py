@@ -68,21 +68,6 @@ def plan_dp_audit_cells(config: AuditConfig, *, code: str, utility_defenses: set
     return out
 
 
-def _dp_settings(config: AuditConfig, defense_name: str, num_clients: int) -> dict[str, Any]:
-    """The mechanism's settings as the utility runs use them (noise multiplier calibrated for
-    this federation and number of rounds where the defense gives a target epsilon)."""
-    from securefed.dp.audit import _find_dp_settings
-    from securefed.federated import FedAvg
-
-    defense = get_defense(defense_name, **dict(config.defense_params.get(defense_name, {})))
-    strategy, _ = defense.build(FedAvg(), RunContext(
-        num_clients=num_clients, rounds=config.rounds, clients_per_round=config.clients_per_round))
-    found = _find_dp_settings(strategy.describe())
-    if found is None:  # pragma: no cover - every defense of MECHANISM_OF_DEFENSE wraps a DP strategy
-        raise SecurefedError(f"defense {defense_name!r} describes no DP mechanism")
-    return found
-
-
 def run_dp_audit_cell(cell: DpAuditCell, config: AuditConfig, *, num_clients: int
                       ) -> dict[str, Any]:
     """Run the one-run audit of ``cell.defense``; returns its JSON-ready record.
@@ -90,18 +75,24 @@ def run_dp_audit_cell(cell: DpAuditCell, config: AuditConfig, *, num_clients: in
     The canaries' membership and the noise come from the OS CSPRNG (the noise as the defense
     draws it by default), so two audits give different lower bounds from the same settings.
     """
-    from securefed.dp import audit_one_run
+    from securefed.dp import audit_for_strategy
+    from securefed.federated import FedAvg
 
     record: dict[str, Any] = {"cell_id": cell.cell_id, "kind": "dp-audit",
                               "defense": cell.defense,
                               "mechanism": MECHANISM_OF_DEFENSE[cell.defense], "error": None}
     t0, c0 = time.perf_counter(), time.process_time()
     try:
-        dp = _dp_settings(config, cell.defense, num_clients)
-        res = audit_one_run(MECHANISM_OF_DEFENSE[cell.defense], clip_norm=float(dp["clip_norm"]),
-                            noise_multiplier=float(dp["noise_multiplier"]), rounds=config.rounds,
-                            delta=float(dp["delta"]), accountant=str(dp.get("accountant", "rdp")),
-                            canaries=int(config.dp_audit_canaries))
+        # the mechanism as the utility runs build it (noise multiplier calibrated for this
+        # federation and number of rounds where the defense gives a target epsilon)
+        defense = get_defense(cell.defense, **dict(config.defense_params.get(cell.defense, {})))
+        strategy, _ = defense.build(FedAvg(), RunContext(
+            num_clients=num_clients, rounds=config.rounds,
+            clients_per_round=config.clients_per_round))
+        res = audit_for_strategy(strategy, rounds=config.rounds,
+                                 canaries=int(config.dp_audit_canaries))
+        if res is None:  # pragma: no cover - every defense of MECHANISM_OF_DEFENSE wraps DP
+            raise SecurefedError(f"defense {cell.defense!r} describes no DP mechanism")
         record.update(res.to_dict())
         record["hospitals_in_audit"] = num_clients
     except SecurefedError as exc:

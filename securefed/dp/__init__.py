@@ -19,6 +19,7 @@ from securefed.dp.accounting import (
 from securefed.dp.audit import (
     OneRunAudit,
     audit_for_run,
+    audit_for_strategy,
     audit_one_run,
     epsilon_lower_bound,
     one_run_p_value,
@@ -55,6 +56,7 @@ __all__ = [
     "PrivacyLedger",
     "PrivacyReport",
     "audit_for_run",
+    "audit_for_strategy",
     "audit_one_run",
     "bound_release",
     "epsilon_lower_bound",

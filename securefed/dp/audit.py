@@ -330,6 +330,20 @@ def audit_for_run(run: Any, **kwargs: Any) -> OneRunAudit | None:
     rounds = len(ledger["rounds"]) if isinstance(ledger, dict) and ledger.get("rounds") else len(history or ())
     if rounds < 1:
         return None
+    return _audit_settings(dp, rounds, **kwargs)
+
+
+def audit_for_strategy(strategy: Any, *, rounds: int, **kwargs: Any) -> OneRunAudit | None:
+    """:func:`audit_one_run` with the mechanism, clip norm, noise multiplier (as calibrated
+    when the strategy was built), delta and accountant of a DP-wrapped ``strategy`` that has
+    not run yet, for ``rounds`` rounds.  ``None`` for a strategy without client-level DP."""
+    dp = _find_dp_settings(strategy.describe())
+    if dp is None or dp.get("mechanism") not in DP_MECHANISMS:
+        return None
+    return _audit_settings(dp, rounds, **kwargs)
+
+
+def _audit_settings(dp: dict[str, Any], rounds: int, **kwargs: Any) -> OneRunAudit:
     return audit_one_run(str(dp["mechanism"]), clip_norm=float(dp["clip_norm"]),
                          noise_multiplier=float(dp["noise_multiplier"]), rounds=rounds,
                          delta=float(dp["delta"]), accountant=str(dp.get("accountant", "rdp")),
