@@ -117,11 +117,16 @@ def split(elements: np.ndarray, *, threshold: int, points: np.ndarray) -> np.nda
         )
     coeffs = random_elements((threshold - 1, s.size))  # a_1 .. a_{t-1}
     xs = x[:, None]
-    acc = np.zeros((x.size, s.size), dtype=np.int64)
-    for j in range(threshold - 2, -1, -1):  # Horner: (((a_{t-1}) x + a_{t-2}) x + ...) x
-        acc = (acc + coeffs[j]) % _P
-        acc = (acc * xs) % _P
-    return (acc + s) % _P
+    # Horner, ((a_{t-1} x + a_{t-2}) x + ... + a_1) x + s, in place: each step's
+    # acc * x + a stays below p^2 + p < 2^63, so one reduction per step suffices.
+    terms = [*coeffs[::-1], s]  # a_{t-1}, ..., a_1, a_0 = s
+    acc = np.empty((x.size, s.size), dtype=np.int64)
+    acc[:] = terms[0]
+    for a in terms[1:]:
+        np.multiply(acc, xs, out=acc)
+        np.add(acc, a, out=acc)
+        np.remainder(acc, _P, out=acc)
+    return acc
 
 
 def _inverse(values: np.ndarray) -> np.ndarray:
