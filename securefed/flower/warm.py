@@ -279,23 +279,43 @@ class _WakeClock:
         return getattr(time, name)
 
 
+#: Seconds after the last message during which a SuperNode polls at its run-time interval;
+#: after that it polls at its idle interval (a run's stages follow each other within
+#: seconds, while a node at rest may wait hours for the next run).
+ACTIVE_WINDOW = 30.0
+
+
 class _PollClock:
     """The ``time`` module as the SuperNode loop sees it.
 
     Flower's loop sleeps 3 s between two polls of the SuperLink when no message came: here
-    ``poll_interval`` instead.  Its other pauses (0.5 s) wait for something local: the
-    ClientApp's reply and its objects in the SuperNode's own memory.  Those end as soon as
-    the reply or an object is stored (``event``, set by the SuperNode's state and object
-    store, see :func:`run_supernode`), and after the pause Flower asked for at the latest.
+    ``poll_interval`` while a run is active (a message came in the last
+    :data:`ACTIVE_WINDOW` seconds) and ``idle_interval`` otherwise, so a node at rest costs
+    the SuperLink a request a second instead of four.  Its other pauses (0.5 s) wait for
+    something local: the ClientApp's reply and its objects in the SuperNode's own memory.
+    Those end as soon as the reply or an object is stored (``event``, set by the SuperNode's
+    state and object store, see :func:`run_supernode`), and after the pause Flower asked
+    for at the latest.
     """
 
-    def __init__(self, poll_interval: float, event: Any = None) -> None:
+    def __init__(self, poll_interval: float, event: Any = None, *,
+                 idle_interval: float | None = None) -> None:
         self._poll = poll_interval
+        self._idle = poll_interval if idle_interval is None else max(idle_interval, poll_interval)
         self._event = event
+        self._last_message = float("-inf")
+
+    def message_arrived(self) -> None:
+        self._last_message = time.monotonic()
+
+    def poll_interval(self) -> float:
+        """The pause before the next poll of the SuperLink."""
+        active = time.monotonic() - self._last_message < ACTIVE_WINDOW
+        return self._poll if active else self._idle
 
     def sleep(self, seconds: float) -> None:
         if seconds >= 1.0 or self._event is None:  # the idle poll of the SuperLink
-            time.sleep(min(seconds, self._poll))
+            time.sleep(min(seconds, self.poll_interval()))
             return
         # a local wait: the caller checks its condition again on return, so a stale set
         # costs one extra check and a set before this call is never lost
@@ -343,17 +363,24 @@ def _notify_on_store(event: Any) -> None:
 
 
 def run_supernode(argv: Sequence[str], *, poll_interval: float = 0.25,
-                  heartbeat_interval: int = 10, wake_fifo: str | None = None) -> None:
+                  idle_poll_interval: float = 1.0, heartbeat_interval: int = 10,
+                  wake_fifo: str | None = None) -> None:
     """``flower-supernode`` with a shorter idle poll and heartbeat (see the module docstring).
 
-    Its local waits (for the ClientApp's reply and its objects) end when they are stored
-    (:class:`_PollClock`), and with ``wake_fifo`` it wakes the warm executor as soon as a
+    It polls every ``poll_interval`` seconds while a run is active and every
+    ``idle_poll_interval`` seconds at rest; its local waits (for the ClientApp's reply and
+    its objects) end when they are stored (:class:`_PollClock`), and with ``wake_fifo`` it wakes the warm executor as soon as a
     message and all its objects are stored (:class:`_WakeClock`).
     """
     if not 0.01 <= poll_interval <= 3.0:
         from securefed.errors import ConfigurationError
 
         raise ConfigurationError(f"poll interval must be in [0.01, 3] s, got {poll_interval!r}")
+    if not poll_interval <= idle_poll_interval <= 30.0:
+        from securefed.errors import ConfigurationError
+
+        raise ConfigurationError(f"idle poll interval must be in [poll interval = {poll_interval}, "
+                                 f"30] s, got {idle_poll_interval!r}")
     import threading
 
     import flwr.supercore.heartbeat as heartbeat
@@ -364,22 +391,24 @@ def run_supernode(argv: Sequence[str], *, poll_interval: float = 0.25,
 
     stored = threading.Event()
     _notify_on_store(stored)
-    node_loop.time = _PollClock(poll_interval, stored)  # type: ignore[attr-defined]
+    clock = _PollClock(poll_interval, stored, idle_interval=idle_poll_interval)
+    node_loop.time = clock  # type: ignore[attr-defined]
     # The SuperLink hands a message out as soon as its sender has announced it, often
     # before all its objects have arrived: ask again after 50 ms, not Flower's 1 s.
     from securefed.flower.transport import fast_object_pulls
 
     fast_object_pulls(node_loop)
-    if wake_fifo:
-        pull_and_store = node_loop._pull_and_store_message
+    pull_and_store = node_loop._pull_and_store_message
 
-        def pull_and_wake(*args: Any, **kwargs: Any) -> Any:
-            run_id = pull_and_store(*args, **kwargs)
-            if run_id is not None:  # a message (and all its objects) is in: start its task now
+    def pull_and_wake(*args: Any, **kwargs: Any) -> Any:
+        run_id = pull_and_store(*args, **kwargs)
+        if run_id is not None:  # a message (and all its objects) is in: start its task now
+            clock.message_arrived()
+            if wake_fifo:
                 _wake(wake_fifo)
-            return run_id
+        return run_id
 
-        node_loop._pull_and_store_message = pull_and_wake
+    node_loop._pull_and_store_message = pull_and_wake
     # The interval the node announces (fleet) and the one its sender keeps (heartbeat)
     # must agree, or the SuperLink marks the node offline between two heartbeats.
     interval = max(int(heartbeat_interval), HEARTBEAT_MIN_INTERVAL)
@@ -419,7 +448,7 @@ def _wait_for_port(address: str) -> None:
 
 
 def run_node(argv: Sequence[str], *, poll_interval: float = 0.25,
-             activation_wait: float = 90.0) -> int:
+             idle_poll_interval: float = 1.0, activation_wait: float = 90.0) -> int:
     """Supervise a fast SuperNode (``--isolation process``) and its warm executor.
 
     A SuperNode that the SuperLink refuses to activate because a previous session of the
@@ -463,6 +492,7 @@ def run_node(argv: Sequence[str], *, poll_interval: float = 0.25,
     def start_node() -> subprocess.Popen:
         refused.clear()
         proc = subprocess.Popen([*me, "supernode", "--poll-interval", str(poll_interval),  # noqa: S603
+                                 "--idle-poll-interval", str(idle_poll_interval),
                                  "--wake-fifo", wake, "--", *node_args], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         threading.Thread(target=forward, args=(proc.stdout,), daemon=True).start()
@@ -555,8 +585,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(prog=f"python -m securefed.flower.warm {command}")
     parser.add_argument("--poll-interval", type=float, default=0.25,
-                        help="seconds between two polls for a new message when none came "
-                             "(Flower's default: 3)")
+                        help="seconds between two polls for a new message when none came, "
+                             "while a run is active (Flower's default: 3)")
+    parser.add_argument("--idle-poll-interval", type=float, default=1.0,
+                        help="the same at rest: no message for 30 s")
     parser.add_argument("--wake-fifo", default=None,
                         help="FIFO through which the SuperNode wakes its warm executor "
                              "(set by the node command)")
@@ -567,9 +599,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         own, flower_args = [], rest
     opts = parser.parse_args(own)
     if command == "supernode":
-        run_supernode(flower_args, poll_interval=opts.poll_interval, wake_fifo=opts.wake_fifo)
+        run_supernode(flower_args, poll_interval=opts.poll_interval,
+                      idle_poll_interval=opts.idle_poll_interval, wake_fifo=opts.wake_fifo)
         return 0
-    return run_node(flower_args, poll_interval=opts.poll_interval)
+    return run_node(flower_args, poll_interval=opts.poll_interval,
+                    idle_poll_interval=opts.idle_poll_interval)
 
 
 if __name__ == "__main__":  # pragma: no cover
