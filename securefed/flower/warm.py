@@ -85,6 +85,32 @@ PRELOAD = (
     "securefed.data",
 )
 
+def _warm_crypto() -> None:
+    """Run each primitive of the protocol once, on fixed public inputs, before any fork.
+
+    Why: the first X25519 key that a process builds costs about 25 ms of CPU (OpenSSL
+    looks the algorithm up once per process); a forked ClientApp paid it on every
+    message.  Nothing here is secret and no random generator is touched (fixed bytes in,
+    results discarded), so a forked child shares no key material with its parent or its
+    siblings: each still draws its own keys from the OS.
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    fixed = bytes(range(32))  # a public constant, never a key anyone uses
+    agreement = X25519PrivateKey.from_private_bytes(fixed)
+    agreement.exchange(agreement.public_key())
+    signing = Ed25519PrivateKey.from_private_bytes(fixed)
+    signing.public_key().verify(signing.sign(b"warm"), b"warm")
+    HKDF(algorithm=hashes.SHA256(), length=32, salt=fixed, info=b"warm").derive(fixed)
+    AESGCM(fixed).decrypt(fixed[:12], AESGCM(fixed).encrypt(fixed[:12], b"warm", None), None)
+    Cipher(algorithms.AES(fixed), modes.CTR(bytes(16))).encryptor().update(bytes(16))
+
+
 def _preload(modules: Sequence[str]) -> list[str]:
     """Import ``modules``; return those that could not be imported (with the reason)."""
     missing = []
@@ -200,6 +226,7 @@ def run_executor(argv: Sequence[str], *, ready_file: str | None = None,
     missing = _preload(PRELOAD)
     if missing:
         print("securefed: warm executor could not preload " + "; ".join(missing), flush=True)
+    _warm_crypto()
     if node_config:
         from flwr.common.config import parse_config_args
 
