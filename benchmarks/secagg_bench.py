@@ -128,6 +128,16 @@ def bench_choices(reps: int) -> dict[str, float]:
     for name, curve in (("p256", ec.SECP256R1()), ("p384", ec.SECP384R1())):
         pa, pb = ec.generate_private_key(curve), ec.generate_private_key(curve).public_key()
         out[f"{name}_exchange_us"] = 1e6 * _best(lambda pa=pa, pb=pb: pa.exchange(ec.ECDH(), pb), reps * 5)
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from nacl.bindings import crypto_sign_open
+
+    signer = Ed25519PrivateKey.generate()
+    message = os.urandom(96)  # about the size of a consistency message
+    sig, pub = signer.sign(message), signer.public_key()
+    raw_pub = pub.public_bytes_raw()
+    out["ed25519_verify_openssl_us"] = 1e6 * _best(lambda: pub.verify(sig, message), reps * 5)
+    out["ed25519_verify_libsodium_us"] = 1e6 * _best(
+        lambda: crypto_sign_open(sig + message, raw_pub), reps * 5)
     from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
     zeros = bytes(4 * 100_000)
     for name, make in (
@@ -438,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{ch['p256_exchange_us']:.0f} us | P-384 {ch['p384_exchange_us']:.0f} us")
         print(f"  keystream: AES-128-CTR {ch['aes128_ctr_GBps']:.2f} GB/s | AES-256-CTR "
               f"{ch['aes256_ctr_GBps']:.2f} GB/s | ChaCha20 {ch['chacha20_GBps']:.2f} GB/s", flush=True)
+        print(f"  Ed25519 verification: libsodium {ch['ed25519_verify_libsodium_us']:.0f} us | "
+              f"OpenSSL {ch['ed25519_verify_openssl_us']:.0f} us (ratio OpenSSL/libsodium "
+              f"{ch['ed25519_verify_openssl_us'] / ch['ed25519_verify_libsodium_us']:.2f})",
+              flush=True)
         r = bench_expansion(cfg["expand_d"], cfg["expand_reps"])
         results["expansion"] = r
         print(f"\n[A] mask expansion, d={cfg['expand_d']} words (AES-128-CTR, median of "

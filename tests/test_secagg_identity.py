@@ -76,3 +76,36 @@ def test_damaged_files_are_refused(tmp_path):
         write_identity_files(["ok", "../evil"], tmp_path / "more")
     with pytest.raises(ConfigurationError, match="distinct"):
         write_identity_files(["a", "a"], tmp_path / "dup")
+
+
+def test_roster_accepts_exactly_what_openssl_accepts_on_honest_and_tampered_signatures():
+    """Roster.verify checks with libsodium; OpenSSL's Ed25519 is the independent reference."""
+    from cryptography.exceptions import InvalidSignature
+
+    keys, roster = generate_identities(["a", "b"])
+    pub = Ed25519PublicKey.from_public_bytes(roster.entry(0).signing_key)
+    order = 2**252 + 27742317777372353535851937790883648493  # the group order L (RFC 8032)
+    sig = keys["a"].sign(b"survivor set")
+    s = int.from_bytes(sig[32:], "little")
+    cases = {
+        "honest": (b"survivor set", sig),
+        "other message": (b"survivor sex", sig),
+        "flipped R bit": (b"survivor set", bytes([sig[0] ^ 1]) + sig[1:]),
+        "flipped S bit": (b"survivor set", sig[:40] + bytes([sig[40] ^ 4]) + sig[41:]),
+        # S + L: the same group element, a non-canonical encoding RFC 8032 requires refusing
+        "S + L": (b"survivor set", sig[:32] + (s + order).to_bytes(32, "little")),
+    }
+    for name, (message, signature) in cases.items():
+        try:
+            pub.verify(signature, message)
+            expected = True
+        except InvalidSignature:
+            expected = False
+        try:
+            roster.verify(0, message, signature, what=name)
+            got = True
+        except MessageRejected as exc:
+            assert "does not verify under its pinned key" in str(exc)
+            got = False
+        assert got == expected, name
+        assert got == (name == "honest"), name

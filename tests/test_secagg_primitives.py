@@ -115,6 +115,35 @@ def test_lagrange_matches_python_integers():
                 den = den * (xj - xi) % p
         assert int(lam[i]) == num * pow(den, -1, p) % p
 
+
+@pytest.mark.parametrize("t", [1, 2, 15, 16, 17, 40, 263])
+def test_shamir_shares_are_the_polynomial_evaluated_with_python_integers(t, monkeypatch):
+    """The shares are s + a_1 x + ... + a_{t-1} x^{t-1} mod p at each point, with the drawn
+    coefficients (recorded) and points up to p - 1 (the largest powers and products)."""
+    drawn = []
+
+    def record(shape):
+        out = real(shape)
+        drawn.append(out.copy())
+        return out
+
+    real = shamir.random_elements
+    monkeypatch.setattr(shamir, "random_elements", record)
+    p = shamir.PRIME
+    ends = [1, 2, 3, 1000, 2**30, p - 2, p - 1]
+    points = np.array(ends + list(range(4, 4 + max(0, t - len(ends)))), dtype=np.int64)
+    secret = np.array([0, 1, p - 1, 123456789], dtype=np.int64)
+    shares = shamir.split(secret, threshold=t, points=points)
+    coeffs = [secret.tolist()] + drawn[0].tolist()  # row j: the coefficients of x^j
+    for i, x in enumerate(points.tolist()):
+        for k in range(secret.size):
+            expected = sum(coeffs[j][k] * pow(x, j, p) for j in range(t)) % p
+            assert int(shares[i, k]) == expected, (t, x, k)
+    # the products are cut into blocks of rows when t is large; the same with tiny blocks
+    monkeypatch.setattr(shamir, "_BLOCK", 5)
+    a = np.vstack([secret[None, :], drawn[0]])
+    np.testing.assert_array_equal(shamir._evaluate(a, points), shares)
+
 # ----------------------------------------------------------------------------- crypto
 
 

@@ -58,7 +58,7 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskResponse",
     "pack_share_plaintext",
-    "unpack_share_plaintext",
+    "unpack_share_plaintexts",
     "advert_bytes",
     "consistency_bytes",
     "survivors_digest",
@@ -410,10 +410,14 @@ def pack_share_plaintext(key_share: np.ndarray, seed_share: np.ndarray) -> bytes
             + np.asarray(seed_share, dtype="<u4").tobytes())
 
 
-def unpack_share_plaintext(raw: bytes) -> tuple[np.ndarray, np.ndarray]:
-    if len(raw) != SHARE_PLAINTEXT_BYTES:
-        raise MessageRejected(f"share plaintext of {len(raw)} bytes, expected {SHARE_PLAINTEXT_BYTES}")
-    words = np.frombuffer(raw, dtype="<u4").astype(np.int64)
+def unpack_share_plaintexts(raw: bytes) -> np.ndarray:
+    """Inverse of :func:`pack_share_plaintext` for several plaintexts laid end to end: an
+    ``(count, 2 * SEED_SHARE_ELEMENTS)`` int64 array, one row per plaintext (the key-seed
+    share, then the ``b_u`` share)."""
+    if len(raw) % SHARE_PLAINTEXT_BYTES:
+        raise MessageRejected(
+            f"share plaintexts of {len(raw)} bytes, expected a multiple of {SHARE_PLAINTEXT_BYTES}")
+    words = np.frombuffer(raw, dtype="<u4").astype(np.int64).reshape(-1, 2 * SEED_SHARE_ELEMENTS)
     if np.any(words >= shamir.PRIME):
         raise MessageRejected("share plaintext holds values outside the field")
-    return words[:SEED_SHARE_ELEMENTS], words[SEED_SHARE_ELEMENTS:]
+    return words

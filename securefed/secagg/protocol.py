@@ -103,8 +103,7 @@ from securefed.secagg.messages import (
     UnmaskResponse,
     commitment,
     consistency_bytes,
-    pack_share_plaintext,
-    unpack_share_plaintext,
+    unpack_share_plaintexts,
 )
 from securefed.secagg.modes import (
     DEFAULT_MIN_CLIENTS,
@@ -227,6 +226,7 @@ class SecAggClient:
         self._held: dict[int, np.ndarray] = {}  # shares of (r_v, b_v) this client holds
         self._enc_keys: dict[int, bytes] = {}
         self._mask_keys: dict[int, bytes] = {}
+        self._digests: dict[int, bytes] = {}  # v -> digest of both advertisements (cache)
         self._partners: set[int] = set()
         self._signed: np.ndarray | None = None
 
@@ -254,8 +254,11 @@ class SecAggClient:
 
     def _ad(self, *, sender: int, recipient: int) -> bytes:
         peer = recipient if sender == self.client_id else sender
-        c, s, com = self._peers[peer]
-        digest = _adverts_digest(self.client_id, self._own_advert(), peer, c + s + com)
+        digest = self._digests.get(peer)
+        if digest is None:
+            c, s, com = self._peers[peer]
+            digest = self._digests[peer] = _adverts_digest(self.client_id, self._own_advert(),
+                                                           peer, c + s + com)
         return crypto.share_associated_data(session=self.session, round_index=self.round_index,
                                             stage="share_keys", sender=sender, recipient=recipient,
                                             adverts=digest)
@@ -385,14 +388,14 @@ class SecAggClient:
         self._peers = {v: entries[i] for i, v in enumerate(ids) if v != self.client_id}
         secret = np.concatenate([shamir.secret_to_elements(self._r), shamir.secret_to_elements(self._b)])
         shares = shamir.split(secret, threshold=t, points=np.asarray(ids, dtype=np.int64) + 1)
+        plaintexts = shares.astype("<u4")  # pack_share_plaintext of every row at once
         cts: list[bytes] = []
         for i, v in enumerate(ids):
             if v == self.client_id:
                 self._held[v] = shares[i]
                 continue
             key = self._enc_keys[v] = self._pair_key(v)
-            plaintext = pack_share_plaintext(shares[i, :SEED_SHARE_ELEMENTS], shares[i, SEED_SHARE_ELEMENTS:])
-            cts.append(crypto.seal_once(key, plaintext,
+            cts.append(crypto.seal_once(key, plaintexts[i].tobytes(),
                                         associated_data=self._ad(sender=self.client_id, recipient=v),
                                         sender=self.client_id, recipient=v))
         self.stage = "masked_input"
@@ -413,6 +416,7 @@ class SecAggClient:
         self._check_header(m)
         senders = [int(v) for v in m.senders]
         seen: set[int] = set()
+        plaintexts: list[bytes] = []
         for i, v in enumerate(senders):
             if v in seen:
                 raise MessageRejected(
@@ -421,14 +425,14 @@ class SecAggClient:
             seen.add(v)
             if v not in self._peers:
                 raise MessageRejected(f"client {self.client_id}: share from client {v}, not a neighbour")
-            plaintext = crypto.open_once(
+            plaintexts.append(crypto.open_once(
                 self._enc_keys[v], m.ciphertext(i),
                 associated_data=self._ad(sender=v, recipient=self.client_id),
                 sender=v, recipient=self.client_id,
                 what=f"client {self.client_id}: share ciphertext from client {v}",
-            )
-            key_share, seed_share = unpack_share_plaintext(plaintext)
-            self._held[v] = np.concatenate([key_share, seed_share])
+            ))
+        for v, row in zip(senders, unpack_share_plaintexts(b"".join(plaintexts)), strict=True):
+            self._held[v] = row
         if len(senders) + 1 < self._threshold:
             raise ProtocolAbort(
                 f"client {self.client_id}: {len(senders) + 1} share holders left after share_keys, "

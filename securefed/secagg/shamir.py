@@ -12,9 +12,9 @@ The random coefficients come from the operating system's CSPRNG (``os.urandom``)
 uniformly in ``[0, p)`` by rejection.  Evaluation points are ``client_id + 1`` (never 0,
 where the secret sits).
 
-Cost: sharing ``m`` elements to ``h`` holders with threshold ``t`` is ``t`` vectorised
-Horner steps over an ``(h, m)`` array (a few ms of CPU for ``h = 500``, ``t = 251``,
-``m = 10``); reconstruction with a shared set of ``t`` points costs one ``O(t^2)``
+Cost: sharing ``m`` elements to ``h`` holders with threshold ``t`` is an ``(h, t)`` table of
+powers and two exact int64 products with the ``(t, m)`` coefficients (about 5 ms of CPU for
+``h = 500``, ``t = 263``, ``m = 10``, half the time of Horner's rule over the holders); reconstruction with a shared set of ``t`` points costs one ``O(t^2)``
 Lagrange-coefficient computation plus one multiply-add per share.
 
 >>> import numpy as np
@@ -116,12 +116,42 @@ def split(elements: np.ndarray, *, threshold: int, points: np.ndarray) -> np.nda
             f"threshold must be in [1, {x.size}] (the number of holders), got {threshold}"
         )
     coeffs = random_elements((threshold - 1, s.size))  # a_1 .. a_{t-1}
-    xs = x[:, None]
-    acc = np.zeros((x.size, s.size), dtype=np.int64)
-    for j in range(threshold - 2, -1, -1):  # Horner: (((a_{t-1}) x + a_{t-2}) x + ...) x
-        acc = (acc + coeffs[j]) % _P
-        acc = (acc * xs) % _P
-    return (acc + s) % _P
+    a = np.vstack([s[None, :], coeffs])  # (t, m): row j is the coefficient of x^j
+    return _evaluate(a, x)
+
+
+_BLOCK = 1 << 15  # rows per product: 2^15 * 2^16 * 2^31 = 2^62 < 2^63
+
+
+def _powers(x: np.ndarray, count: int) -> np.ndarray:
+    """``(h, count)`` array of ``x_i^j mod p`` for ``j < count``: 16 columns one by one,
+    then whole blocks of 16 at a time (times ``x^16``)."""
+    v = np.empty((x.size, count), dtype=np.int64)
+    v[:, 0] = 1
+    for j in range(1, min(16, count)):
+        v[:, j] = v[:, j - 1] * x % _P
+    if count > 16:
+        x16 = v[:, 15] * x % _P
+        for k in range(16, count, 16):
+            w = min(16, count - k)
+            v[:, k:k + w] = v[:, k - 16:k - 16 + w] * x16[:, None] % _P
+    return v
+
+
+def _evaluate(a: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """``sum_j a[j] x_i^j mod p`` for every point, as two exact int64 matrix products.
+
+    The powers are split into their low 16 and high 15 bits, so each product of a power part
+    and a coefficient is below ``2^47`` and a sum of ``2^15`` of them stays below ``2^63``.
+    """
+    v = _powers(x, a.shape[0])
+    out = np.zeros((x.size, a.shape[1]), dtype=np.int64)
+    for k in range(0, a.shape[0], _BLOCK):
+        vb, ab = v[:, k:k + _BLOCK], a[k:k + _BLOCK]
+        lo = ((vb & 0xFFFF) @ ab) % _P
+        hi = ((vb >> 16) @ ab) % _P
+        out = (out + lo + (hi << 16) % _P) % _P
+    return out
 
 
 def _inverse(values: np.ndarray) -> np.ndarray:
