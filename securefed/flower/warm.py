@@ -18,14 +18,23 @@ What this module does instead, with Flower's own pieces:
   subprocess mode gives: whatever a node keeps between messages travels through
   ``context.state`` in the SuperNode, as before.  The child re-seeds Python's ``random``
   from the OS; secrets never come from it (securefed draws them from ``os.urandom``).
-  Two waits tuned for a cold ClientApp are shortened for a warm one: the back-off while
-  the message's objects are still on their way to the SuperNode (1 s, doubling, in Flower;
-  50 ms, doubling up to 0.2 s here: the SuperNode is on the same machine).
-* :func:`run_supernode` runs Flower's ``flower-supernode`` unchanged except for two
-  intervals that Flower 1.42 hard-codes: the pause between two polls for a new message when
-  none came (3 s; ``poll_interval`` here, 0.25 s by default) and the heartbeat interval
-  (30 s, so a crashed node looks online for up to a minute and its restart is refused until
-  then; 10 s here, Flower's minimum).
+  It asks its SuperNode for a task when the SuperNode wakes it through a FIFO (a message
+  and all its objects have arrived), and on its own only once a second as a safety net
+  (Flower: a poll every ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, so each message waited
+  half an interval).  Before any fork it runs each cryptographic primitive of the
+  protocol once on fixed public inputs (OpenSSL's per-process set-up, ~25 ms of CPU, was
+  paid by every forked ClientApp).  Objects not there yet are asked for again after
+  50 ms, doubling up to 0.2 s (Flower: 1 s doubling up to 10 s;
+  :func:`securefed.flower.transport.fast_object_pulls`).
+* :func:`run_supernode` runs Flower's ``flower-supernode`` with these changes: the pause
+  between two polls for a new message when none came (3 s in Flower) is
+  ``poll_interval`` (0.25 s) while a run is active (a message in the last 30 s) and
+  ``idle_poll_interval`` (1 s) at rest; the heartbeat interval is 10 s, Flower's minimum
+  (30 s in Flower, so a crashed node looked online for up to a minute and its restart was
+  refused until then); its waits for the ClientApp's reply end when the reply is stored
+  (Flower: 0.5 s polls); it wakes the executor once a message's objects are in; and it
+  asks the SuperLink again for an object not there yet after 50 ms.  None of these
+  changes what is sent, checked or stored.
 * :func:`run_node` supervises the two: it starts the SuperNode with ``--isolation process``
   and the warm executor beside it, restarts the SuperNode while the SuperLink still holds a
   previous session of the same node key (Flower's exit code 305 after a crash), and stops
@@ -39,9 +48,9 @@ ClientApp talks only to its own SuperNode on 127.0.0.1, and a node started with
 
 Command lines (``python -m securefed.flower.warm ...``)::
 
-    executor [--node-config CONFIG] --runtime-api-address 127.0.0.1:9094 [--insecure | --root-certificates CA]
-    supernode [--poll-interval S] -- <flower-supernode arguments>
-    node [--poll-interval S] -- <flower-supernode arguments>   # both, supervised
+    executor [--node-config CONFIG] [--wake-fifo FIFO] --runtime-api-address 127.0.0.1:9094 [--insecure | --root-certificates CA]
+    supernode [--poll-interval S] [--idle-poll-interval S] [--wake-fifo FIFO] -- <flower-supernode arguments>
+    node [--poll-interval S] [--idle-poll-interval S] -- <flower-supernode arguments>   # both, supervised
 
 Measured effect: see docs/deployment.md ("Time per round") and
 ``benchmarks/flower_deployment.py``.
