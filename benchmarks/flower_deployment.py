@@ -15,10 +15,13 @@ per run:
 * wall time of the run, of each round (as the ServerApp measured it) and of the first round
   (which includes the hello and, under secure aggregation, the first key exchange);
 * CPU seconds used by every process of the cluster during the run (SuperLink, gateway,
-  ServerApp, SuperNodes, executors and every ClientApp), per round: on a shared machine the
-  wall time depends on the other work, the CPU time much less;
-* the machine's load average, so a reader can tell whether the wall times are those of an
-  idle machine;
+  ServerApp, SuperNodes, executors and every ClientApp), per round on average (start-up of
+  the ServerApp and the first key exchange included) and for each later round alone
+  (between two of the run's per-round checkpoints): on a shared machine the wall time
+  depends on the other work, the CPU time much less;
+* the machine's load average, how busy its CPUs were and how much CPU time the host gave
+  to other guests (steal, from ``/proc/stat``), so a reader can tell whether the wall times
+  are those of an idle machine;
 * the largest difference of the final model from the in-process simulation with the same
   seed.
 
@@ -65,6 +68,26 @@ def cluster_cpu_seconds(cluster: LocalCluster) -> float:
             continue
         total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
     return total / _TICK
+
+
+def machine_ticks() -> tuple[int, int, int]:
+    """``(busy, steal, total)`` clock ticks of the whole machine so far (``/proc/stat``).
+
+    Steal is the time the hypervisor gave this machine's virtual CPUs to another guest: on
+    a shared host it slows every process down without showing in the load average.
+    """
+    with open("/proc/stat", encoding="ascii") as fh:
+        fields = [int(x) for x in fh.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    steal = fields[7] if len(fields) > 7 else 0
+    total = sum(fields[:8])
+    return total - idle - steal, steal, total
+
+
+def machine_usage(before: tuple[int, int, int], after: tuple[int, int, int]) -> str:
+    busy, steal, total = (b - a for a, b in zip(before, after, strict=True))
+    total = max(total, 1)
+    return f"both CPUs busy {100 * busy / total:.0f}%, stolen by the host {100 * steal / total:.0f}%"
 
 
 def import_time() -> None:
@@ -121,11 +144,26 @@ def main() -> None:
                              "channel": channel, "strategy": args.strategy, "seed": 0,
                              "secagg-mode": args.secagg_mode}
                 result = work / f"{channel}.json"
+                checkpoint = work / f"{channel}.checkpoint.json"
+                marks: list[tuple[int, float]] = []  # (checkpoint mtime, cluster CPU) per round
+
+                def on_poll(cl: LocalCluster, _seconds: float, path: Path = checkpoint,
+                            marks: list[tuple[int, float]] = marks) -> None:
+                    try:
+                        stamp = path.stat().st_mtime_ns
+                    except FileNotFoundError:
+                        return
+                    if not marks or marks[-1][0] != stamp:  # a round has just been completed
+                        marks.append((stamp, cluster_cpu_seconds(cl)))
+
                 cpu0 = cluster_cpu_seconds(cluster)
                 load0 = os.getloadavg()[0]
-                out = cluster.run_app(APP_DIR, run_config={**overrides, "result-path": str(result)},
-                                      done_file=result, timeout=1800)
+                ticks0 = machine_ticks()
+                out = cluster.run_app(APP_DIR, run_config={**overrides, "result-path": str(result),
+                                                           "checkpoint-path": str(checkpoint)},
+                                      done_file=result, timeout=1800, on_poll=on_poll)
                 cpu = cluster_cpu_seconds(cluster) - cpu0
+                usage = machine_usage(ticks0, machine_ticks())
                 summary = json.loads(result.read_text()) if result.exists() else {}
                 if not out.ok or summary.get("status") != "completed":
                     print(f"{channel:7s} {out.status or 'no status'}: the run did not complete "
@@ -147,10 +185,13 @@ def main() -> None:
                 diff = float(np.max(np.abs(np.asarray(summary["final_params"]) - sim.final_params)))
                 per_round = [round(r["seconds"], 1) for r in summary["rounds"]]
                 later = per_round[1:] or per_round
+                # CPU of each later round, between two checkpoints (sampled every 0.3 s)
+                later_cpu = [round(b[1] - a[1], 1) for a, b in zip(marks[:-1], marks[1:], strict=True)]
                 print(f"{channel:7s} {out.status}: run {out.seconds:.1f} s wall; rounds {per_round} s "
                       f"(first {per_round[0]} s, later mean {np.mean(later):.1f} s); "
-                      f"cluster CPU {cpu:.1f} s ({cpu / args.rounds:.1f} s per round); "
-                      f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; "
+                      f"cluster CPU {cpu:.1f} s ({cpu / args.rounds:.1f} s per round; later rounds "
+                      f"{later_cpu} s); "
+                      f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; {usage}; "
                       f"simulated {sim_s:.2f} s; max |w_deployed - w_simulated| = {diff:.2e}",
                       flush=True)
     if failed:

@@ -233,3 +233,65 @@ def test_fedmedheter_options_from_strings() -> None:
         build_strategy(app_run_config({"strategy": "fedmedheter", "compression": "zip"}))
     with pytest.raises(ConfigurationError, match="unknown run-config keys"):
         app_run_config({"no-such-key": 1})
+
+
+def test_fast_object_pulls_overrides_flowers_explicit_back_off() -> None:
+    """Flower's callers pass their 1 s / 10 s back-off explicitly; the wrapper must still
+    retry after 50 ms (capped at 0.2 s), keep every other argument, and not stack when
+    applied twice."""
+    import types
+
+    from securefed.flower.transport import OBJECT_RETRY, fast_object_pulls
+
+    seen: list[tuple[tuple, dict]] = []
+
+    def pull_objects(*args, **kwargs):
+        seen.append((args, kwargs))
+        return {"id": b"content"}
+
+    module = types.SimpleNamespace(pull_objects=pull_objects)
+    fast_object_pulls(module)
+    fast_object_pulls(module)
+    assert module.pull_objects.__wrapped__ is pull_objects
+    out = module.pull_objects(["id"], "fn", initial_backoff=1, backoff_cap=10, max_time=7.5)
+    assert out == {"id": b"content"}
+    assert seen == [((["id"], "fn"), {"initial_backoff": OBJECT_RETRY[0],
+                                      "backoff_cap": OBJECT_RETRY[1], "max_time": 7.5})]
+    module.pull_objects(["id"], "fn")  # Flower's own defaults are not passed: the same
+    assert seen[-1][1] == {"initial_backoff": 0.05, "backoff_cap": 0.2}
+
+
+def test_poll_clock_is_fast_only_while_a_run_is_active() -> None:
+    import threading
+
+    from securefed.flower import warm
+
+    event = threading.Event()
+    clock = warm._PollClock(0.25, event, idle_interval=1.0)
+    assert clock.poll_interval() == 1.0  # no message yet: at rest
+    clock.message_arrived()
+    assert clock.poll_interval() == 0.25
+    clock._last_message -= warm.ACTIVE_WINDOW + 1  # the last message is older than the window
+    assert clock.poll_interval() == 1.0
+    event.set()  # a local wait after the reply was stored returns and re-arms the event
+    clock.sleep(0.5)
+    assert not event.is_set()
+    assert clock.monotonic is time.monotonic  # everything else is the time module
+
+
+def test_wake_clock_is_woken_through_the_fifo_and_drains_it(tmp_path) -> None:
+    from securefed.flower import warm
+
+    fifo = tmp_path / "wake"
+    os.mkfifo(fifo, 0o600)
+    warm._wake(str(tmp_path / "no-such-fifo"))  # nothing to wake: no error
+    fd = os.open(fifo, os.O_RDWR | os.O_NONBLOCK)
+    try:
+        clock = warm._WakeClock(fd)
+        for _ in range(3):
+            warm._wake(str(fifo))
+        clock.sleep(30.0)  # returns at once: wake-ups are pending
+        with pytest.raises(BlockingIOError):
+            os.read(fd, 1)  # all three were consumed by one wake-up
+    finally:
+        os.close(fd)

@@ -329,7 +329,8 @@ def add_deploy_commands(sub: Any) -> None:
     p.add_argument("--runtime-port", type=int, default=9094,
                    help="local port between the SuperNode and its ClientApps (127.0.0.1)")
     p.add_argument("--poll-interval", type=float, default=0.25,
-                   help="seconds between polls for a new message (Flower's default: 3)")
+                   help="seconds between polls for a new message while a run is active "
+                        "(Flower's default: 3); at rest a node polls once a second")
     p.add_argument("--home", help="Flower's working folder (default: <bundle>/flwr-home)")
     p.add_argument("--insecure", action="store_true", help=argparse.SUPPRESS)
     p.set_defaults(func=_cmd_node)

@@ -18,14 +18,23 @@ What this module does instead, with Flower's own pieces:
   subprocess mode gives: whatever a node keeps between messages travels through
   ``context.state`` in the SuperNode, as before.  The child re-seeds Python's ``random``
   from the OS; secrets never come from it (securefed draws them from ``os.urandom``).
-  Two waits tuned for a cold ClientApp are shortened for a warm one: the back-off while
-  the message's objects are still on their way to the SuperNode (1 s, doubling, in Flower;
-  50 ms, doubling up to 0.2 s here: the SuperNode is on the same machine).
-* :func:`run_supernode` runs Flower's ``flower-supernode`` unchanged except for two
-  intervals that Flower 1.42 hard-codes: the pause between two polls for a new message when
-  none came (3 s; ``poll_interval`` here, 0.25 s by default) and the heartbeat interval
-  (30 s, so a crashed node looks online for up to a minute and its restart is refused until
-  then; 10 s here, Flower's minimum).
+  It asks its SuperNode for a task when the SuperNode wakes it through a FIFO (a message
+  and all its objects have arrived), and on its own only once a second as a safety net
+  (Flower: a poll every ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL``, so each message waited
+  half an interval).  Before any fork it runs each cryptographic primitive of the
+  protocol once on fixed public inputs (OpenSSL's per-process set-up, ~25 ms of CPU, was
+  paid by every forked ClientApp).  Objects not there yet are asked for again after
+  50 ms, doubling up to 0.2 s (Flower: 1 s doubling up to 10 s;
+  :func:`securefed.flower.transport.fast_object_pulls`).
+* :func:`run_supernode` runs Flower's ``flower-supernode`` with these changes: the pause
+  between two polls for a new message when none came (3 s in Flower) is
+  ``poll_interval`` (0.25 s) while a run is active (a message in the last 30 s) and
+  ``idle_poll_interval`` (1 s) at rest; the heartbeat interval is 10 s, Flower's minimum
+  (30 s in Flower, so a crashed node looked online for up to a minute and its restart was
+  refused until then); its waits for the ClientApp's reply end when the reply is stored
+  (Flower: 0.5 s polls); it wakes the executor once a message's objects are in; and it
+  asks the SuperLink again for an object not there yet after 50 ms.  None of these
+  changes what is sent, checked or stored.
 * :func:`run_node` supervises the two: it starts the SuperNode with ``--isolation process``
   and the warm executor beside it, restarts the SuperNode while the SuperLink still holds a
   previous session of the same node key (Flower's exit code 305 after a crash), and stops
@@ -39,9 +48,9 @@ ClientApp talks only to its own SuperNode on 127.0.0.1, and a node started with
 
 Command lines (``python -m securefed.flower.warm ...``)::
 
-    executor [--node-config CONFIG] --runtime-api-address 127.0.0.1:9094 [--insecure | --root-certificates CA]
-    supernode [--poll-interval S] -- <flower-supernode arguments>
-    node [--poll-interval S] -- <flower-supernode arguments>   # both, supervised
+    executor [--node-config CONFIG] [--wake-fifo FIFO] --runtime-api-address 127.0.0.1:9094 [--insecure | --root-certificates CA]
+    supernode [--poll-interval S] [--idle-poll-interval S] [--wake-fifo FIFO] -- <flower-supernode arguments>
+    node [--poll-interval S] [--idle-poll-interval S] -- <flower-supernode arguments>   # both, supervised
 
 Measured effect: see docs/deployment.md ("Time per round") and
 ``benchmarks/flower_deployment.py``.
@@ -85,6 +94,32 @@ PRELOAD = (
     "securefed.data",
 )
 
+def _warm_crypto() -> None:
+    """Run each primitive of the protocol once, on fixed public inputs, before any fork.
+
+    Why: the first X25519 key that a process builds costs about 25 ms of CPU (OpenSSL
+    looks the algorithm up once per process); a forked ClientApp paid it on every
+    message.  Nothing here is secret and no random generator is touched (fixed bytes in,
+    results discarded), so a forked child shares no key material with its parent or its
+    siblings: each still draws its own keys from the OS.
+    """
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+    from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+    from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+    from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+    fixed = bytes(range(32))  # a public constant, never a key anyone uses
+    agreement = X25519PrivateKey.from_private_bytes(fixed)
+    agreement.exchange(agreement.public_key())
+    signing = Ed25519PrivateKey.from_private_bytes(fixed)
+    signing.public_key().verify(signing.sign(b"warm"), b"warm")
+    HKDF(algorithm=hashes.SHA256(), length=32, salt=fixed, info=b"warm").derive(fixed)
+    AESGCM(fixed).decrypt(fixed[:12], AESGCM(fixed).encrypt(fixed[:12], b"warm", None), None)
+    Cipher(algorithms.AES(fixed), modes.CTR(bytes(16))).encryptor().update(bytes(16))
+
+
 def _preload(modules: Sequence[str]) -> list[str]:
     """Import ``modules``; return those that could not be imported (with the reason)."""
     missing = []
@@ -103,11 +138,12 @@ class ForkExecutor:
     Flower's subprocess executor starts them.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, close_in_child: Sequence[int] = ()) -> None:
         from flwr.supercore.superexec.executor.subprocess_executor import SubprocessExecutor
 
         self._fallback = SubprocessExecutor()
         self._children: set[int] = set()
+        self._close_in_child = tuple(close_in_child)  # the executor's own wake-up FIFO
 
     def get_eligible_capacity(self, supported_task_types: Any, **kwargs: Any) -> Any:
         return self._fallback.get_eligible_capacity(supported_task_types, **kwargs)
@@ -136,6 +172,8 @@ class ForkExecutor:
                 import random
 
                 random.seed()  # a forked child must not share the parent's stream
+                for fd in self._close_in_child:
+                    os.close(fd)
                 signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 signal.signal(signal.SIGINT, signal.SIG_DFL)
                 from flwr.supernode.cli.flwr_clientapp import flwr_clientapp
@@ -183,18 +221,21 @@ class ForkExecutor:
 
 
 def run_executor(argv: Sequence[str], *, ready_file: str | None = None,
-                 node_config: str | None = None) -> None:
+                 node_config: str | None = None, wake_fifo: str | None = None) -> None:
     """``flower-superexec`` with :class:`ForkExecutor`; ``argv`` as for flower-superexec.
 
     ``ready_file`` is created once the modules are loaded (the supervisor starts the
     SuperNode only then, so a node that is online answers at once).  ``node_config`` is the
     SuperNode's ``--node-config`` value: when it names a partition of the bundled public
     data, that federation is built here once (:func:`securefed.flower.nodedata.preload_node_data`)
-    instead of in every message that needs it.
+    instead of in every message that needs it.  ``wake_fifo`` is the FIFO through which the
+    SuperNode (:func:`run_supernode`) says that a message has arrived: the executor then asks
+    for the task at once instead of at its next poll (see :class:`_WakeClock`).
     """
     missing = _preload(PRELOAD)
     if missing:
         print("securefed: warm executor could not preload " + "; ".join(missing), flush=True)
+    _warm_crypto()
     if node_config:
         from flwr.common.config import parse_config_args
 
@@ -205,16 +246,15 @@ def run_executor(argv: Sequence[str], *, ready_file: str | None = None,
         except ValueError as exc:  # the SuperNode refuses the same value with its own message
             print(f"securefed: warm executor could not read --node-config {node_config!r}: {exc}",
                   flush=True)
-    import functools
-
     import flwr.supercore.inflatable.inflatable_utils as objects
     import flwr.supercore.superexec.run_superexec as loop
 
-    # A warm ClientApp asks its SuperNode for the message's objects before the SuperNode has
-    # fetched them from the SuperLink; Flower then backs off 1 s, 2 s, ... (tuned for a
-    # ClientApp that took seconds to start).  The SuperNode is local: ask again sooner.
-    objects.pull_objects = functools.partial(objects.pull_objects, initial_backoff=0.05,
-                                             backoff_cap=0.2)
+    from securefed.flower.transport import fast_object_pulls
+
+    # A warm ClientApp asks its SuperNode for the message's objects as soon as it starts,
+    # which may be before the SuperNode has them all; Flower then waits 1 s, 2 s, ...
+    # before asking again (tuned for a ClientApp that took seconds to start).
+    fast_object_pulls(objects)
     # While its SuperNode restarts (a crash, a refused activation) the executor retries the
     # local Runtime API; Flower's back-off grows to 20 s, which would idle a node that is
     # back.  The API is on this machine: retry at least once a second.
@@ -223,7 +263,12 @@ def run_executor(argv: Sequence[str], *, ready_file: str | None = None,
     http_retry.MAX_RETRY_DELAY = 1.0
     from flwr.supercore.cli import flower_superexec
 
-    executor = ForkExecutor()
+    wake_fd = None
+    if wake_fifo:
+        # read and write end in one: the FIFO never reads as closed while this process lives
+        wake_fd = os.open(wake_fifo, os.O_RDWR | os.O_NONBLOCK)
+        loop.time = _WakeClock(wake_fd)  # type: ignore[attr-defined]
+    executor = ForkExecutor(close_in_child=() if wake_fd is None else (wake_fd,))
     loop.get_executor = lambda *_a, **_k: executor  # the one change to Flower's loop
     if ready_file:
         with open(ready_file, "w", encoding="ascii") as fh:
@@ -235,33 +280,171 @@ def run_executor(argv: Sequence[str], *, ready_file: str | None = None,
     flower_superexec()
 
 
-class _PollClock:
-    """The ``time`` module as the SuperNode loop sees it, with short idle sleeps."""
+#: How often a woken executor still asks its SuperNode for a task on its own: only a safety
+#: net for a lost wake-up (the FIFO full, a SuperNode restarted in between).
+WAKE_FALLBACK_POLL = 1.0
 
-    def __init__(self, poll_interval: float) -> None:
-        self._poll = poll_interval
+
+class _WakeClock:
+    """The ``time`` module as Flower's SuperExec loop sees it: its pause between two task
+    polls ends as soon as a byte arrives on the wake-up FIFO (and after
+    :data:`WAKE_FALLBACK_POLL` seconds at the latest).
+
+    Why: Flower's executor polls its SuperNode for a new task every
+    ``FLWR_SUPEREXEC_TASK_POLL_INTERVAL`` seconds (1 s by default), so each message waited
+    half an interval on average, and a round waits for its slowest node: three nodes polling
+    every 0.5 s added about 0.37 s to every message round trip.  The SuperNode knows when a
+    message has arrived and says so through the FIFO, which costs nothing while idle.
+    """
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
 
     def sleep(self, seconds: float) -> None:
-        time.sleep(min(seconds, self._poll))
+        import select
+
+        ready, _, _ = select.select([self._fd], [], [], WAKE_FALLBACK_POLL)
+        if ready:
+            try:
+                while os.read(self._fd, 4096):
+                    pass
+            except BlockingIOError:
+                pass
 
     def __getattr__(self, name: str) -> Any:
         return getattr(time, name)
 
 
+#: Seconds after the last message during which a SuperNode polls at its run-time interval;
+#: after that it polls at its idle interval (a run's stages follow each other within
+#: seconds, while a node at rest may wait hours for the next run).
+ACTIVE_WINDOW = 30.0
+
+
+class _PollClock:
+    """The ``time`` module as the SuperNode loop sees it.
+
+    Flower's loop sleeps 3 s between two polls of the SuperLink when no message came: here
+    ``poll_interval`` while a run is active (a message came in the last
+    :data:`ACTIVE_WINDOW` seconds) and ``idle_interval`` otherwise, so a node at rest costs
+    the SuperLink a request a second instead of four.  Its other pauses (0.5 s) wait for
+    something local: the ClientApp's reply and its objects in the SuperNode's own memory.
+    Those end as soon as the reply or an object is stored (``event``, set by the SuperNode's
+    state and object store, see :func:`run_supernode`), and after the pause Flower asked
+    for at the latest.
+    """
+
+    def __init__(self, poll_interval: float, event: Any = None, *,
+                 idle_interval: float | None = None) -> None:
+        self._poll = poll_interval
+        self._idle = poll_interval if idle_interval is None else max(idle_interval, poll_interval)
+        self._event = event
+        self._last_message = float("-inf")
+
+    def message_arrived(self) -> None:
+        self._last_message = time.monotonic()
+
+    def poll_interval(self) -> float:
+        """The pause before the next poll of the SuperLink."""
+        active = time.monotonic() - self._last_message < ACTIVE_WINDOW
+        return self._poll if active else self._idle
+
+    def sleep(self, seconds: float) -> None:
+        if seconds >= 1.0 or self._event is None:  # the idle poll of the SuperLink
+            time.sleep(min(seconds, self.poll_interval()))
+            return
+        # a local wait: the caller checks its condition again on return, so a stale set
+        # costs one extra check and a set before this call is never lost
+        self._event.wait(seconds)
+        self._event.clear()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(time, name)
+
+
+def _wake(fifo: str) -> None:
+    """Write one byte to the executor's wake-up FIFO; never fail (the executor also polls)."""
+    try:
+        fd = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+    except OSError:  # no reader (the executor restarts) or no FIFO: its own poll will do
+        return
+    try:
+        os.write(fd, b"!")
+    except OSError:  # full: a wake-up is already pending
+        pass
+    finally:
+        os.close(fd)
+
+
+def _notify_on_store(event: Any) -> None:
+    """Make the SuperNode's state and object store set ``event`` whenever a message or an
+    object is stored (the ClientApp's reply arrives through them)."""
+    import functools
+
+    from flwr.supercore.object_store.in_memory_object_store import InMemoryObjectStore
+    from flwr.supernode.nodestate.in_memory_nodestate import InMemoryNodeState
+
+    def notifying(method: Any) -> Any:
+        @functools.wraps(method)
+        def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+            try:
+                return method(self, *args, **kwargs)
+            finally:
+                event.set()
+
+        return wrapper
+
+    InMemoryNodeState.store_message = notifying(InMemoryNodeState.store_message)  # type: ignore[method-assign]
+    InMemoryObjectStore.put = notifying(InMemoryObjectStore.put)  # type: ignore[method-assign]
+
+
 def run_supernode(argv: Sequence[str], *, poll_interval: float = 0.25,
-                  heartbeat_interval: int = 10) -> None:
-    """``flower-supernode`` with a shorter idle poll and heartbeat (see the module docstring)."""
+                  idle_poll_interval: float = 1.0, heartbeat_interval: int = 10,
+                  wake_fifo: str | None = None) -> None:
+    """``flower-supernode`` with a shorter idle poll and heartbeat (see the module docstring).
+
+    It polls every ``poll_interval`` seconds while a run is active and every
+    ``idle_poll_interval`` seconds at rest; its local waits (for the ClientApp's reply and
+    its objects) end when they are stored (:class:`_PollClock`), and with ``wake_fifo`` it wakes the warm executor as soon as a
+    message and all its objects are stored (:class:`_WakeClock`).
+    """
     if not 0.01 <= poll_interval <= 3.0:
         from securefed.errors import ConfigurationError
 
         raise ConfigurationError(f"poll interval must be in [0.01, 3] s, got {poll_interval!r}")
+    if not poll_interval <= idle_poll_interval <= 30.0:
+        from securefed.errors import ConfigurationError
+
+        raise ConfigurationError(f"idle poll interval must be in [poll interval = {poll_interval}, "
+                                 f"30] s, got {idle_poll_interval!r}")
+    import threading
+
     import flwr.supercore.heartbeat as heartbeat
     import flwr.supernode.fleet_http_connection as fleet
     import flwr.supernode.start_client_internal as node_loop
     from flwr.common.constant import HEARTBEAT_MIN_INTERVAL
     from flwr.supernode.cli import flower_supernode
 
-    node_loop.time = _PollClock(poll_interval)  # type: ignore[attr-defined]
+    stored = threading.Event()
+    _notify_on_store(stored)
+    clock = _PollClock(poll_interval, stored, idle_interval=idle_poll_interval)
+    node_loop.time = clock  # type: ignore[attr-defined]
+    # The SuperLink hands a message out as soon as its sender has announced it, often
+    # before all its objects have arrived: ask again after 50 ms, not Flower's 1 s.
+    from securefed.flower.transport import fast_object_pulls
+
+    fast_object_pulls(node_loop)
+    pull_and_store = node_loop._pull_and_store_message
+
+    def pull_and_wake(*args: Any, **kwargs: Any) -> Any:
+        run_id = pull_and_store(*args, **kwargs)
+        if run_id is not None:  # a message (and all its objects) is in: start its task now
+            clock.message_arrived()
+            if wake_fifo:
+                _wake(wake_fifo)
+        return run_id
+
+    node_loop._pull_and_store_message = pull_and_wake
     # The interval the node announces (fleet) and the one its sender keeps (heartbeat)
     # must agree, or the SuperLink marks the node offline between two heartbeats.
     interval = max(int(heartbeat_interval), HEARTBEAT_MIN_INTERVAL)
@@ -301,7 +484,7 @@ def _wait_for_port(address: str) -> None:
 
 
 def run_node(argv: Sequence[str], *, poll_interval: float = 0.25,
-             activation_wait: float = 90.0) -> int:
+             idle_poll_interval: float = 1.0, activation_wait: float = 90.0) -> int:
     """Supervise a fast SuperNode (``--isolation process``) and its warm executor.
 
     A SuperNode that the SuperLink refuses to activate because a previous session of the
@@ -345,15 +528,20 @@ def run_node(argv: Sequence[str], *, poll_interval: float = 0.25,
     def start_node() -> subprocess.Popen:
         refused.clear()
         proc = subprocess.Popen([*me, "supernode", "--poll-interval", str(poll_interval),  # noqa: S603
-                                 "--", *node_args], stdout=subprocess.PIPE,
+                                 "--idle-poll-interval", str(idle_poll_interval),
+                                 "--wake-fifo", wake, "--", *node_args], stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT)
         threading.Thread(target=forward, args=(proc.stdout,), daemon=True).start()
         return proc
 
     import tempfile
 
-    ready = os.path.join(tempfile.mkdtemp(prefix="securefed-node-"), "executor-ready")
+    private = tempfile.mkdtemp(prefix="securefed-node-")  # mode 0700: this user only
+    ready = os.path.join(private, "executor-ready")
+    wake = os.path.join(private, "wake")  # the SuperNode wakes the executor through it
+    os.mkfifo(wake, 0o600)
     procs["executor"] = subprocess.Popen([*me, "executor", "--ready-file", ready,  # noqa: S603
+                                          "--wake-fifo", wake,
                                           *(["--node-config", node_config] if node_config else []),
                                           "--runtime-api-address", runtime, "--insecure",
                                           "--parent-pid", str(os.getpid())])
@@ -368,7 +556,6 @@ def run_node(argv: Sequence[str], *, poll_interval: float = 0.25,
                 return procs["executor"].poll() or 1
             time.sleep(0.1)
         os.remove(ready)
-        os.rmdir(os.path.dirname(ready))
         procs["supernode"] = start_node()
         while not stopping:
             time.sleep(0.2)
@@ -407,6 +594,11 @@ def run_node(argv: Sequence[str], *, poll_interval: float = 0.25,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
+        for path in (ready, wake, private):
+            try:
+                os.rmdir(path) if path == private else os.remove(path)
+            except OSError:
+                pass
     return int(code)
 
 
@@ -417,18 +609,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     command, rest = argv[0], argv[1:]
     if command == "executor":
-        own: dict[str, str | None] = {"--ready-file": None, "--node-config": None}
+        own: dict[str, str | None] = {"--ready-file": None, "--node-config": None,
+                                      "--wake-fifo": None}
         for flag in own:
             if flag in rest[:-1]:
                 i = rest.index(flag)
                 own[flag] = rest[i + 1]
                 rest = rest[:i] + rest[i + 2:]
-        run_executor(rest, ready_file=own["--ready-file"], node_config=own["--node-config"])
+        run_executor(rest, ready_file=own["--ready-file"], node_config=own["--node-config"],
+                     wake_fifo=own["--wake-fifo"])
         return 0
     parser = argparse.ArgumentParser(prog=f"python -m securefed.flower.warm {command}")
     parser.add_argument("--poll-interval", type=float, default=0.25,
-                        help="seconds between two polls for a new message when none came "
-                             "(Flower's default: 3)")
+                        help="seconds between two polls for a new message when none came, "
+                             "while a run is active (Flower's default: 3)")
+    parser.add_argument("--idle-poll-interval", type=float, default=1.0,
+                        help="the same at rest: no message for 30 s")
+    parser.add_argument("--wake-fifo", default=None,
+                        help="FIFO through which the SuperNode wakes its warm executor "
+                             "(set by the node command)")
     if "--" in rest:
         split = rest.index("--")
         own, flower_args = rest[:split], rest[split + 1:]
@@ -436,9 +635,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         own, flower_args = [], rest
     opts = parser.parse_args(own)
     if command == "supernode":
-        run_supernode(flower_args, poll_interval=opts.poll_interval)
+        run_supernode(flower_args, poll_interval=opts.poll_interval,
+                      idle_poll_interval=opts.idle_poll_interval, wake_fifo=opts.wake_fifo)
         return 0
-    return run_node(flower_args, poll_interval=opts.poll_interval)
+    return run_node(flower_args, poll_interval=opts.poll_interval,
+                    idle_poll_interval=opts.idle_poll_interval)
 
 
 if __name__ == "__main__":  # pragma: no cover
