@@ -118,3 +118,26 @@ def test_gradient_inversion_of_one_update(benchmark) -> None:
     rec = benchmark.pedantic(lambda: attack.run(obs, prior, rng=np.random.default_rng(0)),
                              rounds=3, iterations=1)
     assert rec.items[0].X.shape == (4, 7)
+
+
+def test_secagg_profile_counts_each_clients_operations(capsys) -> None:
+    """The client profile (benchmarks/secagg_profile.py) runs, and the call counts it prints
+    per profiled client are the protocol's: n - 1 agreements and mask expansions plus the
+    self mask, and t signature checks in malicious mode."""
+    import os
+    import re
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    from secagg_bench import _threshold
+    from secagg_profile import main
+
+    n = 20
+    assert main(["--n", str(n), "--d", "64", "--every", "4", "--top", "1000"]) == 0
+    out = capsys.readouterr().out
+    for stage in ("share_keys", "masked_input", "consistency", "unmask"):
+        assert re.search(rf"^\s+{stage} \d\.\d{{4}}$", out, re.M), stage
+    calls = {m.group(2): int(m.group(1)) for m in re.finditer(r"(\d+) calls\s+(.+?) \(", out)}
+    assert calls["<method 'exchange' of 'cryptography.hazmat.bindings._rust.openssl.x25519.X25519PrivateKey' objects>"] == n - 1
+    assert calls["<method 'update_into' of 'cryptography.hazmat.bindings._rust.openssl.ciphers.CipherContext' objects>"] == n
+    assert calls["<built-in method _sodium.crypto_sign_open>"] == _threshold(n)

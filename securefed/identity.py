@@ -15,7 +15,8 @@ CSPRNG:
   checks).  Signatures are checked with libsodium (PyNaCl's binding of
   ``crypto_sign_open``): the same RFC 8032 scheme and keys, about twice as fast per check
   as OpenSSL's on the development machine (``python benchmarks/secagg_bench.py
-  --sections A`` prints both), and the check that dominates a client's consistency round;
+  --sections A`` prints both); secure aggregation's clients check ``t`` of them per round,
+  before they unmask;
 * an **X25519 agreement key** (RFC 7748): with the peer's pinned key it gives a static
   pairwise secret ``K_uv`` that only ``u`` and ``v`` can compute.  Secure aggregation binds
   each round's ephemeral share-channel key to it, so a substituted ephemeral key yields

@@ -133,15 +133,19 @@ def test_shamir_shares_are_the_polynomial_evaluated_with_python_integers(t, monk
     ends = [1, 2, 3, 1000, 2**30, p - 2, p - 1]
     points = np.array(ends + list(range(4, 4 + max(0, t - len(ends)))), dtype=np.int64)
     secret = np.array([0, 1, p - 1, 123456789], dtype=np.int64)
-    shares = shamir.split(secret, threshold=t, points=points)
-    coeffs = [secret.tolist()] + drawn[0].tolist()  # row j: the coefficients of x^j
-    for i, x in enumerate(points.tolist()):
-        for k in range(secret.size):
-            expected = sum(coeffs[j][k] * pow(x, j, p) for j in range(t)) % p
-            assert int(shares[i, k]) == expected, (t, x, k)
+    shares = None
+    # as used, then with the holders taken two at a time (the bound on the table of powers)
+    for entries in (shamir._TABLE_ENTRIES, 2 * t):
+        monkeypatch.setattr(shamir, "_TABLE_ENTRIES", entries)
+        shares = shamir.split(secret, threshold=t, points=points)
+        coeffs = [secret.tolist()] + drawn[-1].tolist()  # row j: the coefficients of x^j
+        for i, x in enumerate(points.tolist()):
+            for k in range(secret.size):
+                expected = sum(coeffs[j][k] * pow(x, j, p) for j in range(t)) % p
+                assert int(shares[i, k]) == expected, (t, entries, x, k)
     # the products are cut into blocks of rows when t is large; the same with tiny blocks
     monkeypatch.setattr(shamir, "_BLOCK", 5)
-    a = np.vstack([secret[None, :], drawn[0]])
+    a = np.vstack([secret[None, :], drawn[-1]])
     np.testing.assert_array_equal(shamir._evaluate(a, points), shares)
 
 # ----------------------------------------------------------------------------- crypto

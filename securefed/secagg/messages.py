@@ -58,6 +58,7 @@ __all__ = [
     "UnmaskRequest",
     "UnmaskResponse",
     "pack_share_plaintext",
+    "pack_share_plaintexts",
     "unpack_share_plaintexts",
     "advert_bytes",
     "consistency_bytes",
@@ -406,8 +407,17 @@ class UnmaskResponse(_Message):
 def pack_share_plaintext(key_share: np.ndarray, seed_share: np.ndarray) -> bytes:
     """``share of the mask-key seed | share of b_u`` (the plaintext of Fig. 4, round 1; the
     sender and recipient are bound by the ciphertext's associated data instead)."""
-    return (np.asarray(key_share, dtype="<u4").tobytes()
-            + np.asarray(seed_share, dtype="<u4").tobytes())
+    return pack_share_plaintexts(np.concatenate([key_share, seed_share])[None, :])[0]
+
+
+def pack_share_plaintexts(shares: np.ndarray) -> list[bytes]:
+    """:func:`pack_share_plaintext` of every row of a ``(count, 2 * SEED_SHARE_ELEMENTS)``
+    array whose rows are (key-seed share, ``b_u`` share), as :func:`shamir.split` returns them."""
+    rows = np.asarray(shares)
+    if rows.ndim != 2 or rows.shape[1] != 2 * SEED_SHARE_ELEMENTS:
+        raise InvalidDataError(f"shares must have shape (count, {2 * SEED_SHARE_ELEMENTS}), "
+                               f"got {rows.shape}")
+    return [row.tobytes() for row in rows.astype("<u4")]
 
 
 def unpack_share_plaintexts(raw: bytes) -> np.ndarray:

@@ -103,6 +103,7 @@ from securefed.secagg.messages import (
     UnmaskResponse,
     commitment,
     consistency_bytes,
+    pack_share_plaintexts,
     unpack_share_plaintexts,
 )
 from securefed.secagg.modes import (
@@ -388,14 +389,14 @@ class SecAggClient:
         self._peers = {v: entries[i] for i, v in enumerate(ids) if v != self.client_id}
         secret = np.concatenate([shamir.secret_to_elements(self._r), shamir.secret_to_elements(self._b)])
         shares = shamir.split(secret, threshold=t, points=np.asarray(ids, dtype=np.int64) + 1)
-        plaintexts = shares.astype("<u4")  # pack_share_plaintext of every row at once
+        plaintexts = pack_share_plaintexts(shares)
         cts: list[bytes] = []
         for i, v in enumerate(ids):
             if v == self.client_id:
                 self._held[v] = shares[i]
                 continue
             key = self._enc_keys[v] = self._pair_key(v)
-            cts.append(crypto.seal_once(key, plaintexts[i].tobytes(),
+            cts.append(crypto.seal_once(key, plaintexts[i],
                                         associated_data=self._ad(sender=self.client_id, recipient=v),
                                         sender=self.client_id, recipient=v))
         self.stage = "masked_input"

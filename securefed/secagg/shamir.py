@@ -12,10 +12,11 @@ The random coefficients come from the operating system's CSPRNG (``os.urandom``)
 uniformly in ``[0, p)`` by rejection.  Evaluation points are ``client_id + 1`` (never 0,
 where the secret sits).
 
-Cost: sharing ``m`` elements to ``h`` holders with threshold ``t`` is an ``(h, t)`` table of
-powers and two exact int64 products with the ``(t, m)`` coefficients (about 5 ms of CPU for
-``h = 500``, ``t = 263``, ``m = 10``, half the time of Horner's rule over the holders); reconstruction with a shared set of ``t`` points costs one ``O(t^2)``
-Lagrange-coefficient computation plus one multiply-add per share.
+Cost: sharing ``m`` elements to ``h`` holders with threshold ``t`` is a table of powers
+``x_i^j`` and two exact int64 products with the ``(t, m)`` coefficients, taken a few hundred
+holders at a time so the table stays below 16 MB (about 3 ms of CPU under ``cProfile`` for
+``h = 500``, ``t = 263``, ``m = 10``: ``python benchmarks/secagg_profile.py``); reconstruction with a shared set of ``t`` points costs one ``O(t^2)`` Lagrange-coefficient
+computation plus one multiply-add per share.
 
 >>> import numpy as np
 >>> secret = secret_to_elements(b"sixteen byte key")
@@ -117,10 +118,12 @@ def split(elements: np.ndarray, *, threshold: int, points: np.ndarray) -> np.nda
         )
     coeffs = random_elements((threshold - 1, s.size))  # a_1 .. a_{t-1}
     a = np.vstack([s[None, :], coeffs])  # (t, m): row j is the coefficient of x^j
-    return _evaluate(a, x)
+    rows = max(1, _TABLE_ENTRIES // threshold)  # holders per table of powers
+    return np.vstack([_evaluate(a, x[i:i + rows]) for i in range(0, x.size, rows)])
 
 
 _BLOCK = 1 << 15  # rows per product: 2^15 * 2^16 * 2^31 = 2^62 < 2^63
+_TABLE_ENTRIES = 1 << 21  # int64 entries of one table of powers (16 MB)
 
 
 def _powers(x: np.ndarray, count: int) -> np.ndarray:
