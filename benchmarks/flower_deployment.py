@@ -3,6 +3,7 @@
     python benchmarks/flower_deployment.py --rounds 3 --channel secagg --channel plain
     python benchmarks/flower_deployment.py --rounds 3 --channel secagg --cold   # Flower's default executor
     python benchmarks/flower_deployment.py --rounds 3 --channel secagg --secagg-mode honest-but-curious
+    python benchmarks/flower_deployment.py --rounds 3 --channel secagg --trace-requests   # SuperLink requests
     python benchmarks/flower_deployment.py --import-time                         # import securefed
 
 Starts one local cluster exactly as a deployment runs (the consortium set-up of
@@ -25,6 +26,12 @@ per run:
 * the largest difference of the final model from the in-process simulation with the same
   seed.
 
+With ``--trace-requests`` the SuperLink alone logs at DEBUG level, which makes it log every
+HTTP request it serves, and the run's requests are counted from that log: in all, per
+message round trip (a trip begins with each Runtime API ``push-messages`` of the ServerApp),
+per endpoint, and the SuperLink's own CPU time per request.  The logging costs the SuperLink
+CPU time of its own, so the round times of a traced run are not the untraced ones.
+
 A run that does not complete prints the ServerApp's log instead of figures.
 ``--secagg-mode honest-but-curious`` times the faster mode against a server that follows the
 protocol (every node's own config then accepts it).  ``--cold`` starts the SuperNodes as plain ``flower-supernode`` processes (a fresh ClientApp
@@ -38,10 +45,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -70,6 +79,37 @@ def cluster_cpu_seconds(cluster: LocalCluster) -> float:
     return total / _TICK
 
 
+_REQUEST = re.compile(r'"(?:GET|POST) /v1/([\w/-]+) HTTP')
+
+
+def count_requests(log_text: str) -> Counter[str]:
+    """Requests per endpoint in a SuperLink log written at DEBUG level (uvicorn's access log).
+
+    >>> line = '2026-12-02T06:12:44.899Z DEBUG [uvicorn.access] 127.0.0.1:42312 - "POST /v1/runtime/push-object HTTP/1.1" 200'
+    >>> count_requests(line + "\\n" + line + "\\nINFO other line")
+    Counter({'runtime/push-object': 2})
+    """
+    return Counter(_REQUEST.findall(log_text))
+
+
+def own_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) of one process, its children not included."""
+    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def request_summary(counts: Counter[str], link_cpu: float, rounds: int) -> str:
+    """One line on what a run asked of the SuperLink (see ``--trace-requests``)."""
+    total = sum(counts.values())
+    trips = max(counts.get("runtime/push-messages", 0), 1)
+    top = ", ".join(f"{name} {n / trips:.1f}" for name, n in counts.most_common(8))
+    return (f"SuperLink: {total} requests ({total / rounds:.0f} per round, {total / trips:.1f} per "
+            f"message round trip over {trips} trips); its own CPU {link_cpu:.1f} s, "
+            f"{1e3 * link_cpu / max(total, 1):.1f} ms per request (DEBUG logging included); per "
+            f"trip: {top}")
+
+
 def machine_ticks() -> tuple[int, int, int]:
     """``(busy, steal, total)`` clock ticks of the whole machine so far (``/proc/stat``).
 
@@ -82,6 +122,10 @@ def machine_ticks() -> tuple[int, int, int]:
     steal = fields[7] if len(fields) > 7 else 0
     total = sum(fields[:8])
     return total - idle - steal, steal, total
+
+
+def _steal_percent(before: tuple[int, int, int], after: tuple[int, int, int]) -> int:
+    return round(100 * (after[1] - before[1]) / max(after[2] - before[2], 1))
 
 
 def machine_usage(before: tuple[int, int, int], after: tuple[int, int, int]) -> str:
@@ -118,6 +162,8 @@ def main() -> None:
                         help="secure aggregation's mode (default: against a deviating server)")
     parser.add_argument("--cold", action="store_true",
                         help="plain flower-supernode processes (Flower's subprocess isolation)")
+    parser.add_argument("--trace-requests", action="store_true",
+                        help="count the SuperLink's requests from its DEBUG log (slows it down)")
     parser.add_argument("--import-time", action="store_true", help="only time import securefed")
     args = parser.parse_args()
     if args.import_time:
@@ -133,8 +179,9 @@ def main() -> None:
         nodes = [{"partition-id": i, "num-partitions": args.nodes, "identity-key": str(keys[name]),
                   "secagg-mode": args.secagg_mode} for i, name in enumerate(names)]
         t0 = time.perf_counter()
+        link_env = {"FLWR_LOG_LEVEL": "DEBUG"} if args.trace_requests else None
         with LocalCluster(work / "cluster", node_configs=nodes, consortium=consortium,
-                          warm=not args.cold) as cluster:
+                          warm=not args.cold, superlink_env=link_env) as cluster:
             print(f"cluster of {args.nodes} SuperNodes ({'cold' if args.cold else 'warm'}) ready "
                   f"in {time.perf_counter() - t0:.1f} s; load average {os.getloadavg()[0]:.1f}",
                   flush=True)
@@ -145,17 +192,22 @@ def main() -> None:
                              "secagg-mode": args.secagg_mode}
                 result = work / f"{channel}.json"
                 checkpoint = work / f"{channel}.checkpoint.json"
-                marks: list[tuple[int, float]] = []  # (checkpoint mtime, cluster CPU) per round
+                # (checkpoint mtime, cluster CPU, machine ticks) when each round completed
+                marks: list[tuple[int, float, tuple[int, int, int]]] = []
 
                 def on_poll(cl: LocalCluster, _seconds: float, path: Path = checkpoint,
-                            marks: list[tuple[int, float]] = marks) -> None:
+                            marks: list[tuple[int, float, tuple[int, int, int]]] = marks) -> None:
                     try:
                         stamp = path.stat().st_mtime_ns
                     except FileNotFoundError:
                         return
                     if not marks or marks[-1][0] != stamp:  # a round has just been completed
-                        marks.append((stamp, cluster_cpu_seconds(cl)))
+                        marks.append((stamp, cluster_cpu_seconds(cl), machine_ticks()))
 
+                link = cluster.superlink
+                assert link is not None
+                log_offset = link.log_path.stat().st_size
+                link_cpu0 = own_cpu_seconds(link.popen.pid)
                 cpu0 = cluster_cpu_seconds(cluster)
                 load0 = os.getloadavg()[0]
                 ticks0 = machine_ticks()
@@ -163,6 +215,7 @@ def main() -> None:
                                                            "checkpoint-path": str(checkpoint)},
                                       done_file=result, timeout=1800, on_poll=on_poll)
                 cpu = cluster_cpu_seconds(cluster) - cpu0
+                link_cpu = own_cpu_seconds(link.popen.pid) - link_cpu0
                 usage = machine_usage(ticks0, machine_ticks())
                 summary = json.loads(result.read_text()) if result.exists() else {}
                 if not out.ok or summary.get("status") != "completed":
@@ -187,13 +240,19 @@ def main() -> None:
                 later = per_round[1:] or per_round
                 # CPU of each later round, between two checkpoints (sampled every 0.3 s)
                 later_cpu = [round(b[1] - a[1], 1) for a, b in zip(marks[:-1], marks[1:], strict=True)]
+                later_steal = [_steal_percent(a[2], b[2]) for a, b in zip(marks[:-1], marks[1:], strict=True)]
                 print(f"{channel:7s} {out.status}: run {out.seconds:.1f} s wall; rounds {per_round} s "
                       f"(first {per_round[0]} s, later mean {np.mean(later):.1f} s); "
                       f"cluster CPU {cpu:.1f} s ({cpu / args.rounds:.1f} s per round; later rounds "
-                      f"{later_cpu} s); "
+                      f"{later_cpu} s; host steal in each {later_steal} %); "
                       f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; {usage}; "
                       f"simulated {sim_s:.2f} s; max |w_deployed - w_simulated| = {diff:.2e}",
                       flush=True)
+                if args.trace_requests:
+                    with open(link.log_path, encoding="utf-8", errors="replace") as fh:
+                        fh.seek(log_offset)
+                        counts = count_requests(fh.read())
+                    print(f"{channel:7s} {request_summary(counts, link_cpu, args.rounds)}", flush=True)
     if failed:
         sys.exit(1)
 

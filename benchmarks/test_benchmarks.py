@@ -141,3 +141,28 @@ def test_secagg_profile_counts_each_clients_operations(capsys) -> None:
     assert calls["<method 'exchange' of 'cryptography.hazmat.bindings._rust.openssl.x25519.X25519PrivateKey' objects>"] == n - 1
     assert calls["<method 'update_into' of 'cryptography.hazmat.bindings._rust.openssl.ciphers.CipherContext' objects>"] == n
     assert calls["<built-in method _sodium.crypto_sign_open>"] == _threshold(n)
+
+
+def test_deployment_request_trace_is_counted_per_trip() -> None:
+    """``flower_deployment.py --trace-requests`` counts a SuperLink's access-log lines per
+    endpoint and per message round trip (one trip per Runtime ``push-messages``)."""
+    import os
+    import sys
+
+    sys.path.insert(0, os.path.dirname(__file__))
+    pytest.importorskip("flwr")
+    from flower_deployment import count_requests, request_summary
+
+    log = "\n".join([
+        'T DEBUG [uvicorn.access] 127.0.0.1:1 - "POST /v1/runtime/push-messages HTTP/1.1" 200',
+        'T DEBUG [uvicorn.access] 127.0.0.1:2 - "POST /v1/fleet/pull-object HTTP/1.1" 200',
+        'T DEBUG [uvicorn.access] 127.0.0.1:2 - "POST /v1/fleet/pull-object HTTP/1.1" 200',
+        "T INFO [Fleet.PushMessages] Push replies from node_id=1",
+        'T DEBUG [uvicorn.access] 127.0.0.1:1 - "POST /v1/runtime/push-messages HTTP/1.1" 200',
+        'T DEBUG [uvicorn.access] 127.0.0.1:3 - "GET /v1/fleet/pull-object HTTP/1.1" 404',
+    ])
+    counts = count_requests(log)
+    assert counts == {"runtime/push-messages": 2, "fleet/pull-object": 3}
+    line = request_summary(counts, link_cpu=0.5, rounds=1)
+    assert "5 requests (5 per round, 2.5 per message round trip over 2 trips)" in line
+    assert "100.0 ms per request" in line and "fleet/pull-object 1.5" in line

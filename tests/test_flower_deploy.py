@@ -388,13 +388,25 @@ def test_killed_supernodes_survivors_then_abort(cluster, tmp_path) -> None:
 
 
 def test_processes_are_cleaned_up_when_the_body_fails(tmp_path) -> None:
+    """Every process goes when the body fails; ``superlink_env`` reaches the SuperLink alone
+    (here DEBUG logging, which logs each request it serves: what
+    ``benchmarks/flower_deployment.py --trace-requests`` counts)."""
     pids: set[int] = set()
+    logs: list[Path] = []
     with pytest.raises(RuntimeError, match="boom"):
-        with LocalCluster(tmp_path, node_configs=[{"partition-id": 0, "num-partitions": 1}]) as c:
+        with LocalCluster(tmp_path, node_configs=[{"partition-id": 0, "num-partitions": 1}],
+                          superlink_env={"FLWR_LOG_LEVEL": "DEBUG"}) as c:
             pids = c.all_pids()
+            assert c.superlink is not None and c.supernodes[0] is not None
+            logs = [c.superlink.log_path, c.supernodes[0].log_path]
+            deadline = time.monotonic() + 60
+            while '"POST /v1/fleet/' not in logs[0].read_text(errors="replace"):
+                assert time.monotonic() < deadline, "the SuperLink logged no Fleet request"
+                time.sleep(0.5)
             raise RuntimeError("boom")
     assert len(pids) >= 4  # SuperLink, SuperNode and their helper processes at least
     assert not _still_alive(pids)
+    assert "DEBUG" not in logs[1].read_text(errors="replace")  # the SuperNode kept its level
 
 
 def test_missing_tls_file_is_refused(tmp_path) -> None:

@@ -211,6 +211,10 @@ class LocalCluster:
     pythonpath:
         Extra entries for the processes' ``PYTHONPATH``; by default the folder that holds
         the ``securefed`` package in use, so that the apps import the same code.
+    superlink_env:
+        Extra environment variables for the SuperLink process alone, for example
+        ``{"FLWR_LOG_LEVEL": "DEBUG"}`` to have it log every HTTP request it serves
+        (``benchmarks/flower_deployment.py --trace-requests``).
 
     Use it as a context manager::
 
@@ -228,6 +232,7 @@ class LocalCluster:
         warm: bool = True,
         database: bool = True,
         pythonpath: Sequence[str] | None = None,
+        superlink_env: Mapping[str, str] | None = None,
         startup_timeout: float = 300.0,
         stop_timeout: float = 10.0,
     ) -> None:
@@ -254,6 +259,7 @@ class LocalCluster:
             # the folder that holds the securefed package
             pythonpath = [str(Path(__file__).resolve().parents[2])]
         self.pythonpath = list(pythonpath)
+        self.superlink_env = {str(k): str(v) for k, v in (superlink_env or {}).items()}
         self.warm = warm
         self.database = self.workdir / "state" / "superlink.db" if database else None
         self.startup_timeout = startup_timeout
@@ -292,7 +298,7 @@ class LocalCluster:
             raise ClusterError("the cluster has not been started")
         return f"127.0.0.1:{self.link_port}"
 
-    def _spawn(self, name: str, args: list[str]) -> _Proc:
+    def _spawn(self, name: str, args: list[str], extra_env: Mapping[str, str] | None = None) -> _Proc:
         home = self.workdir / "homes" / name
         home.mkdir(parents=True, exist_ok=True)
         log_path = self.workdir / "logs" / f"{name}.log"
@@ -301,6 +307,7 @@ class LocalCluster:
         # Several apps share one machine here: one torch thread each avoids contention
         # (the models are tiny; results do not depend on it).
         env.setdefault("OMP_NUM_THREADS", "1")
+        env.update(extra_env or {})
         with open(log_path, "ab") as log:
             popen = subprocess.Popen(  # noqa: S603 (fixed argument list, no shell)
                 args, cwd=home, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -354,7 +361,7 @@ class LocalCluster:
         if self.superlink is not None and self.superlink.popen.poll() is None:
             raise ClusterError("the SuperLink is already running")
         deadline = deadline or time.monotonic() + self.startup_timeout
-        self.superlink = self._spawn("superlink", self._link_args())
+        self.superlink = self._spawn("superlink", self._link_args(), self.superlink_env)
         self._write_cli_config()
         self._wait_healthy(self.control_address, self.superlink, deadline)
         self.record_children()
