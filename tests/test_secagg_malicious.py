@@ -29,6 +29,7 @@ from securefed.secagg import (
 )
 from securefed.secagg.messages import (
     ConsistencyRequest,
+    ConsistencySignature,
     KeyDirectory,
     ShareDelivery,
     ShareKeys,
@@ -36,6 +37,7 @@ from securefed.secagg.messages import (
     UnmaskResponse,
     pack_share_plaintext,
 )
+from securefed.secagg.protocol import _PURPOSE_ENC, _adverts_digest
 
 D = 6
 
@@ -126,8 +128,6 @@ def test_1_two_survivor_sets_cannot_both_collect_t_signatures():
         sigs[w] = _answer(r, w, _request(r, w, set_a))
     for w in (3, 4, 6):
         sigs[w] = _answer(r, w, _request(r, w, set_b))
-    from securefed.secagg.messages import ConsistencySignature
-
     raw = {w: ConsistencySignature.from_bytes(b).signature for w, b in sigs.items()}
     alive_a = np.asarray(sorted(set_a), dtype=np.uint32)
     # client 0 (group A) is shown 4 signatures 'over set A': two of them were over set B
@@ -167,6 +167,43 @@ def test_1_survivor_list_naming_unknown_or_unshared_clients_is_refused():
         r2.clients[0].consistency(_request(r2, 0, {0, 1, 2, 99}))
     with pytest.raises(MessageRejected, match="does not name this client"):
         r2.clients[1].consistency(_request(r2, 1, {0, 2, 3, 4}))
+
+
+def _round_of_three_in_a_roster_of_four():
+    """Hospitals 0, 1, 2 take part (t = 2, a majority of 3, each with the default minimum of
+    3 contributors); hospital 3 is in the roster but not in the round."""
+    ident, roster = generate_identities(range(4))
+    server = SecAggServer([0, 1, 2], round_index=0, threshold=2, bits=32, length=D, roster=roster)
+    clients = {i: SecAggClient(i, session=server.session, round_index=0, bits=32, length=D,
+                               identity=ident[i], roster=roster) for i in range(3)}
+    for i, c in clients.items():
+        server.receive(i, c.advertise_keys())
+    dirs = server.close_advertise_keys()
+    return server, clients, {i: ShareKeys.from_bytes(c.share_keys(dirs[i])) for i, c in clients.items()}
+
+
+def test_1_survivor_list_padded_with_an_absent_roster_member_does_not_meet_the_minimum():
+    """The server drops hospital 2 and names {0, 1, 3}: three survivors on paper, but 3 never
+    took part, so the sum would be x0 + x1 (and x0 alone to a server colluding with 1).  A
+    client counts only survivors whose shares it holds: refused at the masked input when 2's
+    shares are withheld, and at the consistency round when 2 drops after sharing."""
+    server, clients, sent = _round_of_three_in_a_roster_of_four()
+    # each client's share ciphertexts follow its directory order without itself: 0 -> [1, 2],
+    # 1 -> [0, 2], 2 -> [0, 1]
+    def delivery(to, senders):
+        cts = b"".join(sent[v].ciphertext(to if to < v else to - 1) for v in senders)
+        return ShareDelivery(server.session, 0, to, np.asarray(senders, np.uint32), cts).to_bytes()
+
+    with pytest.raises(ProtocolAbort, match="2 share holders left after share_keys \\(itself "
+                                            "included\\), below this hospital's minimum of 3"):
+        clients[0].masked_input(delivery(0, [1]), np.zeros(D, np.uint32))
+    for i in (0, 1):  # 2's shares delivered, then 2 'drops' before its masked input
+        clients[i].masked_input(delivery(i, [v for v in (0, 1, 2) if v != i]),
+                                np.full(D, 10 + i, np.uint32))
+        padded = ConsistencyRequest(server.session, 0, i, np.asarray([0, 1, 3], np.uint32))
+        with pytest.raises(ProtocolAbort, match="keeps 2 of its share holders \\(itself included\\), "
+                                                "below this hospital's minimum of 3"):
+            clients[i].consistency(padded.to_bytes())
 
 
 # ----------------------------------------------------------------- 2. directory / threshold
@@ -213,26 +250,41 @@ def test_3_substituted_keys_give_the_server_nothing_and_are_detected():
             r.server.receive(i, c.share_keys(dirs[i]))
     r.server.receive(target, blob)
     sent = ShareKeys.from_bytes(blob)
-    # (a) what the server can compute (the agreement with its own key) does not open them
-    target_pk = d.entry(list(d.ids).index(target))[1]
-    for j, v in enumerate(v for v in d.ids if int(v) != target):
-        dh = crypto.agree(fake[int(v)], crypto.load_public(target_pk))
-        guess = crypto.derive_key(dh, purpose=b"share-encryption", session=d.session,
-                                  round_index=0, party_a=target, party_b=int(v))
+    ids = [int(v) for v in d.ids]
+    target_pk = d.entry(ids.index(target))[1]
+
+    def ad(sender, recipient, peer):
+        """The associated data the target binds to this pair: the server knows every input
+        (both advertisements as it showed them to the target), so it computes it too."""
+        c, s, com = swapped.entry(ids.index(peer))
+        digest = _adverts_digest(target, r.clients[target]._own_advert(), peer, c + s + com)
+        return crypto.share_associated_data(session=d.session, round_index=0, stage="share_keys",
+                                            sender=sender, recipient=recipient, adverts=digest)
+
+    def server_key(peer):
+        """The share-channel key the server can compute: from the agreement with the key it
+        substituted for ``peer`` (all the key would be without the static pairwise secret)."""
+        dh = crypto.agree(fake[peer], crypto.load_public(target_pk))
+        return crypto.derive_key(dh, purpose=_PURPOSE_ENC, session=d.session, round_index=0,
+                                 party_a=target, party_b=peer)
+
+    # (a) what the server can compute does not open them; the associated data is right (the
+    # target's own key opens each ciphertext with it), so the key is what stops the server
+    for j, v in enumerate(v for v in ids if v != target):
+        crypto.open_once(r.clients[target]._enc_keys[v], sent.ciphertext(j),
+                         associated_data=ad(target, v, v), sender=target, recipient=v, what="target")
         with pytest.raises(MessageRejected, match="authentication failed"):
-            crypto.open_once(guess, sent.ciphertext(j), associated_data=b"", sender=target,
-                             recipient=int(v), what="server")
+            crypto.open_once(server_key(v), sent.ciphertext(j), associated_data=ad(target, v, v),
+                             sender=target, recipient=v, what="server")
     # (b) the genuine peers refuse them (the keys each side saw differ)
     deliveries = r.server.close_share_keys()
     with pytest.raises(MessageRejected, match="share ciphertext from client 0: authentication failed"):
         r.clients[1].masked_input(deliveries[1], np.zeros(D, np.uint32))
-    # (c) a share the server forges for the target, under the key it knows, is refused
+    # (c) a share the server forges for the target, under the key it knows and with the
+    # associated data the target expects, is refused
     dt = ShareDelivery.from_bytes(deliveries[target])
-    dh = crypto.agree(fake[1], crypto.load_public(target_pk))
-    key = crypto.derive_key(dh, purpose=b"share-encryption", session=d.session, round_index=0,
-                            party_a=target, party_b=1)
-    forged_ct = crypto.seal_once(key, pack_share_plaintext(np.zeros(5), np.zeros(5)),
-                                 associated_data=b"", sender=1, recipient=target)
+    forged_ct = crypto.seal_once(server_key(1), pack_share_plaintext(np.zeros(5), np.zeros(5)),
+                                 associated_data=ad(1, target, 1), sender=1, recipient=target)
     cts = b"".join(forged_ct if int(v) == 1 else dt.ciphertext(i) for i, v in enumerate(dt.senders))
     forged = ShareDelivery(dt.session, 0, target, dt.senders, cts).to_bytes()
     with pytest.raises(MessageRejected, match="share ciphertext from client 1: authentication failed"):

@@ -328,6 +328,15 @@ class SecAggClient:
             raise ProtocolAbort(
                 f"client {self.client_id}: the survivor list keeps {len(alive_nb)} of its share "
                 f"holders, below the threshold t = {self._threshold}; round aborted")
+        # The minimum counts only the survivors this client can vouch for: its own share
+        # holders (itself included), whose shares it received.  A server could otherwise
+        # pad the list with roster members that never took part in the round.
+        if len(alive_nb) < self.min_clients:
+            raise ProtocolAbort(
+                f"client {self.client_id}: the survivor list keeps {len(alive_nb)} of its share "
+                f"holders (itself included), below this hospital's minimum of "
+                f"{self.min_clients} contributors; the other names are not clients whose shares "
+                "reached it; round aborted")
         return np.asarray(ids, dtype=np.uint32)
 
     # ---------------------------------------------------------------- stages
@@ -439,6 +448,11 @@ class SecAggClient:
                 f"client {self.client_id}: {len(senders) + 1} share holders left after share_keys, "
                 f"below the threshold t = {self._threshold}"
             )
+        if len(senders) + 1 < self.min_clients:
+            raise ProtocolAbort(
+                f"client {self.client_id}: {len(senders) + 1} share holders left after share_keys "
+                f"(itself included), below this hospital's minimum of {self.min_clients} "
+                "contributors; round aborted")
         x = np.asarray(encoded)
         if x.shape != (self.length,):
             raise InvalidDataError(
