@@ -5,7 +5,13 @@ import numpy as np
 import pytest
 
 from securefed.data import pima_federation
-from securefed.errors import ConfigurationError, InvalidDataError, KeyMaterialError
+from securefed.errors import (
+    ConfigurationError,
+    InvalidDataError,
+    KeyMaterialError,
+    MessageRejected,
+    ProtocolAbort,
+)
 from securefed.he import (
     CKKSKeyHolder,
     CKKSParameters,
@@ -78,7 +84,7 @@ def test_encrypted_training_equals_the_same_algorithm_in_the_clear(training_keys
 
 
 def test_more_patients_than_slots_continue_in_the_next_chunk(training_keys, server_keys):
-    """4100 patients (> 4096 slots): the second hospital's rows span two chunks; one epoch
+    """4100 patients (> 4096 slots): the third hospital's rows span two chunks; one epoch
     still equals plaintext gradient descent (same tolerance as above)."""
     from securefed.federated import ClientArrays, FederatedArrays
     from securefed.he.encrypted_lr import _layout
@@ -89,11 +95,12 @@ def test_more_patients_than_slots_continue_in_the_next_chunk(training_keys, serv
     X = rng.normal(size=(4100, 2)).astype(np.float32)
     y = (X @ np.array([1.5, -1.0]) + rng.normal(size=4100) > 0).astype(np.float32)
     data = FederatedArrays(
-        clients=(ClientArrays(0, "a", X[:2100], y[:2100]), ClientArrays(1, "b", X[2100:], y[2100:])),
+        clients=(ClientArrays(0, "a", X[:2100], y[:2100]), ClientArrays(1, "b", X[2100:3100], y[2100:3100]),
+                 ClientArrays(2, "c", X[3100:], y[3100:])),
         X_test=X[:10], y_test=y[:10], feature_names=("u", "v"))
     res = train_encrypted_logreg(data, epochs=1, learning_rate=2.0, key_holder=training_keys,
                                  server_context=server_keys)
-    assert res.ciphertexts_per_hospital == (3, 6)
+    assert res.ciphertexts_per_hospital == (3, 3, 6)
     c = res.sigmoid_coefficients
     w, b, _ = train_plain_logreg(X, y, epochs=1, learning_rate=2.0,
                                  sigmoid=lambda t: c[0] + c[1] * t + c[3] * t**3)
@@ -118,6 +125,23 @@ def test_bad_keys_are_refused(training_keys):
     with pytest.raises(KeyMaterialError, match="public keys only"):
         train_encrypted_logreg(data, epochs=1, key_holder=training_keys,
                                server_context=training_keys)
+
+
+def test_training_needs_the_authoritys_minimum_of_hospitals_and_its_budget(training_keys):
+    """Two hospitals' rows are refused (the key authority's minimum is 3, as for an
+    aggregate), and a given authority must grant the declared epochs."""
+    from securefed.federated import FederatedArrays
+    from securefed.he import CKKSKeyAuthority
+
+    data = pima_federation(seed=0)
+    two = FederatedArrays(clients=data.clients[:2], X_test=data.X_test, y_test=data.y_test,
+                          feature_names=data.feature_names)
+    with pytest.raises(ProtocolAbort, match="rows of 2 hospital\\(s\\), below the key authority's "
+                                            "minimum of 3 contributors"):
+        train_encrypted_logreg(two, epochs=1, key_holder=training_keys)
+    ka = CKKSKeyAuthority(training_keys, require_signatures=False, max_training_epochs=1)
+    with pytest.raises(MessageRejected, match="of 2 epochs declared, but this key authority grants 1"):
+        train_encrypted_logreg(data, epochs=2, key_authority=ka)
 
 
 def test_bad_rows_are_refused(training_keys, server_keys):

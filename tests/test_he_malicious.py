@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from securefed.errors import KeyMaterialError, MessageRejected, ProtocolAbort
+from securefed.errors import ConfigurationError, KeyMaterialError, MessageRejected, ProtocolAbort
 from securefed.federated import DropoutPlan, Float32Codec, Upload
 from securefed.he import CKKSChannel, CKKSKeyAuthority, CKKSKeyHolder, CKKSParameters
 from securefed.he.seal_ops import Blobs, Party
@@ -124,7 +124,7 @@ def _at_epoch_end(holder, public, values_per_ct):
 
 def test_6c_refreshed_weights_are_never_exact_decryptions(training):
     holder, public = training
-    ka = CKKSKeyAuthority(holder, require_signatures=False)
+    ka = CKKSKeyAuthority(holder, require_signatures=False, max_training_epochs=1)
     ka.begin_training(epochs=1, n_weights=2, level=0)
     slots = holder.parameters.slots
     values = [0.123456789, -0.987654321]
@@ -159,7 +159,7 @@ def test_6c_flooding_is_unbiased_on_its_grid():
 # ----------------------------------------------------------------- 6d. the refresh step
 def test_6d_refresh_decrypts_only_declared_replicated_weights(training):
     holder, public = training
-    ka = CKKSKeyAuthority(holder, require_signatures=False)
+    ka = CKKSKeyAuthority(holder, require_signatures=False, max_training_epochs=1)
     slots = holder.parameters.slots
     weights = _at_epoch_end(holder, public, [np.full(slots, 0.5)] * 3)
     with pytest.raises(MessageRejected, match="no encrypted training was declared"):
@@ -181,6 +181,32 @@ def test_6d_refresh_decrypts_only_declared_replicated_weights(training):
     ka.refresh_weights(weights, epoch=0)
     with pytest.raises(MessageRejected, match="no encrypted training was declared"):
         ka.refresh_weights(weights, epoch=1)  # the declared epochs are used up
+    # nor can the server declare another training: the authority's own budget is spent
+    with pytest.raises(MessageRejected, match="grants 0 more weight refreshes"):
+        ka.begin_training(epochs=1, n_weights=3, level=0)
+
+
+def test_6d_the_server_cannot_restart_or_extend_the_refresh_budget(training):
+    """The epochs are the authority's to grant: a declaration beyond its budget, or a second
+    one mid-run (which would restart the count), is refused; an authority configured
+    without a budget refuses encrypted training altogether."""
+    holder, public = training
+    with pytest.raises(MessageRejected, match="grants 0 more weight refreshes"):
+        CKKSKeyAuthority(holder, require_signatures=False).begin_training(
+            epochs=1, n_weights=3, level=0)
+    ka = CKKSKeyAuthority(holder, require_signatures=False, max_training_epochs=3)
+    with pytest.raises(MessageRejected, match="of 4 epochs declared, but this key authority grants 3"):
+        ka.begin_training(epochs=4, n_weights=3, level=0)
+    ka.begin_training(epochs=2, n_weights=3, level=0)
+    weights = _at_epoch_end(holder, public, [np.full(holder.parameters.slots, 0.5)] * 3)
+    ka.refresh_weights(weights, epoch=0)
+    with pytest.raises(MessageRejected, match="already running \\(1 of its 2 refreshes done\\)"):
+        ka.begin_training(epochs=1, n_weights=3, level=0)
+    ka.refresh_weights(weights, epoch=1)
+    with pytest.raises(MessageRejected, match="of 2 epochs declared, but this key authority grants 1"):
+        ka.begin_training(epochs=2, n_weights=3, level=0)
+    with pytest.raises(ConfigurationError, match="max_training_epochs must be an integer >= 0"):
+        CKKSKeyAuthority(holder, require_signatures=False, max_training_epochs=-1)
 
 
 # ----------------------------------------------------------------- 7. two participants

@@ -17,7 +17,10 @@ What the authority decrypts, and nothing else:
   it decrypt one hospital's upload (or an upload padded with the server's own encryptions,
   which anyone can make with the public key), nor two different subsets of one round.
 * **Weight refreshes of encrypted training** (:meth:`CKKSKeyAuthority.refresh_weights`):
-  only after :meth:`begin_training` declared the number of epochs and weights, one refresh
+  only after :meth:`begin_training` declared the number of epochs and weights, within the
+  authority's own budget of refreshes (``max_training_epochs``, set by whoever runs the
+  authority, 0 by default: no encrypted training), one training at a time (a second
+  declaration while one runs is refused, so a server cannot restart the count), one refresh
   per epoch in order, exactly ``n_weights`` ciphertexts at the level an epoch ends on, each
   holding one value replicated in every slot (the spread across slots must be within
   ``REPLICATION_TOLERANCE``, so a column of patient values is refused).  It returns fresh
@@ -59,11 +62,16 @@ class CKKSKeyAuthority:
     ``roster`` pins the hospitals' signing keys (required unless ``require_signatures`` is
     false, which is meant for tests of the weaker setting only).  ``reveal`` is
     ``"rounded"`` (default), ``"flooded"`` or ``"exact"`` (unsafe, for measurements).
+    ``max_training_epochs`` is the most weight refreshes it grants over its lifetime, all
+    encrypted trainings together (each refresh releases the weights the server sends, so
+    this bounds what a deviating server can have decrypted that way); 0 refuses encrypted
+    training.
     """
 
     def __init__(self, key_holder: CKKSKeyHolder | None = None, *, roster: Roster | None = None,
                  min_contributors: int = DEFAULT_MIN_CONTRIBUTORS, reveal: str = "rounded",
-                 flood_bits: int = 8, require_signatures: bool = True) -> None:
+                 flood_bits: int = 8, require_signatures: bool = True,
+                 max_training_epochs: int = 0) -> None:
         if reveal not in REVEALS:
             raise ConfigurationError(f"reveal must be one of {REVEALS}, got {reveal!r}")
         if isinstance(min_contributors, bool) or not isinstance(min_contributors, int) \
@@ -71,6 +79,10 @@ class CKKSKeyAuthority:
             raise ConfigurationError(f"min_contributors must be an integer >= 1, got {min_contributors!r}")
         if not isinstance(flood_bits, int) or not 1 <= flood_bits <= 52:
             raise ConfigurationError(f"flood_bits must be an integer in [1, 52], got {flood_bits!r}")
+        if isinstance(max_training_epochs, bool) or not isinstance(max_training_epochs, int) \
+                or max_training_epochs < 0:
+            raise ConfigurationError(
+                f"max_training_epochs must be an integer >= 0, got {max_training_epochs!r}")
         if require_signatures and roster is None:
             raise KeyMaterialError("the key authority needs the pinned roster of the hospitals' "
                                    "signing keys (securefed keys identity)")
@@ -83,6 +95,7 @@ class CKKSKeyAuthority:
         self._public = CKKSPublicContext.from_bytes(self.key_holder.public_context().to_bytes())
         self._decrypted: set[tuple[bytes, int]] = set()
         self._training: dict[str, Any] | None = None
+        self.training_epochs_left = max_training_epochs
 
     @property
     def parameters(self) -> Any:
@@ -117,10 +130,29 @@ class CKKSKeyAuthority:
     # -------------------------------------------------------------- encrypted training
     def begin_training(self, *, epochs: int, n_weights: int, level: int) -> None:
         """Declare an encrypted-training run: ``epochs`` refreshes of ``n_weights``
-        ciphertexts, each at chain index ``level`` (where an epoch ends)."""
+        ciphertexts, each at chain index ``level`` (where an epoch ends).
+
+        Refused while another training runs, and beyond the authority's remaining budget of
+        refreshes (``max_training_epochs``), which the declared epochs use up at once.
+        """
+        if self._training is not None:
+            t = self._training
+            raise MessageRejected(
+                f"an encrypted training is already running ({t['done']} of its {t['epochs']} "
+                "refreshes done); the key authority serves one at a time and refuses a second "
+                "declaration")
+        if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+            raise MessageRejected(f"encrypted training of {epochs!r} epochs declared; expected "
+                                  "an integer >= 1")
+        if epochs > self.training_epochs_left:
+            raise MessageRejected(
+                f"encrypted training of {epochs} epochs declared, but this key authority grants "
+                f"{self.training_epochs_left} more weight refreshes (its max_training_epochs, "
+                "set by whoever runs it); refused")
         if not self.key_holder.has_rotation_keys:
             raise KeyMaterialError("encrypted training needs rotation (Galois) keys; generate them "
                                    "with CKKSKeyHolder.generate(..., galois_keys=True)")
+        self.training_epochs_left -= epochs
         self._training = {"epochs": int(epochs), "n_weights": int(n_weights), "level": int(level),
                           "done": 0,
                           "party": Party(self.key_holder.context, self.parameters, secret=True),

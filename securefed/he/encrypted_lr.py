@@ -74,7 +74,7 @@ import numpy as np
 from tenseal import sealapi as seal
 
 from securefed.arrays import FederatedArrays
-from securefed.errors import ConfigurationError, InvalidDataError, KeyMaterialError
+from securefed.errors import ConfigurationError, InvalidDataError, KeyMaterialError, ProtocolAbort
 from securefed.he.authority import CKKSKeyAuthority
 from securefed.he.keys import CKKSKeyHolder, CKKSParameters, CKKSPublicContext
 from securefed.he.seal_ops import Blobs, Party
@@ -226,13 +226,16 @@ def _layout(counts: Sequence[int], slots: int) -> list[list[tuple[int, int, int]
 
 
 def _keys_for_training(key_holder: CKKSKeyHolder | None, server_context: Any,
-                       key_authority: CKKSKeyAuthority | None
+                       key_authority: CKKSKeyAuthority | None, *, epochs: int
                        ) -> tuple[CKKSKeyAuthority, CKKSPublicContext]:
-    """The key authority and the public context the hospitals and the server use, checked."""
+    """The key authority and the public context the hospitals and the server use, checked.
+
+    An authority built here grants exactly the ``epochs`` refreshes of this training."""
     if key_authority is None:
         if key_holder is None:
             key_holder = CKKSKeyHolder.generate(CKKSParameters.training(), galois_keys=True)
-        key_authority = CKKSKeyAuthority(key_holder, require_signatures=False)
+        key_authority = CKKSKeyAuthority(key_holder, require_signatures=False,
+                                         max_training_epochs=epochs)
     holder = key_authority.key_holder
     params = holder.parameters
     if params.depth < REQUIRED_DEPTH:
@@ -385,8 +388,11 @@ def train_encrypted_logreg(
     interval:
         Where the degree-3 sigmoid polynomial is fitted.
     key_authority, key_holder, server_context:
-        The key authority (built from ``key_holder`` when omitted; keys generated with
-        rotation keys and :meth:`CKKSParameters.training` when both are omitted).  Its
+        The key authority (built from ``key_holder`` when omitted, granting this training's
+        ``epochs`` refreshes; keys generated with rotation keys and
+        :meth:`CKKSParameters.training` when both are omitted).  A given authority must grant
+        ``epochs`` more refreshes (its ``max_training_epochs``), and the data must hold rows
+        of at least its ``min_contributors`` hospitals (:class:`ProtocolAbort` otherwise).  Its
         parameters must support depth 4; the server context must be the matching public
         context with rotation keys (a secret context is refused); when omitted, it is
         derived from the authority through its serialised form.
@@ -399,9 +405,16 @@ def train_encrypted_logreg(
         raise ConfigurationError(f"epochs must be an integer >= 1, got {epochs!r}")
     if not learning_rate > 0:
         raise ConfigurationError(f"learning_rate must be > 0, got {learning_rate!r}")
-    authority, server_pub = _keys_for_training(key_holder, server_context, key_authority)
+    authority, server_pub = _keys_for_training(key_holder, server_context, key_authority,
+                                               epochs=epochs)
     params = authority.parameters
     counts = _check_rows(data)
+    contributing = sum(1 for c in counts if c > 0)
+    if contributing < authority.min_contributors:
+        raise ProtocolAbort(
+            f"encrypted training on the rows of {contributing} hospital(s), below the key "
+            f"authority's minimum of {authority.min_contributors} contributors: the released "
+            "model would be fitted to fewer hospitals' patients than it accepts in an aggregate")
     d, n = data.num_features, int(sum(counts))
     coef = fit_sigmoid_polynomial(interval=interval, degree=3)
     k = learning_rate / n
