@@ -186,6 +186,12 @@ def test_small_rounds():
     one = _uploads(n=1)
     with pytest.warns(UserWarning, match="min_clients = 1"):
         ch = SecAggChannel(clip_range=50.0, max_weight=200.0, min_clients=1)
+    # one contributor means t = 1, which malicious mode refuses even with the minimum lowered
+    with pytest.raises(ConfigurationError, match="threshold t = 1: .*malicious mode requires t >= 2"):
+        _aggregate(ch, one, 20)
+    with pytest.warns(UserWarning, match="min_clients = 1"):
+        ch = SecAggChannel(clip_range=50.0, max_weight=200.0, min_clients=1,
+                           mode="honest-but-curious")
     res = _aggregate(ch, one, 20)
     assert np.max(np.abs(res.weighted_sum - one[0].vector)) < 1 / res.revealed["scale"]
     ups = _uploads(n=6)

@@ -431,6 +431,53 @@ def test_7_two_participants_are_refused_everywhere():
         r.clients[0].consistency(_request(r, 0, {0, 1}))
 
 
+def test_t_1_is_refused_in_malicious_mode_even_with_the_minimum_lowered():
+    """With ``min_clients = 1`` a round of one is 'allowed', but its threshold would be 1:
+    refused by the server and by the client in malicious mode (the mode to name for it is
+    honest-but-curious)."""
+    ident, roster = generate_identities([0])
+    with pytest.raises(ConfigurationError, match="threshold t = 1: .*malicious mode requires t >= 2"):
+        SecAggServer([0], round_index=0, threshold=1, bits=32, length=D, roster=roster, min_clients=1)
+    SecAggServer([0], round_index=0, threshold=1, bits=32, length=D, mode=HONEST_BUT_CURIOUS,
+                 min_clients=1)  # named explicitly: accepted
+    session = crypto.new_session_id()
+    lone = SecAggClient(0, session=session, round_index=0, bits=32, length=D,
+                        identity=ident[0], roster=roster, min_clients=1)
+    lone.advertise_keys()
+    own = lone._own_advert()  # malicious mode: mask key (32 bytes) and commitment
+    alone = KeyDirectory(session, 0, 0, 1, np.asarray([0], np.uint32), b"", own[:32], own[32:])
+    with pytest.raises(MessageRejected, match="threshold t = 1; .*malicious mode requires t >= 2"):
+        lone.share_keys(alone.to_bytes())
+
+
+def test_a_low_order_public_key_is_refused_where_it_first_appears():
+    """A client advertising an all-zero (low-order) X25519 key, with a valid signature, would
+    make every peer's key agreement fail: the server refuses it at once, naming the client.
+    A server putting one in a directory (honest-but-curious mode, no signatures) gets
+    ``MessageRejected`` from the client, not a bare key error."""
+    from securefed.secagg.messages import AdvertiseKeys
+
+    r = Round(n=4, t=3)
+    unsigned = AdvertiseKeys(r.server.session, 0, 1, b"", bytes(32), bytes(32), b"")
+    bad = AdvertiseKeys(r.server.session, 0, 1, b"", bytes(32), bytes(32),
+                        r.ident[1].sign(unsigned.signed_bytes()))
+    with pytest.raises(MessageRejected, match="advertisement of client 1: its mask public key is not usable"):
+        r.server.receive(1, bad.to_bytes())
+    h = Round(n=4, t=3, mode=HONEST_BUT_CURIOUS)
+    d = KeyDirectory.from_bytes(h.directories()[0])
+    enc = b"".join(bytes(32) if int(v) == 3 else d.entry(k)[0] for k, v in enumerate(d.ids))
+    forged = KeyDirectory(d.session, 0, 0, d.threshold, d.ids, enc, d.mask_publics, d.commits)
+    with pytest.raises(MessageRejected, match="key directory entry of client 3 is not a usable public key"):
+        h.clients[0].share_keys(forged.to_bytes())
+
+
+def test_a_malformed_server_message_is_rejected_not_a_data_error():
+    r = Round(n=4, t=3)
+    dirs = r.directories()
+    with pytest.raises(MessageRejected, match="client 0: malformed key directory from the server"):
+        r.clients[0].share_keys(dirs[0][:-7])
+
+
 def test_secrets_do_not_come_from_the_engine_generator(monkeypatch):
     """The engine passes its seeded generator to the channel; keys and seeds must still come
     from the OS: two rounds with the same engine seed use different session keys and seeds."""

@@ -184,6 +184,14 @@ def _adverts_digest(a: int, adv_a: bytes, b: int, adv_b: bytes) -> bytes:
     return hashlib.sha256(first + second).digest()
 
 
+def _from_server(kind: Any, blob: bytes, *, client_id: int, what: str) -> Any:
+    """Parse a server message at a client; a malformed one is the server's fault."""
+    try:
+        return kind.from_bytes(blob)
+    except InvalidDataError as exc:
+        raise MessageRejected(f"client {client_id}: malformed {what} from the server: {exc}") from exc
+
+
 class SecAggClient:
     """One client's side of the protocol; each public method is one stage.
 
@@ -295,6 +303,11 @@ class SecAggClient:
             raise ProtocolAbort(
                 f"client {self.client_id}: {holders} share holders (neighbours + itself), "
                 f"threshold {t}; need 1 <= t <= holders")
+        if self.mode == MALICIOUS and t < 2:
+            raise MessageRejected(
+                f"client {self.client_id}: threshold t = {t}; one share would reveal this "
+                "client's keys, so malicious mode requires t >= 2 (name the honest-but-curious "
+                "mode explicitly to run with t = 1)")
         if self.mode == MALICIOUS and not is_majority(t, holders):
             raise MessageRejected(
                 f"client {self.client_id}: threshold t = {t} is not more than half of its "
@@ -365,7 +378,7 @@ class SecAggClient:
     def share_keys(self, directory: bytes) -> bytes:
         """Round 1: check the key directory, then share ``r_u`` and ``b_u`` among the neighbours."""
         self._expect("share_keys")
-        d = KeyDirectory.from_bytes(directory)
+        d = _from_server(KeyDirectory, directory, client_id=self.client_id, what="key directory")
         self._check_header(d)
         ids = [int(i) for i in d.ids]
         if len(set(ids)) != len(ids):
@@ -397,14 +410,21 @@ class SecAggClient:
         self._dir_ids = ids
         self._peers = {v: entries[i] for i, v in enumerate(ids) if v != self.client_id}
         secret = np.concatenate([shamir.secret_to_elements(self._r), shamir.secret_to_elements(self._b)])
-        shares = shamir.split(secret, threshold=t, points=np.asarray(ids, dtype=np.int64) + 1)
+        try:
+            shares = shamir.split(secret, threshold=t, points=np.asarray(ids, dtype=np.int64) + 1)
+        except InvalidDataError as exc:
+            raise MessageRejected(f"client {self.client_id}: key directory: {exc}") from exc
         plaintexts = pack_share_plaintexts(shares)
         cts: list[bytes] = []
         for i, v in enumerate(ids):
             if v == self.client_id:
                 self._held[v] = shares[i]
                 continue
-            key = self._enc_keys[v] = self._pair_key(v)
+            try:
+                key = self._enc_keys[v] = self._pair_key(v)
+            except KeyMaterialError as exc:
+                raise MessageRejected(f"client {self.client_id}: key directory entry of client "
+                                      f"{v} is not a usable public key: {exc}") from exc
             cts.append(crypto.seal_once(key, plaintexts[i],
                                         associated_data=self._ad(sender=self.client_id, recipient=v),
                                         sender=self.client_id, recipient=v))
@@ -422,7 +442,7 @@ class SecAggClient:
         self._expect("masked_input")
         if not isinstance(model_digest, bytes) or len(model_digest) != 32:
             raise InvalidDataError(f"model_digest must be 32 bytes, got {model_digest!r:.40}")
-        m = ShareDelivery.from_bytes(delivery)
+        m = _from_server(ShareDelivery, delivery, client_id=self.client_id, what="share delivery")
         self._check_header(m)
         senders = [int(v) for v in m.senders]
         seen: set[int] = set()
@@ -470,7 +490,11 @@ class SecAggClient:
                                      party_b=self.client_id)
         expander.add_into(acc, self_key, sign=+1)
         for v in senders:
-            s_uv = self._mask_keys.get(v) or self._mask_key(v)
+            try:
+                s_uv = self._mask_keys.get(v) or self._mask_key(v)
+            except KeyMaterialError as exc:
+                raise MessageRejected(f"client {self.client_id}: mask key of client {v} in the key "
+                                      f"directory is not a usable public key: {exc}") from exc
             expander.add_into(acc, s_uv, sign=+1 if self.client_id < v else -1)
         if self.bits < _word_bits(self.bits):
             acc &= work.type((1 << self.bits) - 1)
@@ -483,7 +507,8 @@ class SecAggClient:
     def consistency(self, request: bytes) -> bytes:
         """Round 3 (malicious mode): check ``U3`` and sign it with the model digest."""
         self._expect("consistency")
-        r = ConsistencyRequest.from_bytes(request)
+        r = _from_server(ConsistencyRequest, request, client_id=self.client_id,
+                         what="consistency request")
         self._check_header(r)
         self._signed = self._check_survivors(r.survivors)
         assert self.identity is not None
@@ -518,7 +543,7 @@ class SecAggClient:
     def unmask(self, request: bytes) -> bytes:
         """Round 4: reveal seed shares of survivors and key shares of dropped partners."""
         self._expect("unmask")
-        r = UnmaskRequest.from_bytes(request)
+        r = _from_server(UnmaskRequest, request, client_id=self.client_id, what="unmask request")
         self._check_header(r)
         if self.mode == MALICIOUS:
             self._check_signatures(r)
@@ -641,6 +666,10 @@ class SecAggServer:
         if missing:
             raise ConfigurationError(f"graph has no neighbour list for clients {sorted(missing)[:10]}")
         self._check_threshold_against_graph(int(threshold))
+        if self.mode == MALICIOUS and int(threshold) < 2:
+            raise ConfigurationError(
+                "threshold t = 1: one share would reveal a client's keys; malicious mode requires "
+                "t >= 2 (pass mode='honest-but-curious' explicitly to run with t = 1)")
         if self.mode == MALICIOUS:
             if roster is None:
                 raise KeyMaterialError("malicious mode needs the pinned roster on the server too "
@@ -673,6 +702,8 @@ class SecAggServer:
         self.u4: tuple[int, ...] = ()
         self.u5: tuple[int, ...] = ()
         self._pools: dict[str, frozenset[int]] = {"advertise_keys": frozenset(ids)}
+        # a throwaway key, only to test advertised public keys (low order: all-zero agreement)
+        self._probe = crypto.new_private_key()[0]
 
     def _check_threshold_against_graph(self, t: int) -> None:
         worst = min((len(self.graph[u]) + 1 for u in self.client_ids), default=1)
@@ -726,9 +757,16 @@ class SecAggServer:
             raise MessageRejected(
                 f"advertisement of client {sender} does not match the server's mode {self.mode!r} "
                 f"(share-channel key of {len(msg.enc_public)} bytes)")
+        for name, raw in (("mask", msg.mask_public), ("share-channel", msg.enc_public)):
+            if not raw:
+                continue
+            try:  # a low-order key would make every peer's agreement with it fail
+                crypto.agree(self._probe, crypto.load_public(raw))
+            except KeyMaterialError as exc:
+                raise MessageRejected(
+                    f"advertisement of client {sender}: its {name} public key is not usable "
+                    f"({exc})") from exc
         self._s_pub[sender] = crypto.load_public(msg.mask_public)
-        if msg.enc_public:
-            crypto.load_public(msg.enc_public)
         self._adv[sender] = msg
 
     def _receive_share_keys(self, sender: int, msg: ShareKeys) -> None:
