@@ -177,7 +177,8 @@ def main() -> None:
         roster, keys = write_identity_files(names, work / "hospital-keys")
         consortium = make_consortium(work / "bundle", hospitals=names, roster=roster)
         nodes = [{"partition-id": i, "num-partitions": args.nodes, "identity-key": str(keys[name]),
-                  "secagg-mode": args.secagg_mode} for i, name in enumerate(names)]
+                  "secagg-mode": args.secagg_mode, "allow-plain-channel": "plain" in channels}
+                 for i, name in enumerate(names)]
         t0 = time.perf_counter()
         link_env = {"FLWR_LOG_LEVEL": "DEBUG"} if args.trace_requests else None
         with LocalCluster(work / "cluster", node_configs=nodes, consortium=consortium,

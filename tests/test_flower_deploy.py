@@ -97,9 +97,11 @@ def cluster(tmp_path_factory, consortium, identities):
     work = tmp_path_factory.mktemp("cluster")
     _, keys = identities
     # Each hospital names its own identity file; an explicit minimum of 2 contributors lets
-    # the killed-node test complete a round with two survivors (the default minimum is 3).
+    # the killed-node test complete a round with two survivors (the default minimum is 3);
+    # the plain-channel tests need the hospitals' consent to plain rounds.
     nodes = [{"partition-id": i, "num-partitions": 3, "identity-key": str(keys[name]),
-              "secagg-min-clients": 2} for i, name in enumerate(HOSPITALS)]
+              "secagg-min-clients": 2, "allow-plain-channel": True}
+             for i, name in enumerate(HOSPITALS)]
     with LocalCluster(work, node_configs=nodes, consortium=consortium) as c:
         yield c
         pids = c.all_pids()

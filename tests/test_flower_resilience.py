@@ -191,6 +191,8 @@ class FlakyGrid(InProcessGrid):
 @pytest.mark.parametrize("channel", ["plain", "secagg"])
 def test_an_offline_hospital_is_left_out_and_rejoins_after_a_restart(channel, pki) -> None:
     nodes, secagg_keys = pki
+    if channel == "plain":  # these hospitals hold identity keys: plain rounds are opt-in
+        nodes = [{**n, "allow-plain-channel": True} for n in nodes]
     cfg = app_run_config({"channel": channel, "num-rounds": 5, "seed": 2, "secagg-threshold": 2,
                           **secagg_keys, **FAST})
     grid = FlakyGrid(client_app, nodes, cfg)
@@ -459,9 +461,35 @@ def test_a_hospital_keeps_its_own_noise_floor(pki) -> None:
     floored = [{**n, **floor} for n in nodes]
     low = app_run_config({"dp": "local", "dp-clip-norm": 1.0, "dp-noise-multiplier": 0.5,
                           "num-rounds": 1, **FAST})
+    plain_ok = [{**n, "allow-plain-channel": True} for n in floored]
     with pytest.raises(ProtocolAbort, match="below this hospital's floor 1.0"):
-        run_server(InProcessGrid(client_app, floored, low), low, log=quiet)
+        run_server(InProcessGrid(client_app, plain_ok, low), low, log=quiet)
     ok = app_run_config({"channel": "secagg", "dp": "distributed", "dp-clip-norm": 1.0,
                          "dp-noise-multiplier": 1.0, "num-rounds": 1, **secagg_keys, **FAST})
     done = run_server(InProcessGrid(client_app, floored, ok), ok, log=quiet)
     assert done["status"] == "completed" and done["rounds"][0]["contributors"] == [0, 1, 2]
+
+
+def test_a_hospital_with_an_identity_key_refuses_plain_rounds_unless_it_opts_in(pki) -> None:
+    """The submitter chooses the channel (the run config is not signed): a node set up for
+    secure aggregation answers plain rounds, which send its update in the clear, only if its
+    own node config says allow-plain-channel = true."""
+    from securefed.errors import MessageRejected, ProtocolAbort
+    from securefed.flower.node import check_plain_channel
+
+    nodes, _ = pki
+    with pytest.raises(MessageRejected, match="answers secure-aggregation rounds only"):
+        check_plain_channel(nodes[0])
+    assert check_plain_channel({**nodes[0], "allow-plain-channel": True}) is None
+    assert check_plain_channel(NODES[0]) is None  # no identity key: plain by default
+    with pytest.raises(MessageRejected, match="answers secure-aggregation rounds only"):
+        check_plain_channel({**NODES[0], "allow-plain-channel": False})
+    with pytest.raises(ConfigurationError, match="allow-plain-channel must be true or false, got 'yes'"):
+        check_plain_channel({**NODES[0], "allow-plain-channel": "yes"})
+    plain = app_run_config({"num-rounds": 1, **FAST})
+    with pytest.raises(ProtocolAbort, match="answers secure-aggregation rounds only"):
+        run_server(InProcessGrid(client_app, nodes, plain), plain, log=quiet)
+    mixed = [nodes[0], {**nodes[1], "allow-plain-channel": True}, {**nodes[2], "allow-plain-channel": True}]
+    done = run_server(InProcessGrid(client_app, mixed, plain), plain, log=quiet)
+    assert done["rounds"][0]["contributors"] == [1, 2]
+    assert "secure-aggregation rounds only" in done["rounds"][0]["failures"]["0"]

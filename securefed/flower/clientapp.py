@@ -5,7 +5,9 @@ It answers three kinds of message from the ServerApp:
 ``query.hello``   which client this node is and how many features its data has;
 ``train``         one round of the plain channel: local training with the strategy's
                   phases (``local_train``, ``client_weight``, ``client_process``) and the
-                  encoded weighted update back;
+                  encoded weighted update back, if the hospital's node config allows the
+                  plain channel (:func:`securefed.flower.node.check_plain_channel`: by
+                  default not once it names an identity key);
 ``train.secagg``  the parts of the secure-aggregation pipeline addressed to this node
                   (see :mod:`securefed.flower.secagg_stages`), when that channel is chosen.
 
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from securefed.flower.node import check_round, local_round
+from securefed.flower.node import check_plain_channel, check_round, local_round
 from securefed.flower.nodedata import load_node_data, node_client_id
 from securefed.flower.transport import (
     make_content,
@@ -45,6 +47,7 @@ def _build_app() -> Any:
     @client_app.train()
     def train(msg: Message, context: Context) -> Message:
         fields, _ = read_content(msg.content)
+        check_plain_channel(context.node_config)  # the hospital's choice, not the run's
         check_round(fields, context.state, kind="train")
         client = load_node_data(context.node_config)
         vector, weight, payload, stats = local_round(dict(context.run_config), client, fields,

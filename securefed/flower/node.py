@@ -27,8 +27,8 @@ from securefed.flower.settings import (
 )
 from securefed.flower.transport import load_blob, pack_state, save_blob, unpack_state
 
-__all__ = ["local_round", "check_round", "check_node_privacy", "config_to_json",
-           "config_from_json"]
+__all__ = ["local_round", "check_round", "check_node_privacy", "check_plain_channel",
+           "config_to_json", "config_from_json"]
 
 _RNG_KEY = "securefed-rng"
 _CLIENT_STATE_KEY = "securefed-client-state"
@@ -49,6 +49,30 @@ def config_to_json(config: LocalConfig) -> str:
 def config_from_json(text: str) -> LocalConfig:
     data = json.loads(text)
     return LocalConfig(**data)
+
+
+def check_plain_channel(node_config: Mapping[str, Any]) -> None:
+    """The hospital's own choice of whether it answers plain-channel rounds.
+
+    The channel is chosen by whoever submits the run (``channel`` in the run config, which
+    the app signature does not cover).  Under ``channel = "plain"`` a node's update reaches
+    the server in the clear, so a hospital set up for secure aggregation (its node config
+    names an ``identity-key``) refuses plain rounds with
+    :class:`~securefed.errors.MessageRejected` unless its node config says
+    ``allow-plain-channel = true``; a node without an identity key accepts them unless it
+    says ``allow-plain-channel = false``.
+    """
+    allowed = node_config.get("allow-plain-channel", "")
+    if allowed in ("", None):
+        allowed = not node_config.get("identity-key")
+    if not isinstance(allowed, bool):
+        raise ConfigurationError(
+            f"node config allow-plain-channel must be true or false, got {allowed!r}")
+    if not allowed:
+        raise MessageRejected(
+            "this hospital answers secure-aggregation rounds only (its node config names an "
+            "identity key and does not set allow-plain-channel = true); the run asks for "
+            "channel = 'plain', which would send its update to the server in the clear")
 
 
 def check_node_privacy(node_config: Mapping[str, Any], strategy: Any) -> None:
