@@ -289,6 +289,21 @@ def test_consortium_bundle_and_app_signature(tmp_path) -> None:
     assert coord2.roster.read_bytes() == roster.read_bytes()
     assert [h.node_config["roster"] for h in hosp2] == [str(h.folder / "roster.json") for h in hosp2]
     assert not list((tmp_path / "with-roster").rglob("*.identity"))
+    # the folder is copied to the hospital's machine: its roster path follows it, and the
+    # node's secure-aggregation settings (identity key and pinned roster) load there
+    import shutil
+
+    from securefed.flower.bundle import load_hospital
+    from securefed.flower.secagg_stages import node_secagg_settings
+
+    moved = tmp_path / "at-the-hospital" / "north"
+    shutil.copytree(hosp2[0].folder, moved)
+    shutil.rmtree(tmp_path / "with-roster")
+    north = load_hospital(moved)
+    assert north.node_config["roster"] == str(moved / "roster.json")
+    settings = node_secagg_settings({**north.node_config, "identity-key": str(keys["north"])},
+                                    north.client_id)
+    assert settings["roster"].client_ids == (0, 1)
     with pytest.raises(ConfigurationError, match=r"the roster lists hospitals \['north', 'south'\]"):
         make_consortium(tmp_path / "mismatch", hospitals=["south", "north"], roster=roster)
 

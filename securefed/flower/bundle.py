@@ -255,7 +255,7 @@ def make_consortium(
         config = {"client-id": cid, **dict((node_configs or {}).get(name, {}))}
         if roster_text is not None:
             (folder / "roster.json").write_text(roster_text, encoding="utf-8")
-            config.setdefault("roster", str(folder / "roster.json"))
+            config.setdefault("roster", "roster.json")  # relative: the folder moves to the hospital
         config.setdefault("name", name)
         settings = {"name": name, "superlink": f"{host}:{port}", "node-config": config}
         (folder / "node.json").write_text(json.dumps(settings, indent=1) + "\n", encoding="utf-8")
@@ -263,8 +263,16 @@ def make_consortium(
     return coordinator, result
 
 
+#: Node-config keys that hold file paths; relative ones are resolved against the bundle.
+_PATH_KEYS = ("roster", "identity-key", "data-path", "schema-path")
+
+
 def load_hospital(folder: str | Path) -> Hospital:
-    """Read a hospital's bundle folder (checks that the files it needs are there)."""
+    """Read a hospital's bundle folder (checks that the files it needs are there).
+
+    Paths in its ``node-config`` that are relative (the roster, as written by
+    :func:`make_consortium`) are relative to the folder, so the bundle still works after it
+    is copied to the hospital's machine."""
     folder = Path(folder).absolute()
     try:
         data = json.loads((folder / "node.json").read_text(encoding="utf-8"))
@@ -274,6 +282,10 @@ def load_hospital(folder: str | Path) -> Hospital:
         if not (folder / name).is_file():
             raise ConfigurationError(f"hospital bundle {folder} lacks {name}")
     config = dict(data.get("node-config", {}))
+    for key in _PATH_KEYS:  # a relative path in node.json is relative to the bundle folder
+        value = config.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            config[key] = str(folder / value)
     return Hospital(folder=folder, name=str(data["name"]), client_id=int(config["client-id"]),
                     superlink=str(data["superlink"]), node_config=config)
 

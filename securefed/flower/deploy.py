@@ -176,6 +176,10 @@ def _cmd_node(args: argparse.Namespace) -> int:
     if "roster" in config and "identity-key" not in config:
         print("securefed: no --identity-key: this node can take part in plain runs only; secure "
               "aggregation (malicious-server mode) needs the hospital's identity file", flush=True)
+    if "roster" in config and "identity-key" in config:
+        from securefed.flower.secagg_stages import node_secagg_settings
+
+        node_secagg_settings(config, hospital.client_id)  # refuse a missing or foreign key now
     data = load_node_data(config)  # refuse bad data here, with the row named
     print(f"securefed: {hospital.name} (client {hospital.client_id}): {data.num_examples} records, "
           f"{data.X.shape[1]} features; SuperLink {hospital.superlink} reachable over TLS",
