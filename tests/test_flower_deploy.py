@@ -32,6 +32,7 @@ from securefed.flower.cluster import (  # noqa: E402
     ClusterError,
     LocalCluster,
     _alive,
+    _start_time,
     free_port,
     offline_env,
 )
@@ -56,13 +57,22 @@ def simulate(cfg: dict, channel=None):
                          channel=channel)
 
 
-def _still_alive(pids, *, timeout: float = 10.0) -> list[int]:
-    """The pids still running after waiting up to ``timeout`` seconds for them to exit."""
+def _snapshot(pids) -> dict[int, int | None]:
+    """PID -> start time, so that a PID reused by another process later is not taken for
+    one of ours."""
+    return {p: _start_time(p) for p in pids}
+
+
+def _still_alive(pids: dict[int, int | None], *, timeout: float = 10.0) -> list[int]:
+    """The processes of the snapshot still running after waiting up to ``timeout`` seconds."""
+    def ours(p: int) -> bool:
+        return _alive(p) and _start_time(p) == pids[p]
+
     deadline = time.monotonic() + timeout
-    left = [p for p in pids if _alive(p)]
+    left = [p for p in pids if ours(p)]
     while left and time.monotonic() < deadline:
         time.sleep(0.05)
-        left = [p for p in left if _alive(p)]
+        left = [p for p in left if ours(p)]
     return left
 
 
@@ -104,7 +114,7 @@ def cluster(tmp_path_factory, consortium, identities):
              for i, name in enumerate(HOSPITALS)]
     with LocalCluster(work, node_configs=nodes, consortium=consortium) as c:
         yield c
-        pids = c.all_pids()
+        pids = _snapshot(c.all_pids())
     left = _still_alive(pids)
     assert not left, f"processes left running after the cluster stopped: {left}"
 
@@ -331,8 +341,9 @@ def test_a_killed_superlink_resumes_from_the_last_completed_round(cluster, tmp_p
 
     def on_poll(cluster: LocalCluster, _seconds: float) -> None:
         if not restarted and ckpt.exists() and json.loads(ckpt.read_text())["completed"] >= 1:
+            cluster.kill_superlink()  # the ServerApp with it: no checkpoint is written after
             restarted.append(json.loads(ckpt.read_text())["completed"])
-            cluster.restart_superlink()
+            cluster.start_superlink()
 
     outcome, summary = run(cluster, tmp_path, config, on_poll=on_poll, timeout=600,
                            resume_attempts=2)
@@ -393,12 +404,12 @@ def test_processes_are_cleaned_up_when_the_body_fails(tmp_path) -> None:
     """Every process goes when the body fails; ``superlink_env`` reaches the SuperLink alone
     (here DEBUG logging, which logs each request it serves: what
     ``benchmarks/flower_deployment.py --trace-requests`` counts)."""
-    pids: set[int] = set()
+    pids: dict[int, int | None] = {}
     logs: list[Path] = []
     with pytest.raises(RuntimeError, match="boom"):
         with LocalCluster(tmp_path, node_configs=[{"partition-id": 0, "num-partitions": 1}],
                           superlink_env={"FLWR_LOG_LEVEL": "DEBUG"}) as c:
-            pids = c.all_pids()
+            pids = _snapshot(c.all_pids())
             assert c.superlink is not None and c.supernodes[0] is not None
             logs = [c.superlink.log_path, c.supernodes[0].log_path]
             deadline = time.monotonic() + 60

@@ -119,6 +119,23 @@ def _signal(pid: int, sig: int) -> None:
         pass
 
 
+def _start_time(pid: int) -> int | None:
+    """When ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22), or
+    ``None`` when there is no such process.  With the PID it names one process for good: a
+    PID reused after the process exited comes with another start time."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            stat = fh.read()
+        return int(stat[stat.rfind(")") + 2 :].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _still_ours(known: dict[int, int]) -> dict[int, int]:
+    """The entries of ``known`` (PID -> start time) that are still the same live processes."""
+    return {pid: st for pid, st in known.items() if _start_time(pid) == st and _alive(pid)}
+
+
 def offline_env(*, flwr_home: Path, pythonpath: Sequence[str] = ()) -> dict[str, str]:
     """The environment of one Flower process in an offline deployment.
 
@@ -181,7 +198,8 @@ class _Proc:
     name: str
     popen: subprocess.Popen
     log_path: Path
-    known: set[int] = field(default_factory=set)  # descendants seen so far
+    # descendants seen so far, PID -> start time (a PID alone may be reused once it exits)
+    known: dict[int, int] = field(default_factory=dict)
 
 
 class LocalCluster:
@@ -372,11 +390,13 @@ class LocalCluster:
         if proc is None:
             return
         self.record_children()
-        for pid in {proc.popen.pid} | proc.known | descendants(proc.popen.pid):
+        if proc.popen.poll() is None:
+            _signal(proc.popen.pid, signal.SIGKILL)
+        for pid in _still_ours(proc.known):
             _signal(pid, signal.SIGKILL)
         proc.popen.wait(timeout=10)
         deadline = time.monotonic() + 10
-        while any(_alive(p) for p in proc.known) and time.monotonic() < deadline:
+        while _still_ours(proc.known) and time.monotonic() < deadline:
             time.sleep(0.05)
 
     def restart_superlink(self) -> None:
@@ -618,10 +638,15 @@ class LocalCluster:
         return procs
 
     def record_children(self) -> None:
-        """Remember every live descendant of the processes we started (read from /proc)."""
+        """Remember every live descendant of the processes we started (read from /proc),
+        with its start time, and forget those that have exited."""
         for proc in self._procs():
             if proc.popen.poll() is None:
-                proc.known |= descendants(proc.popen.pid)
+                for pid in descendants(proc.popen.pid):
+                    st = _start_time(pid)
+                    if st is not None:
+                        proc.known.setdefault(pid, st)
+            proc.known = _still_ours(proc.known)
 
     def start_node(self, index: int) -> None:
         """(Re)start SuperNode ``index`` with its node config, e.g. after :meth:`kill_node`."""
@@ -635,8 +660,9 @@ class LocalCluster:
         if proc is None:
             return
         self.record_children()
-        pids = {proc.popen.pid} | proc.known | descendants(proc.popen.pid)
-        for pid in pids:
+        if proc.popen.poll() is None:
+            _signal(proc.popen.pid, signal.SIGKILL)
+        for pid in _still_ours(proc.known):
             _signal(pid, signal.SIGKILL)
         proc.popen.wait(timeout=10)
         self.supernodes[index] = None
@@ -646,8 +672,10 @@ class LocalCluster:
         self.record_children()
         pids: set[int] = set()
         for proc in self._procs():
-            pids |= {proc.popen.pid} | proc.known
-        return {p for p in pids if _alive(p)}
+            if proc.popen.poll() is None:
+                pids.add(proc.popen.pid)
+            pids |= set(_still_ours(proc.known))
+        return pids
 
     def stop(self) -> None:
         """SIGTERM the SuperNodes, then the SuperLink and gateway; SIGKILL by PID what is
@@ -663,18 +691,20 @@ class LocalCluster:
             if proc.popen.poll() is None:
                 proc.popen.send_signal(signal.SIGTERM)
         self._wait_exit(servers, self.stop_timeout / 2)
-        leftovers = set()
+        leftovers: dict[int, int] = {}
         for proc in self._procs():
-            leftovers |= {proc.popen.pid} | proc.known
-        for pid in leftovers:
-            if _alive(pid):
-                _signal(pid, signal.SIGTERM)
+            if proc.popen.poll() is None:
+                st = _start_time(proc.popen.pid)
+                if st is not None:
+                    leftovers[proc.popen.pid] = st
+            leftovers.update(_still_ours(proc.known))
+        for pid in _still_ours(leftovers):
+            _signal(pid, signal.SIGTERM)
         deadline = time.monotonic() + 2.0
-        while time.monotonic() < deadline and any(_alive(p) for p in leftovers):
+        while time.monotonic() < deadline and _still_ours(leftovers):
             time.sleep(0.1)
-        for pid in leftovers:
-            if _alive(pid):
-                _signal(pid, signal.SIGKILL)
+        for pid in _still_ours(leftovers):
+            _signal(pid, signal.SIGKILL)
         for proc in self._procs():
             try:
                 proc.popen.wait(timeout=5)
