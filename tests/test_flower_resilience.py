@@ -508,3 +508,83 @@ def test_a_hospital_with_an_identity_key_refuses_plain_rounds_unless_it_opts_in(
     done = run_server(InProcessGrid(client_app, mixed, plain), plain, log=quiet)
     assert done["rounds"][0]["contributors"] == [1, 2]
     assert "secure-aggregation rounds only" in done["rounds"][0]["failures"]["0"]
+
+
+def test_gateway_parses_and_forwards_only_clean_fleet_requests() -> None:
+    """The gateway in front of a stand-in upstream that records what reaches it: a Fleet call
+    is forwarded without hop-by-hop headers; a Control API call, a query string and a request
+    framed twice (Content-Length and Transfer-Encoding) never reach it (403, 403, 400)."""
+    import asyncio
+    import socket
+    import threading
+
+    from securefed.flower.cluster import free_port
+    from securefed.flower.gateway import serve
+
+    seen: list[bytes] = []
+    up_port, gw_port = free_port(), free_port()
+    ready = threading.Event()
+    loop = asyncio.new_event_loop()
+
+    async def upstream(reader, writer):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = await reader.read(65536)
+            if not chunk:
+                return
+            data += chunk
+        seen.append(data)
+        writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+        await writer.drain()
+        writer.close()
+
+    async def main():
+        server = await asyncio.start_server(upstream, "127.0.0.1", up_port)
+        async with server:
+            await serve(listen=f"127.0.0.1:{gw_port}", upstream=f"127.0.0.1:{up_port}",
+                        certfile=None, keyfile=None, ca=None, ready=ready.set, log=quiet)
+
+    task = loop.create_task(main())
+
+    def run_loop() -> None:
+        try:
+            loop.run_until_complete(task)
+        except asyncio.CancelledError:
+            pass  # stopped by the test
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=run_loop, daemon=True)
+    thread.start()
+    assert ready.wait(10)
+
+    def ask(raw: bytes) -> bytes:
+        with socket.create_connection(("127.0.0.1", gw_port), timeout=10) as sock:
+            sock.sendall(raw)
+            out = b""
+            while True:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return out
+                out += chunk
+                if b"\r\n\r\n" in out and out.endswith((b"ok", b"only\n", b"\r\n\r\n")):
+                    return out
+
+    try:
+        fleet = ask(b"POST /v1/fleet/pull-messages HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n"
+                    b"Connection: keep-alive, X-Secret\r\nX-Secret: 1\r\nUpgrade: h2c\r\n\r\n{}")
+        assert fleet.startswith(b"HTTP/1.1 200") and len(seen) == 1
+        forwarded = seen[0].lower()
+        assert forwarded.startswith(b"post /v1/fleet/pull-messages http/1.1")
+        for header in (b"upgrade:", b"connection:", b"x-secret:"):
+            assert header not in forwarded
+        assert ask(b"POST /v1/control/start-run HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                   ).startswith(b"HTTP/1.1 403")
+        assert ask(b"POST /v1/fleet/pull-messages?x=1 HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n"
+                   ).startswith(b"HTTP/1.1 403")
+        assert ask(b"POST /v1/fleet/push-messages HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+                   b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n").startswith(b"HTTP/1.1 400")
+        assert len(seen) == 1  # none of the three reached the upstream
+    finally:
+        loop.call_soon_threadsafe(task.cancel)
+        thread.join(10)

@@ -9,9 +9,13 @@ an app that every SuperNode runs.
 The deployment therefore binds the SuperLink to ``127.0.0.1`` on the coordinator machine and
 puts this gateway on the address hospitals dial.  The gateway terminates TLS with the
 SuperLink's certificate, reads each HTTP/1.1 request with ``h11`` (a maintained HTTP/1.1
-state machine), and forwards it over TLS to the SuperLink only when its method and path are
-exactly those of a Fleet API call or the health check (:data:`ALLOWED`).  Everything else,
-the Control and Runtime APIs included, is answered ``403`` and never reaches the SuperLink.
+state machine), and forwards it over TLS to the SuperLink only when its method and target
+are exactly those of a Fleet API call or the health check (:data:`ALLOWED`; no query
+string), without its hop-by-hop headers (``Upgrade``, ``Connection`` and those it names).
+Everything else, the Control and Runtime APIs included, is answered ``403`` and never
+reaches the SuperLink; a request framed twice (``Content-Length`` and
+``Transfer-Encoding``) is answered ``400``; a connection idle for :data:`IDLE_TIMEOUT`
+seconds is closed, and at most :data:`MAX_CONNECTIONS` are served at once.
 The Control API is then usable only from the coordinator machine itself.
 
 Threat model: the network, other hospitals and anyone holding ``ca.pem`` are untrusted and
@@ -52,13 +56,29 @@ ALLOWED = frozenset({(b"POST", f"/v1/fleet/{r}".encode()) for r in FLEET_ROUTES}
 _REFUSED_BODY = (b"securefed gateway: this port serves the Fleet API only; the Control and "
                  b"Runtime APIs are reachable from the coordinator machine only\n")
 _READ = 65536
+#: A connection that sends nothing for this long is closed (SuperNodes poll every second or
+#: faster while connected, so only a stalled or hostile client waits this long).
+IDLE_TIMEOUT = 120.0
+#: Connections served at once; more are closed at once (a cap on slow-client exhaustion).
+MAX_CONNECTIONS = 256
+#: Hop-by-hop headers (RFC 9110 section 7.6.1): they concern one connection, never forwarded.
+_HOP_BY_HOP = frozenset({b"connection", b"keep-alive", b"proxy-connection", b"te", b"trailer",
+                         b"upgrade"})
+
+
+def _forwardable_headers(headers: Any) -> list[tuple[bytes, bytes]]:
+    """The request's headers without hop-by-hop ones (and those its Connection header names)."""
+    named = {token.strip().lower() for name, value in headers if name == b"connection"
+             for token in value.split(b",")}
+    return [(name, value) for name, value in headers
+            if name not in _HOP_BY_HOP and name not in named]
 
 
 async def _next_event(conn: h11.Connection, reader: asyncio.StreamReader) -> Any:
     while True:
         event = conn.next_event()
         if event is h11.NEED_DATA:
-            conn.receive_data(await reader.read(_READ))
+            conn.receive_data(await asyncio.wait_for(reader.read(_READ), IDLE_TIMEOUT))
             continue
         return event
 
@@ -77,6 +97,7 @@ class _Gateway:
         self.upstream_ssl = upstream_ssl
         self.log = log
         self.refused = 0
+        self.open = 0
 
     async def _open_upstream(self) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection]:
         reader, writer = await asyncio.open_connection(
@@ -85,6 +106,16 @@ class _Gateway:
         return reader, writer, h11.Connection(h11.CLIENT)
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.open >= MAX_CONNECTIONS:
+            writer.close()
+            return
+        self.open += 1
+        try:
+            await self._serve(reader, writer)
+        finally:
+            self.open -= 1
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         conn = h11.Connection(h11.SERVER)
         up: tuple[asyncio.StreamReader, asyncio.StreamWriter, h11.Connection] | None = None
         peer = writer.get_extra_info("peername")
@@ -98,8 +129,14 @@ class _Gateway:
                     break
                 if not isinstance(request, h11.Request):
                     break  # ConnectionClosed, or nothing more from this client
-                path = request.target.split(b"?", 1)[0]
-                if (request.method, path) not in ALLOWED:
+                names = [name for name, _ in request.headers]
+                if b"content-length" in names and b"transfer-encoding" in names:
+                    # two framings: a parser behind the gateway could read another request
+                    # out of this one's body (RFC 9112 section 6.3); answer 400 and close
+                    await _send(conn, writer, h11.Response(status_code=400, headers=[
+                        ("content-length", "0"), ("connection", "close")]))
+                    break
+                if (request.method, request.target) not in ALLOWED:  # no query strings either
                     await self._refuse(conn, reader, writer, request, peer)
                 else:
                     if up is None:
@@ -111,7 +148,7 @@ class _Gateway:
                     break
                 conn.start_next_cycle()
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError, h11.LocalProtocolError,
-                h11.RemoteProtocolError, OSError):
+                h11.RemoteProtocolError, OSError, asyncio.TimeoutError):
             pass
         finally:
             if up is not None:
@@ -136,7 +173,7 @@ class _Gateway:
         """Forward one request and its response; False when the upstream link must close."""
         up_reader, up_writer, up_conn = up
         await _send(up_conn, up_writer, h11.Request(method=request.method, target=request.target,
-                                                    headers=request.headers))
+                                                    headers=_forwardable_headers(request.headers)))
         while True:
             event = await _next_event(conn, reader)
             if isinstance(event, h11.Data):
