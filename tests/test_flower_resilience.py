@@ -86,10 +86,12 @@ def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path) -> None:
     never stopped (the nodes kept their state, as SuperNodes do when only the ServerApp dies)."""
     reference = run_server(InProcessGrid(client_app, NODES, _central_dp()), _central_dp(), log=quiet)
     ckpt = tmp_path / "run.ckpt"
-    cfg = _central_dp(**{"checkpoint-path": str(ckpt)})
+    cfg = _central_dp(**{"checkpoint-path": str(ckpt), "result-path": str(tmp_path / "r.json")})
     grid = CrashingGrid(client_app, NODES, cfg, crash_round=2)
     with pytest.raises(_Crash, match="killed at round 2"):
         run_server(grid, cfg, log=quiet)
+    # not the protocol's own stop: written "interrupted", which a supervisor resumes
+    assert json.loads((tmp_path / "r.json").read_text())["status"] == "interrupted"
     saved = load_checkpoint(ckpt)
     assert saved.completed == 2
     assert [r["round"] for r in saved.summary["rounds"]] == [0, 1]

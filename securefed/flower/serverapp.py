@@ -46,7 +46,12 @@ from typing import Any
 import numpy as np
 
 from securefed.channel import ChannelResult, DropoutPlan, PlainChannel, Upload
-from securefed.errors import ConfigurationError, ProtocolAbort
+from securefed.errors import (
+    ConfigurationError,
+    InvalidDataError,
+    PrivacyBudgetExceeded,
+    ProtocolAbort,
+)
 from securefed.federated.engine import evaluate
 from securefed.federated.round import sample_clients, seed_streams
 from securefed.federated.types import FederationFacts, LocalConfig
@@ -430,7 +435,12 @@ def run_server(grid: Any, run_config: Mapping[str, Any],
         else:
             run_plain(run, node_ids)
     except Exception as exc:
-        run.summary["status"] = "aborted"
+        # "aborted": the protocol or the settings ended the run (a resume would end the same
+        # way); anything else (the SuperLink gone, a transport give-up, memory) "interrupted",
+        # which a supervisor resumes from the checkpoint
+        stopped = isinstance(exc, (ProtocolAbort, PrivacyBudgetExceeded, ConfigurationError,
+                                   InvalidDataError))
+        run.summary["status"] = "aborted" if stopped else "interrupted"
         run.summary["abort_reason"] = f"{type(exc).__name__}: {exc}"
         if settings.result_path:
             _write_json(settings.result_path, run.summary)
