@@ -590,3 +590,50 @@ def test_gateway_parses_and_forwards_only_clean_fleet_requests() -> None:
     finally:
         loop.call_soon_threadsafe(task.cancel)
         thread.join(10)
+
+
+def test_deploy_submit_never_runs_two_serverapps_from_one_checkpoint(monkeypatch, tmp_path) -> None:
+    """``securefed deploy submit``'s wait (Control API calls replaced by a script of
+    answers, the clock by a counter): a SuperLink unreachable for a while is waited for, not
+    taken for a lost run; a run the SuperLink no longer completes is stopped, and seen
+    finished, before the run is submitted again with resume = true."""
+    import securefed.flower.apps as apps
+    import securefed.flower.deploy as deploy
+
+    clock = [0.0]
+    monkeypatch.setattr(deploy.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(deploy.time, "sleep", lambda s: clock.__setitem__(0, clock[0] + s))
+    events: list[tuple] = []
+    submitted: list[dict] = []
+    monkeypatch.setattr(apps, "store_signed_app", lambda *a, **k: None)
+
+    def start_run(address, *, root_certificates, app, run_config):
+        submitted.append(dict(run_config))
+        events.append(("start", len(submitted)))
+        return len(submitted)
+
+    monkeypatch.setattr(apps, "start_run", start_run)
+    # run 1: unreachable for 20 s (a restart), then running, then no longer listed... but
+    # still running when asked again: it must be stopped first; run 2 completes
+    script = {1: ["down"] * 10 + ["running", "running", "", "running", "finished:stopped"],
+              2: ["running", "finished:completed"]}
+
+    def run_status(address, ca, run_id):
+        answer = script[run_id].pop(0)
+        events.append(("status", run_id, answer))
+        if answer == "down":
+            raise ConnectionError("SuperLink restarting")
+        return answer, ""
+
+    monkeypatch.setattr(deploy, "run_status", run_status)
+    monkeypatch.setattr(deploy, "stop_run", lambda a, c, run_id: events.append(("stop", run_id)))
+    status, run_ids = deploy.submit_and_wait(
+        address="127.0.0.1:1", ca=tmp_path / "ca.pem", database=tmp_path / "db", app=object(),
+        run_config={"checkpoint-path": str(tmp_path / "c")}, resume_attempts=2, timeout=3600,
+        log=quiet)
+    assert status == "finished:completed" and run_ids == [1, 2]
+    assert submitted[1]["resume"] is True and "resume" not in submitted[0]
+    order = [e for e in events if e[0] in ("start", "stop")]
+    assert order == [("start", 1), ("stop", 1), ("start", 2)]
+    # run 2 was submitted only after run 1 was seen finished
+    assert events.index(("status", 1, "finished:stopped")) < events.index(("start", 2))

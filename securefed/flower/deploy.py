@@ -235,11 +235,32 @@ def run_status(address: str, root_certificates: str | Path, run_id: int) -> tupl
     return (f"{st.status}:{st.sub_status}" if st.sub_status else st.status), st.details
 
 
+def stop_run(address: str, root_certificates: str | Path, run_id: int) -> None:
+    """Ask the SuperLink to stop a run (its ServerApp too), through the Control API."""
+    from flwr.proto.control_pb2 import StopRunRequest
+    from flwr.supercore.control import ControlHttpClient
+
+    client = ControlHttpClient.from_server_address(address, False, str(root_certificates), [])
+    try:
+        client.StopRun(StopRunRequest(run_id=run_id))
+    finally:
+        client.close()
+
+
+#: How long the SuperLink may stay unreachable (a restart) before a run is taken for lost.
+UNREACHABLE_GRACE = 60.0
+
+
 def submit_and_wait(*, address: str, ca: Path, database: Path, app: Any,
                     run_config: Mapping[str, Any], resume_attempts: int,
                     timeout: float, log: Any = print) -> tuple[str, list[int]]:
     """Submit ``app``; wait; on a failure that is not the ServerApp's own abort, submit again
-    with ``resume = true`` (up to ``resume_attempts`` times).  Returns (status, run ids)."""
+    with ``resume = true`` (up to ``resume_attempts`` times).  Returns (status, run ids).
+
+    A run is taken for lost only when the SuperLink has been unreachable for
+    :data:`UNREACHABLE_GRACE` seconds, or answers but no longer lists it; before a lost or
+    failed run is submitted again, the old one is stopped (and must be seen finished), so two
+    ServerApps never continue from the same checkpoint."""
     from securefed.flower.apps import start_run, store_signed_app
 
     if resume_attempts and not run_config.get("checkpoint-path"):
@@ -259,14 +280,22 @@ def submit_and_wait(*, address: str, ca: Path, database: Path, app: Any,
             time.sleep(2)
             continue
         status = ""
+        unreachable_since: float | None = None
         while time.monotonic() < deadline:
             try:
                 status, _ = run_status(address, ca, run_ids[-1])
-            except Exception:  # noqa: BLE001 - SuperLink restarting; the run may be lost
-                status = "lost"
+                unreachable_since = None
+                if status == "":  # the SuperLink answers but no longer knows the run
+                    status = "lost"
+            except Exception:  # noqa: BLE001 - SuperLink restarting: wait, then call it lost
+                now = time.monotonic()
+                unreachable_since = unreachable_since or now
+                status = "lost" if now - unreachable_since >= UNREACHABLE_GRACE else "unreachable"
             if status.startswith("finished") or status == "lost":
                 break
             time.sleep(2)
+        if status == "lost":
+            _stop_and_wait(address, ca, run_ids[-1], deadline=deadline, log=log)
         result = Path(str(config.get("result-path", ""))) if config.get("result-path") else None
         aborted = bool(result and result.exists() and
                        json.loads(result.read_text(encoding="utf-8")).get("status") == "aborted")
@@ -276,6 +305,23 @@ def submit_and_wait(*, address: str, ca: Path, database: Path, app: Any,
         resume_attempts -= 1
         config["resume"] = True
         log(f"securefed: run {run_ids[-1]} ended with {status!r}; continuing from the checkpoint")
+
+
+def _stop_and_wait(address: str, ca: Path, run_id: int, *, deadline: float, log: Any) -> None:
+    """Stop a run taken for lost and wait until the SuperLink reports it finished (or does
+    not know it), so that its ServerApp cannot go on beside the resumed one."""
+    while time.monotonic() < deadline:
+        try:
+            status, _ = run_status(address, ca, run_id)
+            if status == "" or status.startswith("finished"):
+                return
+            stop_run(address, ca, run_id)
+            log(f"securefed: stopping run {run_id} ({status}) before resuming")
+        except Exception as exc:  # noqa: BLE001 - still unreachable: keep trying
+            log(f"securefed: cannot stop run {run_id} yet ({type(exc).__name__}); retrying")
+        time.sleep(2)
+    raise ConfigurationError(f"run {run_id} could not be stopped before the deadline; not "
+                             "resuming beside it")
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
