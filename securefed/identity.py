@@ -239,14 +239,25 @@ class Roster:
 
 
 def write_private_file(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Write secret key material readable by its owner only: created with mode 0600, and the
-    mode set again in case the file existed with a wider one.  Every private key file the
-    project writes (identities, CKKS secret contexts, node and TLS keys) goes through here."""
+    """Write secret key material readable by its owner only.
+
+    The bytes go to a new file beside ``path``, created exclusively with mode 0600 (never a
+    file or symbolic link that existed, whatever its mode), flushed to disk, then renamed
+    over ``path``; a rename replaces a symbolic link at ``path`` instead of following it.
+    Every private key file the project writes (identities, CKKS secret contexts, node and
+    TLS keys) goes through here."""
     p = Path(path)
-    fd = os.open(p, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(data)
-    os.chmod(p, 0o600)
+    tmp = p.with_name(f".{p.name}.{os.urandom(6).hex()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     return p
 
 

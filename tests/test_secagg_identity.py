@@ -109,3 +109,26 @@ def test_roster_accepts_exactly_what_openssl_accepts_on_honest_and_tampered_sign
             got = False
         assert got == expected, name
         assert got == (name == "honest"), name
+
+
+def test_private_key_files_are_never_written_through_an_existing_file_or_link(tmp_path):
+    """``write_private_file`` creates a fresh 0600 file and renames it into place: a wider
+    file already there is replaced (its mode never applies to the key), and a symbolic link
+    at the path is replaced, not followed."""
+    import os
+
+    from securefed.identity import write_private_file
+
+    wide = tmp_path / "wide.key"
+    wide.write_bytes(b"old")
+    os.chmod(wide, 0o644)
+    write_private_file(wide, b"secret")
+    assert wide.read_bytes() == b"secret" and oct(wide.stat().st_mode & 0o777) == "0o600"
+    target = tmp_path / "elsewhere.txt"
+    target.write_bytes(b"not a key")
+    link = tmp_path / "link.key"
+    link.symlink_to(target)
+    write_private_file(link, b"secret")
+    assert not link.is_symlink() and link.read_bytes() == b"secret"
+    assert target.read_bytes() == b"not a key"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.txt", "link.key", "wide.key"]

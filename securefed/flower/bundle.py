@@ -51,6 +51,7 @@ with mode 0600 and never overwritten silently.
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -81,7 +82,7 @@ _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def _write_private(path: Path, data: bytes, *, overwrite: bool) -> None:
-    if path.exists() and not overwrite:
+    if os.path.lexists(path) and not overwrite:  # a dangling symbolic link counts too
         raise ConfigurationError(f"{path} already exists; refusing to overwrite a private key "
                                  "(pass overwrite=True / --overwrite to replace it)")
     write_private_file(path, data)
