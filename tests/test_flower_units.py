@@ -179,6 +179,25 @@ def test_node_data_partition_and_csv(tmp_path) -> None:
     csv.write_text("glu,type\n100,Yes\n", encoding="utf-8")
     with pytest.raises(InvalidDataError, match=r"lacks columns \['bmi'\]"):
         load_csv_with_schema(csv, schema, client_id=0)
+    # inside the ClientApp the detail stays in the node's log: the coordinator, which gets
+    # the error's text as the reply's reason, learns only that the data did not load
+    import logging
+
+    from securefed.flower.clientapp import _own_data
+
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler()
+    handler.emit = records.append  # type: ignore[method-assign]
+    logging.getLogger("securefed.flower.clientapp").addHandler(handler)
+    try:
+        with pytest.raises(InvalidDataError) as refused:
+            _own_data({"client-id": 0, "data-path": str(csv), "schema-path": str(schema)})
+    finally:
+        logging.getLogger("securefed.flower.clientapp").removeHandler(handler)
+    assert str(refused.value) == ("this hospital's data could not be loaded; the reason is in "
+                                  "the node's own log")
+    assert str(csv) not in str(refused.value) and "bmi" not in str(refused.value)
+    assert any("lacks columns ['bmi']" in r.getMessage() for r in records)
 
 
 def test_tls_files(tmp_path) -> None:

@@ -19,8 +19,10 @@ on the hospital machine.
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
+from securefed.errors import ConfigurationError, InvalidDataError
 from securefed.flower.node import check_plain_channel, check_round, local_round
 from securefed.flower.nodedata import load_node_data, node_client_id
 from securefed.flower.transport import (
@@ -31,6 +33,22 @@ from securefed.wire import pack
 
 __all__ = ["app"]
 
+_LOG = logging.getLogger(__name__)
+
+
+def _own_data(node_config: Any) -> Any:
+    """The node's data; a failure to load it is detailed in the node's own log only.
+
+    Flower sends an exception's text to the coordinator as the reply's error reason, and a
+    data error names the file, how many rows are bad and where: facts about the hospital's
+    records that the coordinator does not need.  It gets a generic reason instead."""
+    try:
+        return load_node_data(node_config)
+    except (InvalidDataError, ConfigurationError) as exc:
+        _LOG.error("this node's data could not be loaded: %s", exc)
+        raise type(exc)("this hospital's data could not be loaded; the reason is in the "
+                        "node's own log") from None
+
 
 def _build_app() -> Any:
     from flwr.app import Context, Message
@@ -40,7 +58,7 @@ def _build_app() -> Any:
 
     @client_app.query("hello")
     def hello(msg: Message, context: Context) -> Message:
-        client = load_node_data(context.node_config)
+        client = _own_data(context.node_config)
         return Message(make_content({"client": client.client_id,
                                      "num_features": int(client.X.shape[1])}), reply_to=msg)
 
@@ -49,7 +67,7 @@ def _build_app() -> Any:
         fields, _ = read_content(msg.content)
         check_plain_channel(context.node_config)  # the hospital's choice, not the run's
         check_round(fields, context.state, kind="train")
-        client = load_node_data(context.node_config)
+        client = _own_data(context.node_config)
         vector, weight, payload, stats = local_round(dict(context.run_config), client, fields,
                                                      context.state, context.node_config)
         reply = {"round": int(fields["round"]), "client": client.client_id, "weight": weight,
@@ -62,7 +80,7 @@ def _build_app() -> Any:
 
         fields, _ = read_content(msg.content)
         reply = client_stage(dict(context.run_config), node_client_id(context.node_config),
-                             lambda: load_node_data(context.node_config), fields, context.state,
+                             lambda: _own_data(context.node_config), fields, context.state,
                              node_config=context.node_config)
         return Message(make_content(reply), reply_to=msg)
 
