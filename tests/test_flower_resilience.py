@@ -19,6 +19,7 @@ from securefed.errors import ConfigurationError, KeyMaterialError  # noqa: E402
 from securefed.flower.checkpoint import (  # noqa: E402
     Checkpoint,
     load_checkpoint,
+    load_in_flight,
     save_checkpoint,
 )
 from securefed.flower.clientapp import app as client_app  # noqa: E402
@@ -112,8 +113,10 @@ def test_a_resumed_run_equals_the_uninterrupted_run(tmp_path) -> None:
 def test_a_resumed_distributed_dp_run_keeps_its_ledger(tmp_path, pki) -> None:
     """Distributed DP under secure aggregation, the ServerApp killed while round 2's model is
     being sent: the resumed run (a new Flower run, so the nodes start with fresh state) runs
-    rounds 2 and 3 only and its epsilon per round is the uninterrupted run's: no round is
-    charged twice, none is lost."""
+    rounds 2 and 3 only.  Round 2's first attempt was recorded in flight before its model
+    went out (its noisy sum could have been unmasked before a crash), so the resumed run
+    charges it: from round 2 on, epsilon is the uninterrupted run's one round later, exactly
+    one round's charge more; nothing completed is charged twice."""
     nodes, secagg_keys = pki
     cfg = app_run_config({"channel": "secagg", "dp": "distributed", "dp-clip-norm": 1.0,
                           "dp-noise-multiplier": 1.1, "num-rounds": 4, "seed": 3,
@@ -128,11 +131,15 @@ def test_a_resumed_distributed_dp_run_keeps_its_ledger(tmp_path, pki) -> None:
     assert resumed["status"] == "completed" and resumed["resumed_at"] == [2]
     assert [r["round"] for r in resumed["rounds"]] == [0, 1, 2, 3]
     eps = [r["epsilon"] for r in resumed["rounds"]]
-    assert eps == pytest.approx([r["epsilon"] for r in reference["rounds"]], rel=1e-12)
+    ref = [r["epsilon"] for r in reference["rounds"]]
+    assert eps[:2] == pytest.approx(ref[:2], rel=1e-12)
+    assert eps[2] == pytest.approx(ref[3], rel=1e-12) and eps[3] > ref[3]
+    assert resumed["charged_unfinished_attempts"] == [2]
     assert all(b > a for a, b in zip(eps, eps[1:], strict=False))
     ledger = load_checkpoint(ckpt).ledger
     assert resumed["privacy_ledger"] == ledger and resumed["privacy"]["private"] is True
-    assert resumed["privacy"]["client"]["rounds"] == 4
+    assert resumed["privacy"]["client"]["rounds"] == 5  # 4 rounds and the cut-short attempt
+    assert load_in_flight(ckpt) == []  # all of it is in the checkpoint now
 
 
 def test_resuming_under_other_settings_is_refused(tmp_path) -> None:
@@ -637,3 +644,36 @@ def test_deploy_submit_never_runs_two_serverapps_from_one_checkpoint(monkeypatch
     assert order == [("start", 1), ("stop", 1), ("start", 2)]
     # run 2 was submitted only after run 1 was seen finished
     assert events.index(("status", 1, "finished:stopped")) < events.index(("start", 2))
+
+
+def test_local_dp_attempts_cut_short_are_charged_across_two_crashes(tmp_path) -> None:
+    """Local DP: each hospital's noisy update leaves it when it answers, so an attempt cut
+    short by a crash may already have released it.  Killed in round 0 (before any
+    checkpoint), restarted with resume = true and killed again in round 2, then resumed to the
+    end: the ledger holds the 4 rounds and both cut-short attempts.  Local DP charges every
+    round alike, so the epsilon after k rounds and j attempts is an uninterrupted run's after
+    k + j rounds."""
+    cfg = app_run_config({"dp": "local", "dp-clip-norm": 1.0, "dp-noise-multiplier": 2.0,
+                          "num-rounds": 6, "seed": 5, **FAST})
+    ref = [r["epsilon"] for r in run_server(InProcessGrid(client_app, NODES, cfg), cfg,
+                                            log=quiet)["rounds"]]
+    ckpt = tmp_path / "run.ckpt"
+    cfg = {**cfg, "num-rounds": 4, "checkpoint-path": str(ckpt)}
+    with pytest.raises(_Crash, match="killed at round 0"):
+        run_server(CrashingGrid(client_app, NODES, cfg, crash_round=0), cfg, log=quiet)
+    assert not ckpt.exists() and [a["round"] for a in load_in_flight(ckpt)] == [0]
+    with pytest.raises(_Crash, match="killed at round 2"):
+        run_server(CrashingGrid(client_app, NODES, cfg, crash_round=2), {**cfg, "resume": True},
+                   log=quiet)
+    assert load_checkpoint(ckpt).completed == 2
+    assert [a["round"] for a in load_in_flight(ckpt)] == [2]  # attempt 0 is in the checkpoint
+    done = run_server(InProcessGrid(client_app, NODES, cfg), {**cfg, "resume": True}, log=quiet)
+    assert [r["round"] for r in done["rounds"]] == [0, 1, 2, 3]
+    assert done["charged_unfinished_attempts"] == [0, 2]
+    eps = [r["epsilon"] for r in done["rounds"]]
+    assert eps == pytest.approx([ref[1], ref[2], ref[4], ref[5]], rel=1e-12)
+    # central DP adds its noise at the server: an unfinished round released nothing
+    central = _central_dp(**{"checkpoint-path": str(tmp_path / "central.ckpt")})
+    with pytest.raises(_Crash):
+        run_server(CrashingGrid(client_app, NODES, central, crash_round=1), central, log=quiet)
+    assert load_in_flight(tmp_path / "central.ckpt") == []

@@ -24,6 +24,15 @@ over the previous checkpoint (``os.replace``, atomic on POSIX), then the folder 
 reader sees the old checkpoint or the new one, never a torn one.  Arrays are stored as
 base64 of their little-endian bytes with dtype and shape, so they come back exactly.
 
+Rounds in flight.  Under local or distributed DP the hospitals' noisy data (their noisy
+updates, or the unmasked noisy sum) can reach the server's side before the round completes,
+so a crash mid-round may follow a release that the checkpoint's ledger does not hold.  Before
+a round's model goes out, the ServerApp therefore records the round and what it will be
+charged in a second small file beside the checkpoint (``<checkpoint>.inflight``, written the
+same atomic way); a resumed run charges every attempt recorded there that never completed
+(conservatively: the attempt may have been cut short before anything left a hospital) and
+keeps them recorded until its next checkpoint holds them.
+
 Threat model: the checkpoint lives on the coordinator machine, as the SuperLink's own state
 does; it holds the global model and public settings, no hospital's individual update and no
 secret.  It is JSON read with ``json`` (no code runs when it is read).
@@ -45,7 +54,8 @@ import numpy as np
 from securefed.errors import ConfigurationError
 
 __all__ = ["Checkpoint", "config_digest", "save_checkpoint", "load_checkpoint",
-           "strategy_chain", "export_strategy_state", "restore_strategy_state"]
+           "strategy_chain", "export_strategy_state", "restore_strategy_state",
+           "in_flight_path", "save_in_flight", "load_in_flight"]
 
 FORMAT = "securefed-flower-checkpoint/1"
 #: Run-config keys that may change between a run and its continuation (paths, timeouts,
@@ -171,10 +181,42 @@ class Checkpoint:
 
 def save_checkpoint(path: str | Path, checkpoint: Checkpoint) -> Path:
     """Write ``checkpoint`` atomically (temporary file, fsync, rename, fsync of the folder)."""
-    target = Path(path)
+    return _write_atomic(Path(path), checkpoint.to_json().encode("utf-8"))
+
+
+def in_flight_path(checkpoint_path: str | Path) -> Path:
+    """Where the rounds whose model went out but whose result is not in the checkpoint are
+    recorded, beside the checkpoint (see :func:`save_in_flight`)."""
+    p = Path(checkpoint_path)
+    return p.with_name(p.name + ".inflight")
+
+
+def save_in_flight(checkpoint_path: str | Path, attempts: list[dict[str, Any]]) -> Path:
+    """Record, atomically, the round attempts whose noisy data may have left the hospitals
+    (local or distributed DP) and whose charge is not in the checkpoint's ledger yet: each
+    ``{"round": r, "entry": <a ledger round's dict>}``.  A resumed run charges them."""
+    body = json.dumps({"format": "securefed-inflight-1", "attempts": attempts}, sort_keys=True)
+    return _write_atomic(in_flight_path(checkpoint_path), body.encode("utf-8"))
+
+
+def load_in_flight(checkpoint_path: str | Path) -> list[dict[str, Any]]:
+    """The attempts :func:`save_in_flight` recorded (none when there is no such file)."""
+    path = in_flight_path(checkpoint_path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return []
+    except (OSError, ValueError) as exc:
+        raise ConfigurationError(f"cannot read the rounds in flight, {path}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != "securefed-inflight-1" \
+            or not isinstance(data.get("attempts"), list):
+        raise ConfigurationError(f"{path} is not a record of rounds in flight")
+    return list(data["attempts"])
+
+
+def _write_atomic(target: Path, data: bytes) -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    data = checkpoint.to_json().encode("utf-8")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
         with os.fdopen(fd, "wb") as fh:

@@ -510,6 +510,8 @@ class _Pipeline:
         if nxt is not None:
             for cid in nxt.selected:
                 parts.setdefault(cid, {}).update(nxt.advertise_fields())
+        # from here on the nodes may release noise (distributed or local DP) for this round
+        self.run.mark_in_flight(cur.plan.absolute_round)
         replies = self.trip(parts, f"{cur.index}.masked_input")
         cur.feed_replies("masked_input", "masked", replies, deliveries)
         requests = cur.server.close_masked_input()

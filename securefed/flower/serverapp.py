@@ -21,7 +21,10 @@ server state, the DP ledger, the summary so far; written atomically).  A run sub
 ledger (epsilon never restarts from zero) and runs only the remaining ones, so a SuperLink
 or ServerApp that died in round ``k`` costs at most round ``k``.  A round in flight when the
 process died is run again from its start with the model of round ``k - 1``; it was never
-completed, so it was never applied nor accounted.  Protocol messages of the continued run
+completed, so it was never applied.  Under local or distributed DP its first attempt is
+charged all the same (its noisy data may have left the hospitals): the round is recorded
+in flight before its model goes out (:meth:`ServerRun.mark_in_flight`) and the resumed run
+charges it.  Protocol messages of the continued run
 count rounds from 0 again (each Flower run is a new session for the nodes); the summary,
 the strategy and the ledger use the absolute round numbers.
 
@@ -68,6 +71,31 @@ from securefed.models import get_flat_params, set_flat_params
 from securefed.wire import unpack
 
 __all__ = ["app", "run_server", "run_plain", "plain_round", "RoundPlan", "ServerRun"]
+
+
+def release_charge(strategy: Any) -> dict[str, Any] | None:
+    """A ledger round (as :meth:`securefed.dp.ledger.PrivacyLedger.to_dict` writes one) of
+    what one round of ``strategy`` is charged, when its DP releases noisy data from the
+    hospitals before the round completes (local or distributed DP); ``None`` otherwise
+    (no DP, or central DP, whose noise the server adds when it aggregates)."""
+    from securefed.dp.ledger import event_to_dict
+
+    for layer in _chain(strategy):
+        if getattr(layer, "mechanism", None) in ("local", "distributed") \
+                and callable(getattr(layer, "round_charges", None)):
+            return {"mechanisms": [layer.mechanism],
+                    "reproducible": bool(getattr(layer, "reproducible", False)),
+                    "num_clients": getattr(layer, "num_clients", None),
+                    "charges": {k: event_to_dict(v) for k, v in sorted(layer.round_charges().items())}}
+    return None
+
+
+def _chain(strategy: Any) -> list[Any]:
+    out, layer = [], strategy
+    while layer is not None and len(out) < 16:
+        out.append(layer)
+        layer = getattr(layer, "inner", None)
+    return out
 
 
 class RoundPlan:
@@ -203,6 +231,10 @@ class ServerRun:
         self.total_rounds = self.settings.num_rounds
         self.offset = 0  # rounds completed before this run started (resumed from a checkpoint)
         self.offline: dict[int, str] = {}  # client id -> why it was left out of the next round
+        # round attempts whose noisy data may have left the hospitals and whose charge is not
+        # in the last checkpoint (local/distributed DP; see securefed.flower.checkpoint)
+        self._in_flight: dict[int, dict[str, Any]] = {}  # this run's, absolute round -> entry
+        self._carried: list[dict[str, Any]] = []  # earlier runs', charged when this one resumed
         self._last_finish = time.perf_counter()
         self.summary: dict[str, Any] = {
             "status": "running", "strategy": self.strategy.describe(),
@@ -251,17 +283,65 @@ class ServerRun:
         if (saved.ledger is None) != (self.strategy.privacy_ledger() is None):
             raise ConfigurationError(f"checkpoint {path} and this run disagree on DP (one has a "
                                      "privacy ledger, the other not); expected the same wrappers")
-        if saved.ledger is not None:  # the model's ledger continues: epsilon never restarts
-            self.strategy.start_run(self._facts(ledger=saved.ledger))
+        ledger = saved.ledger
+        unfinished = self._unfinished_attempts(path, completed=saved.completed)
+        if unfinished and ledger is not None:  # charged: their data may have left
+            ledger = {**ledger, "rounds": [*ledger.get("rounds", []),
+                                           *(a["entry"] for a in unfinished)]}
+        if ledger is not None:  # the model's ledger continues: epsilon never restarts
+            self.strategy.start_run(self._facts(ledger=ledger))
         self.rng = generator_from_json(saved.server_rng)
         self.params = saved.params
         self.summary = dict(saved.summary)
         self.summary["status"] = "running"
         self.summary.setdefault("resumed_at", []).append(saved.completed)
+        if unfinished and ledger is not None:
+            rounds = [int(a["round"]) for a in unfinished]
+            self.summary.setdefault("charged_unfinished_attempts", []).extend(rounds)
+            self.log(f"securefed: charged the unfinished attempts of rounds {rounds} (their "
+                     "noisy data may have reached the server before the run stopped)")
         self.offset = saved.completed
         self.settings = dataclasses.replace(self.settings,
                                             num_rounds=max(self.total_rounds - saved.completed, 0))
         self.log(f"securefed: resumed from {path} after round {saved.completed}/{self.total_rounds}")
+
+    def start_fresh_after(self, path: str) -> None:
+        """``resume = true`` but no checkpoint: the run stopped in its first round and starts
+        again from round 0, charging any attempt recorded in flight."""
+        unfinished = self._unfinished_attempts(path, completed=0)
+        ledger = self.strategy.privacy_ledger()
+        self.log(f"securefed: no checkpoint at {path}; the run starts from round 0")
+        if unfinished and ledger is not None:
+            self.strategy.start_run(self._facts(ledger={
+                **ledger, "rounds": [*ledger.get("rounds", []), *(a["entry"] for a in unfinished)]}))
+            rounds = [int(a["round"]) for a in unfinished]
+            self.summary["charged_unfinished_attempts"] = rounds
+            self.log(f"securefed: charged the unfinished attempts of rounds {rounds}")
+
+    def _unfinished_attempts(self, path: str, *, completed: int) -> list[dict[str, Any]]:
+        from securefed.flower.checkpoint import load_in_flight
+
+        # an attempt of a round the checkpoint completed is in its ledger already (a crash
+        # between writing the checkpoint and the record leaves it listed)
+        self._carried = [a for a in load_in_flight(path) if int(a["round"]) >= completed]
+        return list(self._carried)
+
+    def mark_in_flight(self, absolute_round: int) -> None:
+        """Called before round ``absolute_round``'s model goes out: under local or
+        distributed DP, record beside the checkpoint what the round will be charged, so that
+        a run resumed after a crash charges it even though it never completed."""
+        entry = release_charge(self.strategy)
+        if entry is None or not self.settings.checkpoint_path:
+            return
+        self._in_flight[int(absolute_round)] = entry
+        self._save_in_flight()
+
+    def _save_in_flight(self) -> None:
+        from securefed.flower.checkpoint import save_in_flight
+
+        attempts = [*self._carried,
+                    *({"round": r, "entry": e} for r, e in sorted(self._in_flight.items()))]
+        save_in_flight(self.settings.checkpoint_path, attempts)
 
     # -------------------------------------------------------------- membership
     def refresh_nodes(self) -> set[int]:
@@ -365,6 +445,10 @@ class ServerRun:
             from securefed.flower.checkpoint import save_checkpoint
 
             save_checkpoint(self.settings.checkpoint_path, self.checkpoint())
+            # this round's charge, and those carried from earlier runs, are in it now
+            self._in_flight.pop(r, None)
+            self._carried = []
+            self._save_in_flight()
         self.log(f"securefed: round {r + 1}/{self.total_rounds} done in {seconds:.1f} s; "
                  f"contributors {list(result.contributors)}"
                  + (f"; failed {record['failures']}" if plan.failures else "")
@@ -411,6 +495,7 @@ def run_plain(run: ServerRun, node_ids: list[int]) -> None:
     run.connect(node_ids, replies)
     for r in range(run.settings.num_rounds):
         plan = run.plan(r, run.sample())
+        run.mark_in_flight(plan.absolute_round)  # before the model (and the request) goes out
         run.finish_round(plan, plain_round(plan))
 
 
@@ -421,6 +506,8 @@ def run_server(grid: Any, run_config: Mapping[str, Any],
     settings = run.settings
     if settings.resume and Path(settings.checkpoint_path).exists():
         run.resume_from(settings.checkpoint_path)
+    elif settings.resume:  # stopped before its first checkpoint: nothing to continue, but an
+        run.start_fresh_after(settings.checkpoint_path)  # attempt may need its charge
         if run.settings.num_rounds == 0:  # every round was already complete
             run.summary["status"] = "completed"
             if settings.result_path:
