@@ -215,3 +215,11 @@ def test_7_two_participants_are_refused(world):
     two = {c: _upload(public, identities, c, [1.0, 1.0], 20) for c in (0, 1)}
     with pytest.raises(ProtocolAbort, match="2 upload\\(s\\) for round 20, below"):
         authority.decrypt_aggregate(two, session=SESSION, round_index=20, n_values=2)
+
+
+def test_a_minimum_below_three_is_accepted_only_with_a_warning() -> None:
+    """As for secure aggregation: lowering the minimum is an explicit, visible choice."""
+    with pytest.warns(UserWarning, match="min_contributors = 2 lets the key authority release "
+                                         "the sum of 2 hospital"):
+        ka = CKKSKeyAuthority(CKKSKeyHolder.generate(), require_signatures=False, min_contributors=2)
+    assert ka.min_contributors == 2

@@ -36,6 +36,7 @@ still choose which replicated values it asks to refresh; see the threat-model ta
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -79,6 +80,10 @@ class CKKSKeyAuthority:
             raise ConfigurationError(f"min_contributors must be an integer >= 1, got {min_contributors!r}")
         if not isinstance(flood_bits, int) or not 1 <= flood_bits <= 52:
             raise ConfigurationError(f"flood_bits must be an integer in [1, 52], got {flood_bits!r}")
+        if min_contributors < DEFAULT_MIN_CONTRIBUTORS:
+            warnings.warn(f"ckks: min_contributors = {min_contributors} lets the key authority "
+                          f"release the sum of {min_contributors} hospital(s): with two, each "
+                          "learns the other's update from the sum", stacklevel=2)
         if isinstance(max_training_epochs, bool) or not isinstance(max_training_epochs, int) \
                 or max_training_epochs < 0:
             raise ConfigurationError(
