@@ -194,7 +194,7 @@ def _rogue_app(folder: Path) -> Path:
 
 def test_a_rogue_app_holding_only_the_ca_certificate_is_refused(cluster, consortium, tmp_path) -> None:
     """An outsider with ca.pem who reaches the hospitals' port cannot submit a run nor
-    register a node; an unsigned app submitted on the coordinator machine itself runs at no
+    register a node key (the SuperLink's runs and keys are unchanged after trying); an unsigned app submitted on the coordinator machine itself runs at no
     hospital (the SuperNodes refuse it before any of its code runs); an unregistered node
     key cannot join."""
     app = _rogue_app(tmp_path / "rogue")
@@ -202,6 +202,11 @@ def test_a_rogue_app_holding_only_the_ca_certificate_is_refused(cluster, consort
     markers.mkdir()
     result = tmp_path / "rogue.json"
     rogue_config = f'result-path="{result}" marker-dir="{markers}"'
+    from securefed.flower.bundle import write_node_key
+
+    write_node_key(tmp_path / "stranger.key", tmp_path / "stranger.pub")  # never registered
+    runs_before = [r["run-id"] for r in cluster._json("ls", "local").get("runs", [])]
+    nodes_before = len(cluster._json("supernode", "ls", "local").get("nodes", []))
     # 1. through the port hospitals reach, with only the CA certificate
     home = cluster._write_cli_config(address=cluster.address, name="outsider")
     done = cluster.flwr_result("run", str(app), "outsider", "--run-config", rogue_config,
@@ -209,14 +214,16 @@ def test_a_rogue_app_holding_only_the_ca_certificate_is_refused(cluster, consort
     answer = json.loads(done.stdout[done.stdout.find("{"):])
     assert answer["success"] is False and "run-id" not in answer
     assert "'403 ' for url 'https://127.0.0.1" in answer["error-message"]
-    coordinator = Path(consortium[0].folder)
-    done = cluster.flwr_result("supernode", "register", str(coordinator / "nodes" / "north.pub"),
+    done = cluster.flwr_result("supernode", "register", str(tmp_path / "stranger.pub"),
                                "outsider", "--format", "json", home=home)
     answer = json.loads(done.stdout[done.stdout.find("{"):])
     assert answer["success"] is False and "403" in answer["error-message"]
     gateway_log = cluster.gateway.log_path.read_text(encoding="utf-8")
     assert "refused POST /v1/control/start-run" in gateway_log
     assert "refused POST /v1/control/register-node" in gateway_log
+    # nothing reached the SuperLink: no run was created, no key was registered
+    assert [r["run-id"] for r in cluster._json("ls", "local").get("runs", [])] == runs_before
+    assert len(cluster._json("supernode", "ls", "local").get("nodes", [])) == nodes_before
     # 2. submitted on the Control API itself, without the consortium's signature
     data = cluster._json("run", str(app), "local", "--run-config", rogue_config)
     run_id = int(data["run-id"])
@@ -231,9 +238,6 @@ def test_a_rogue_app_holding_only_the_ca_certificate_is_refused(cluster, consort
     for proc in cluster.supernodes:
         assert "The FAB could not be verified" in proc.log_path.read_text(encoding="utf-8")
     # 3. a SuperNode with a key the coordinator never registered is turned away
-    from securefed.flower.bundle import write_node_key
-
-    write_node_key(tmp_path / "stranger.key", tmp_path / "stranger.pub")
     env = offline_env(flwr_home=tmp_path / "stranger-home")
     log = tmp_path / "stranger.log"
     with open(log, "wb") as out:
