@@ -243,9 +243,10 @@ def write_private_file(path: str | os.PathLike[str], data: bytes) -> Path:
 
     The bytes go to a new file beside ``path``, created exclusively with mode 0600 (never a
     file or symbolic link that existed, whatever its mode), flushed to disk, then renamed
-    over ``path``; a rename replaces a symbolic link at ``path`` instead of following it.
+    over ``path`` and the folder synced: a reader sees the old file or the new one, never a
+    torn one, and a rename replaces a symbolic link at ``path`` instead of following it.
     Every private key file the project writes (identities, CKKS secret contexts, node and
-    TLS keys) goes through here."""
+    TLS keys) goes through here, and so do the deployment's checkpoints."""
     p = Path(path)
     tmp = p.with_name(f".{p.name}.{os.urandom(6).hex()}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0), 0o600)
@@ -258,6 +259,11 @@ def write_private_file(path: str | os.PathLike[str], data: bytes) -> Path:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    dir_fd = os.open(p.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
     return p
 
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -215,24 +214,10 @@ def load_in_flight(checkpoint_path: str | Path) -> list[dict[str, Any]]:
 
 
 def _write_atomic(target: Path, data: bytes) -> Path:
+    from securefed.identity import write_private_file  # exclusive 0600 file, fsync, rename
+
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    dir_fd = os.open(target.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-    return target
+    return write_private_file(target, data)
 
 
 def load_checkpoint(path: str | Path) -> Checkpoint:
