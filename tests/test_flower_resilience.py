@@ -18,6 +18,7 @@ pytest.importorskip("flwr")
 from securefed.errors import ConfigurationError, KeyMaterialError  # noqa: E402
 from securefed.flower.checkpoint import (  # noqa: E402
     Checkpoint,
+    in_flight_path,
     load_checkpoint,
     load_in_flight,
     save_checkpoint,
@@ -677,3 +678,4 @@ def test_local_dp_attempts_cut_short_are_charged_across_two_crashes(tmp_path) ->
     with pytest.raises(_Crash):
         run_server(CrashingGrid(client_app, NODES, central, crash_round=1), central, log=quiet)
     assert load_in_flight(tmp_path / "central.ckpt") == []
+    assert not in_flight_path(tmp_path / "central.ckpt").exists()  # nor any file written

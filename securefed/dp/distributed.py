@@ -338,6 +338,7 @@ class DistributedDP(ClientLevelDP):
     """
 
     mechanism = "distributed"
+    releases_before_aggregation = True  # the noisy sum, once unmasked
     bounds_release = True
 
     def __init__(self, inner, *, dropout_tolerance: float = 0.0, **kwargs: Any) -> None:  # type: ignore[no-untyped-def]

@@ -383,9 +383,17 @@ class PrivacyLedger:
         entries = self.entries(extra)
         return self.epsilon(self.client_track(entries), delta=delta, extra=extra)
 
-    def hypothetical(self, charges: Mapping[str, DpEvent], *, mechanism: str) -> _Round:
-        """A round that has not run, for "what would epsilon be after it" questions."""
-        return _Round(charges=dict(charges), mechanisms={mechanism})
+    def hypothetical(self, charges: Mapping[str, DpEvent], *, mechanism: str,
+                     reproducible: bool = False, num_clients: int | None = None) -> _Round:
+        """A round that has not run, for "what would epsilon be after it" questions (its
+        ``to_dict()`` is the saved form of a round, as :meth:`to_dict` writes each)."""
+        return _Round(charges=dict(charges), mechanisms={mechanism}, reproducible=reproducible,
+                      num_clients=num_clients)
+
+    @staticmethod
+    def append_rounds(data: Mapping[str, Any], rounds: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+        """The saved ledger ``data`` (:meth:`to_dict`) with the saved ``rounds`` added."""
+        return {**data, "rounds": [*data.get("rounds", []), *rounds]}
 
     def report(self, *, delta: float | None = None) -> PrivacyReport:
         """Every epsilon of the model, fully described (see :class:`PrivacyReport`)."""

@@ -226,9 +226,19 @@ class ClientLevelDP(StrategyWrapper):
         """Standard deviation of the Gaussian noise, ``z * C``."""
         return self.noise_multiplier * self.clip_norm
 
+    #: Whether the hospitals' noisy data can leave them before the server aggregates (local
+    #: and distributed DP), so that a round cut short by a crash may already have released it.
+    releases_before_aggregation = False
+
     def round_charges(self) -> dict[str, DpEvent]:
         """What one round costs, per ledger track (subclasses)."""
         raise NotImplementedError
+
+    def next_round_entry(self) -> dict[str, Any]:
+        """What the next round will be charged, in the ledger's saved form of a round."""
+        return self.ledger.hypothetical(self.round_charges(), mechanism=self.mechanism,
+                                        reproducible=self.reproducible,
+                                        num_clients=self.num_clients).to_dict()
 
     def _calibrate(self, rounds: int) -> float:
         # no amplification: a client's round is a Gaussian with multiplier z (add/remove)
@@ -409,6 +419,7 @@ class LocalDP(ClientLevelDP):
     """
 
     mechanism = "local"
+    releases_before_aggregation = True  # each noisy update, when the hospital answers
 
     def round_charges(self) -> dict[str, DpEvent]:
         return {TRACK_HOSPITAL_REPLACE: dp_accounting.GaussianDpEvent(self.noise_multiplier / 2.0)}

@@ -74,28 +74,16 @@ __all__ = ["app", "run_server", "run_plain", "plain_round", "RoundPlan", "Server
 
 
 def release_charge(strategy: Any) -> dict[str, Any] | None:
-    """A ledger round (as :meth:`securefed.dp.ledger.PrivacyLedger.to_dict` writes one) of
-    what one round of ``strategy`` is charged, when its DP releases noisy data from the
-    hospitals before the round completes (local or distributed DP); ``None`` otherwise
-    (no DP, or central DP, whose noise the server adds when it aggregates)."""
-    from securefed.dp.ledger import event_to_dict
+    """What one round of ``strategy`` will be charged (the ledger's saved form of a round),
+    when its DP releases noisy data from the hospitals before the round completes (local or
+    distributed DP); ``None`` otherwise (no DP, or central DP, whose noise the server adds
+    when it aggregates)."""
+    from securefed.flower.checkpoint import strategy_chain
 
-    for layer in _chain(strategy):
-        if getattr(layer, "mechanism", None) in ("local", "distributed") \
-                and callable(getattr(layer, "round_charges", None)):
-            return {"mechanisms": [layer.mechanism],
-                    "reproducible": bool(getattr(layer, "reproducible", False)),
-                    "num_clients": getattr(layer, "num_clients", None),
-                    "charges": {k: event_to_dict(v) for k, v in sorted(layer.round_charges().items())}}
+    for layer in strategy_chain(strategy):
+        if getattr(layer, "releases_before_aggregation", False):
+            return layer.next_round_entry()
     return None
-
-
-def _chain(strategy: Any) -> list[Any]:
-    out, layer = [], strategy
-    while layer is not None and len(out) < 16:
-        out.append(layer)
-        layer = getattr(layer, "inner", None)
-    return out
 
 
 class RoundPlan:
@@ -283,23 +271,14 @@ class ServerRun:
         if (saved.ledger is None) != (self.strategy.privacy_ledger() is None):
             raise ConfigurationError(f"checkpoint {path} and this run disagree on DP (one has a "
                                      "privacy ledger, the other not); expected the same wrappers")
-        ledger = saved.ledger
-        unfinished = self._unfinished_attempts(path, completed=saved.completed)
-        if unfinished and ledger is not None:  # charged: their data may have left
-            ledger = {**ledger, "rounds": [*ledger.get("rounds", []),
-                                           *(a["entry"] for a in unfinished)]}
+        self.summary = dict(saved.summary)
+        self.summary["status"] = "running"
+        self.summary.setdefault("resumed_at", []).append(saved.completed)
+        ledger = self._with_unfinished(path, completed=saved.completed, ledger=saved.ledger)
         if ledger is not None:  # the model's ledger continues: epsilon never restarts
             self.strategy.start_run(self._facts(ledger=ledger))
         self.rng = generator_from_json(saved.server_rng)
         self.params = saved.params
-        self.summary = dict(saved.summary)
-        self.summary["status"] = "running"
-        self.summary.setdefault("resumed_at", []).append(saved.completed)
-        if unfinished and ledger is not None:
-            rounds = [int(a["round"]) for a in unfinished]
-            self.summary.setdefault("charged_unfinished_attempts", []).extend(rounds)
-            self.log(f"securefed: charged the unfinished attempts of rounds {rounds} (their "
-                     "noisy data may have reached the server before the run stopped)")
         self.offset = saved.completed
         self.settings = dataclasses.replace(self.settings,
                                             num_rounds=max(self.total_rounds - saved.completed, 0))
@@ -308,23 +287,29 @@ class ServerRun:
     def start_fresh_after(self, path: str) -> None:
         """``resume = true`` but no checkpoint: the run stopped in its first round and starts
         again from round 0, charging any attempt recorded in flight."""
-        unfinished = self._unfinished_attempts(path, completed=0)
-        ledger = self.strategy.privacy_ledger()
         self.log(f"securefed: no checkpoint at {path}; the run starts from round 0")
-        if unfinished and ledger is not None:
-            self.strategy.start_run(self._facts(ledger={
-                **ledger, "rounds": [*ledger.get("rounds", []), *(a["entry"] for a in unfinished)]}))
-            rounds = [int(a["round"]) for a in unfinished]
-            self.summary["charged_unfinished_attempts"] = rounds
-            self.log(f"securefed: charged the unfinished attempts of rounds {rounds}")
+        ledger = self._with_unfinished(path, completed=0, ledger=self.strategy.privacy_ledger())
+        if self._carried and ledger is not None:
+            self.strategy.start_run(self._facts(ledger=ledger))
 
-    def _unfinished_attempts(self, path: str, *, completed: int) -> list[dict[str, Any]]:
+    def _with_unfinished(self, path: str, *, completed: int,
+                         ledger: dict[str, Any] | None) -> dict[str, Any] | None:
+        """``ledger`` with the attempts recorded in flight that never completed (charged:
+        their data may have left the hospitals), which stay carried until the next
+        checkpoint holds them.  An attempt of a round the checkpoint completed is in its
+        ledger already (a crash between writing the checkpoint and the record leaves it
+        listed)."""
+        from securefed.dp.ledger import PrivacyLedger
         from securefed.flower.checkpoint import load_in_flight
 
-        # an attempt of a round the checkpoint completed is in its ledger already (a crash
-        # between writing the checkpoint and the record leaves it listed)
         self._carried = [a for a in load_in_flight(path) if int(a["round"]) >= completed]
-        return list(self._carried)
+        if not self._carried or ledger is None:
+            return ledger
+        rounds = [int(a["round"]) for a in self._carried]
+        self.summary.setdefault("charged_unfinished_attempts", []).extend(rounds)
+        self.log(f"securefed: charged the unfinished attempts of rounds {rounds} (their noisy "
+                 "data may have reached the server before the run stopped)")
+        return PrivacyLedger.append_rounds(ledger, (a["entry"] for a in self._carried))
 
     def mark_in_flight(self, absolute_round: int) -> None:
         """Called before round ``absolute_round``'s model goes out: under local or
@@ -446,9 +431,9 @@ class ServerRun:
 
             save_checkpoint(self.settings.checkpoint_path, self.checkpoint())
             # this round's charge, and those carried from earlier runs, are in it now
-            self._in_flight.pop(r, None)
-            self._carried = []
-            self._save_in_flight()
+            if self._in_flight.pop(r, None) is not None or self._carried:
+                self._carried = []
+                self._save_in_flight()
         self.log(f"securefed: round {r + 1}/{self.total_rounds} done in {seconds:.1f} s; "
                  f"contributors {list(result.contributors)}"
                  + (f"; failed {record['failures']}" if plan.failures else "")
