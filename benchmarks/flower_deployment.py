@@ -4,6 +4,7 @@
     python benchmarks/flower_deployment.py --rounds 3 --channel secagg --cold   # Flower's default executor
     python benchmarks/flower_deployment.py --rounds 3 --channel secagg --secagg-mode honest-but-curious
     python benchmarks/flower_deployment.py --rounds 3 --channel secagg --trace-requests   # SuperLink requests
+    python benchmarks/flower_deployment.py --rounds 3 --channel secagg --idle-seconds 30  # CPU at rest too
     python benchmarks/flower_deployment.py --import-time                         # import securefed
 
 Starts one local cluster exactly as a deployment runs (the consortium set-up of
@@ -66,17 +67,19 @@ from securefed.identity import write_identity_files
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
+def _cpu_ticks(pid: int, *, children: bool) -> int:
+    """utime + stime (and cutime + cstime with ``children``) of ``pid``; 0 once it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0
+    return sum(int(x) for x in fields[11:15 if children else 13])
+
+
 def cluster_cpu_seconds(cluster: LocalCluster) -> float:
     """CPU seconds (user + system, children included) of every live cluster process."""
-    total = 0
-    for pid in cluster.all_pids():
-        try:
-            with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += sum(int(x) for x in fields[11:15])  # utime stime cutime cstime
-    return total / _TICK
+    return sum(_cpu_ticks(pid, children=True) for pid in cluster.all_pids()) / _TICK
 
 
 _REQUEST = re.compile(r'"(?:GET|POST) /v1/([\w/-]+) HTTP')
@@ -94,9 +97,7 @@ def count_requests(log_text: str) -> Counter[str]:
 
 def own_cpu_seconds(pid: int) -> float:
     """CPU seconds (user + system) of one process, its children not included."""
-    with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-        fields = fh.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
+    return _cpu_ticks(pid, children=False) / _TICK
 
 
 def request_summary(counts: Counter[str], link_cpu: float, rounds: int) -> str:
@@ -162,6 +163,8 @@ def main() -> None:
                         help="secure aggregation's mode (default: against a deviating server)")
     parser.add_argument("--cold", action="store_true",
                         help="plain flower-supernode processes (Flower's subprocess isolation)")
+    parser.add_argument("--idle-seconds", type=float, default=0.0,
+                        help="first measure the cluster's CPU at rest for this long")
     parser.add_argument("--trace-requests", action="store_true",
                         help="count the SuperLink's requests from its DEBUG log (slows it down)")
     parser.add_argument("--import-time", action="store_true", help="only time import securefed")
@@ -186,6 +189,14 @@ def main() -> None:
             print(f"cluster of {args.nodes} SuperNodes ({'cold' if args.cold else 'warm'}) ready "
                   f"in {time.perf_counter() - t0:.1f} s; load average {os.getloadavg()[0]:.1f}",
                   flush=True)
+            if args.idle_seconds > 0:  # nodes poll every second at rest, the SuperLink answers
+                time.sleep(5.0)  # past the start-up
+                idle0, ticks0 = cluster_cpu_seconds(cluster), machine_ticks()
+                time.sleep(args.idle_seconds)
+                idle = cluster_cpu_seconds(cluster) - idle0
+                print(f"at rest: {idle / args.idle_seconds:.3f} s of cluster CPU per second over "
+                      f"{args.idle_seconds:.0f} s; {machine_usage(ticks0, machine_ticks())}",
+                      flush=True)
             failed = False
             for channel in channels:
                 overrides = {"num-rounds": args.rounds, "num-clients": args.nodes,

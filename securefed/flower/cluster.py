@@ -120,20 +120,22 @@ def _signal(pid: int, sig: int) -> None:
 
 
 def _start_time(pid: int) -> int | None:
-    """When ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat`` field 22), or
-    ``None`` when there is no such process.  With the PID it names one process for good: a
-    PID reused after the process exited comes with another start time."""
+    """When the live process ``pid`` started (clock ticks since boot, ``/proc/<pid>/stat``
+    field 22), or ``None`` when there is no such process or it has exited (a zombie).  With
+    the PID it names one process for good: a PID reused after the process exited comes with
+    another start time."""
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
             stat = fh.read()
-        return int(stat[stat.rfind(")") + 2 :].split()[19])
+        fields = stat[stat.rfind(")") + 2 :].split()
+        return None if fields[0] == "Z" else int(fields[19])
     except (OSError, ValueError, IndexError):
         return None
 
 
 def _still_ours(known: dict[int, int]) -> dict[int, int]:
     """The entries of ``known`` (PID -> start time) that are still the same live processes."""
-    return {pid: st for pid, st in known.items() if _start_time(pid) == st and _alive(pid)}
+    return {pid: st for pid, st in known.items() if _start_time(pid) == st}
 
 
 def offline_env(*, flwr_home: Path, pythonpath: Sequence[str] = ()) -> dict[str, str]:

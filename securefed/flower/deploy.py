@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from securefed.errors import ConfigurationError
+from securefed.errors import ConfigurationError, ProtocolAbort
 
 __all__ = ["add_deploy_commands"]
 
@@ -320,8 +320,8 @@ def _stop_and_wait(address: str, ca: Path, run_id: int, *, deadline: float, log:
         except Exception as exc:  # noqa: BLE001 - still unreachable: keep trying
             log(f"securefed: cannot stop run {run_id} yet ({type(exc).__name__}); retrying")
         time.sleep(2)
-    raise ConfigurationError(f"run {run_id} could not be stopped before the deadline; not "
-                             "resuming beside it")
+    raise ProtocolAbort(f"run {run_id} could not be stopped before the deadline; not resuming "
+                        "beside it")
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
