@@ -244,7 +244,9 @@ def write_private_file(path: str | os.PathLike[str], data: bytes) -> Path:
     The bytes go to a new file beside ``path``, created exclusively with mode 0600 (never a
     file or symbolic link that existed, whatever its mode), flushed to disk, then renamed
     over ``path`` and the folder synced: a reader sees the old file or the new one, never a
-    torn one, and a rename replaces a symbolic link at ``path`` instead of following it.
+    torn one, and a rename replaces a symbolic link at ``path`` instead of following it (one
+    planted by another local user who can write into the folder would otherwise receive the
+    key).  The owner's own account, and root, are trusted: they can read the file anyway.
     Every private key file the project writes (identities, CKKS secret contexts, node and
     TLS keys) goes through here, and so do the deployment's checkpoints."""
     p = Path(path)

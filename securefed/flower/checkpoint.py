@@ -31,7 +31,10 @@ a round's model goes out, the ServerApp therefore records the round and what it 
 charged in a second small file beside the checkpoint (``<checkpoint>.inflight``, written the
 same atomic way); a resumed run charges every attempt recorded there that never completed
 (conservatively: the attempt may have been cut short before anything left a hospital) and
-keeps them recorded until its next checkpoint holds them.
+keeps them recorded until its next checkpoint holds them.  This keeps an honest
+coordinator's accounting right through crashes; it does not bind a coordinator that lies,
+which can keep whatever ledger it likes: against it, a hospital relies on its own noise
+floor (``dp-min-noise-multiplier`` in its node config) and on secure aggregation.
 
 Threat model: the checkpoint lives on the coordinator machine, as the SuperLink's own state
 does; it holds the global model and public settings, no hospital's individual update and no
