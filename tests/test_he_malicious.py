@@ -77,6 +77,31 @@ def test_6a_one_decryption_per_round(world):
         authority.decrypt_aggregate(ups, session=SESSION, round_index=12, n_values=2)
 
 
+def test_6a_a_restarted_authority_remembers_the_rounds_it_decrypted(world, tmp_path):
+    """With a record, the one-decryption-per-round rule survives a restart of the authority
+    (same key, loaded again): the second subset of round 13 is still refused.  A record of
+    another key, or one that cannot be read, stops the authority from starting."""
+    identities, roster, authority, public = world
+    holder = authority.key_holder
+    record = tmp_path / "authority-record.json"
+    ups = {c: _upload(public, identities, c, [float(c + 1), 1.0], 13) for c in range(4)}
+    first = CKKSKeyAuthority(holder, roster=roster, record=record)
+    first.decrypt_aggregate({c: ups[c] for c in (0, 1, 2)}, session=SESSION, round_index=13,
+                            n_values=2)
+    assert (record.stat().st_mode & 0o777) == 0o600
+    restarted = CKKSKeyAuthority(holder, roster=roster, record=record)
+    with pytest.raises(MessageRejected, match="round 13 of this session was already decrypted"):
+        restarted.decrypt_aggregate(ups, session=SESSION, round_index=13, n_values=2)
+    # without the record the restarted authority would have released the second subset
+    forgetful = CKKSKeyAuthority(holder, roster=roster)
+    forgetful.decrypt_aggregate(ups, session=SESSION, round_index=13, n_values=2)
+    with pytest.raises(ConfigurationError, match="belongs to key"):
+        CKKSKeyAuthority(CKKSKeyHolder.generate(), roster=roster, record=record)
+    record.write_text("{not json")
+    with pytest.raises(ConfigurationError, match="cannot be read"):
+        CKKSKeyAuthority(holder, roster=roster, record=record)
+
+
 # ----------------------------------------------------------------- 6b. who holds the key
 def test_6b_hospitals_and_server_hold_no_secret_key(world):
     """The hospitals encrypt with the public context; neither they nor the server can decrypt,
@@ -207,6 +232,20 @@ def test_6d_the_server_cannot_restart_or_extend_the_refresh_budget(training):
         ka.begin_training(epochs=2, n_weights=3, level=0)
     with pytest.raises(ConfigurationError, match="max_training_epochs must be an integer >= 0"):
         CKKSKeyAuthority(holder, require_signatures=False, max_training_epochs=-1)
+
+
+def test_6d_a_restarted_authority_keeps_counting_granted_refreshes(training, tmp_path):
+    """The refresh budget is a lifetime budget: an authority restarted on its record grants
+    only what is left of it."""
+    holder, _ = training
+    record = tmp_path / "authority-record.json"
+    CKKSKeyAuthority(holder, require_signatures=False, max_training_epochs=3,
+                     record=record).begin_training(epochs=2, n_weights=3, level=0)
+    restarted = CKKSKeyAuthority(holder, require_signatures=False, max_training_epochs=3,
+                                 record=record)
+    assert restarted.training_epochs_left == 1
+    with pytest.raises(MessageRejected, match="of 2 epochs declared, but this key authority grants 1"):
+        restarted.begin_training(epochs=2, n_weights=3, level=0)
 
 
 # ----------------------------------------------------------------- 7. two participants

@@ -28,6 +28,14 @@ What the authority decrypts, and nothing else:
   calibrated on the ciphertext itself: all slots carry the same value, so their spread is
   the error, and the grid is the power of two at least four times the largest deviation.
 
+What it remembers across a restart: with ``record`` (a file path), every decrypted (session,
+round) and every granted refresh is written to that file, atomically, *before* anything is
+released, and a restarted authority loads it, so it still refuses a round it already
+decrypted and still counts the refreshes already granted against ``max_training_epochs``.
+Without a record it remembers only for its own lifetime; that is enough for an authority
+whose key lives and dies with it (the simulation generates a fresh key per run), not for one
+whose key is loaded from a file and may be restarted.
+
 What it cannot check: that the server computed the agreed function (a deviating server can
 still choose which replicated values it asks to refresh; see the threat-model table in
 ``docs/ckks.md``).
@@ -35,7 +43,9 @@ still choose which replicated values it asks to refresh; see the threat-model ta
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -47,7 +57,7 @@ from securefed.errors import ConfigurationError, KeyMaterialError, MessageReject
 from securefed.he.keys import CKKSKeyHolder, CKKSPublicContext
 from securefed.he.seal_ops import Blobs, Party
 from securefed.he.uploads import REVEALS, add_uploads, decrypt_sum, parse_upload, release
-from securefed.identity import Roster
+from securefed.identity import Roster, write_private_file
 
 __all__ = ["CKKSKeyAuthority", "DEFAULT_MIN_CONTRIBUTORS", "REPLICATION_TOLERANCE"]
 
@@ -66,13 +76,19 @@ class CKKSKeyAuthority:
     ``max_training_epochs`` is the most weight refreshes it grants over its lifetime, all
     encrypted trainings together (each refresh releases the weights the server sends, so
     this bounds what a deviating server can have decrypted that way); 0 refuses encrypted
-    training.
+    training.  ``record`` is a file where the authority keeps what it has released (see the
+    module docstring); it belongs to this key (a record written for another key is refused).
+
+    Threat model: the authority is trusted to keep its secret key and to follow these rules;
+    the server may lie about anything it sends; a hospital may collude with the server.  The
+    authority colluding with the server decrypts every upload (``docs/ckks.md``).
     """
 
     def __init__(self, key_holder: CKKSKeyHolder | None = None, *, roster: Roster | None = None,
                  min_contributors: int = DEFAULT_MIN_CONTRIBUTORS, reveal: str = "rounded",
                  flood_bits: int = 8, require_signatures: bool = True,
-                 max_training_epochs: int = 0) -> None:
+                 max_training_epochs: int = 0,
+                 record: str | os.PathLike[str] | None = None) -> None:
         if reveal not in REVEALS:
             raise ConfigurationError(f"reveal must be one of {REVEALS}, got {reveal!r}")
         if isinstance(min_contributors, bool) or not isinstance(min_contributors, int) \
@@ -100,7 +116,40 @@ class CKKSKeyAuthority:
         self._public = CKKSPublicContext.from_bytes(self.key_holder.public_context().to_bytes())
         self._decrypted: set[tuple[bytes, int]] = set()
         self._training: dict[str, Any] | None = None
-        self.training_epochs_left = max_training_epochs
+        self._refreshes_granted = 0
+        self._record = None if record is None else os.fspath(record)
+        if self._record is not None and os.path.exists(self._record):
+            self._load_record()
+        self.training_epochs_left = max(0, max_training_epochs - self._refreshes_granted)
+
+    # -------------------------------------------------------------- the record
+    def _load_record(self) -> None:
+        assert self._record is not None
+        try:
+            with open(self._record, encoding="utf-8") as fh:
+                data = json.load(fh)
+            key_id = bytes.fromhex(data["key_id"])
+            decrypted = {(bytes.fromhex(s), int(r)) for s, r in data["decrypted"]}
+            granted = int(data["refreshes_granted"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ConfigurationError(
+                f"the key authority's record {self._record} cannot be read ({exc}); refusing to "
+                "start without it (it holds the rounds already decrypted)") from exc
+        if key_id != self.key_holder.key_id:
+            raise ConfigurationError(
+                f"the key authority's record {self._record} belongs to key {key_id.hex()[:12]}, "
+                f"not to this authority's key {self.key_holder.key_id.hex()[:12]}")
+        self._decrypted = decrypted
+        self._refreshes_granted = granted
+
+    def _save_record(self, decrypted: set[tuple[bytes, int]], granted: int) -> None:
+        """Write the record before anything is released: if this fails, nothing is."""
+        if self._record is None:
+            return
+        data = {"key_id": self.key_holder.key_id.hex(),
+                "decrypted": sorted([s.hex(), r] for s, r in decrypted),
+                "refreshes_granted": granted}
+        write_private_file(self._record, json.dumps(data).encode())
 
     @property
     def parameters(self) -> Any:
@@ -128,7 +177,9 @@ class CKKSKeyAuthority:
                               n_values=n_values, roster=self.roster, session=bytes(session))
                  for cid, blob in sorted(uploads.items())]
         total = [v.serialize() for v in add_uploads(parts)]
-        self._decrypted.add((bytes(session), int(round_index)))
+        done = self._decrypted | {(bytes(session), int(round_index))}
+        self._save_record(done, self._refreshes_granted)
+        self._decrypted = done
         return decrypt_sum(self.key_holder, total, n_values=n_values, n_summed=len(parts),
                            reveal=self.reveal, flood_bits=self.flood_bits)
 
@@ -157,6 +208,8 @@ class CKKSKeyAuthority:
         if not self.key_holder.has_rotation_keys:
             raise KeyMaterialError("encrypted training needs rotation (Galois) keys; generate them "
                                    "with CKKSKeyHolder.generate(..., galois_keys=True)")
+        self._save_record(self._decrypted, self._refreshes_granted + epochs)
+        self._refreshes_granted += epochs
         self.training_epochs_left -= epochs
         self._training = {"epochs": int(epochs), "n_weights": int(n_weights), "level": int(level),
                           "done": 0,
