@@ -92,6 +92,7 @@ from securefed.secagg.messages import (
     NO_MODEL,
     SEED_BYTES,
     SEED_SHARE_ELEMENTS,
+    SHARE_CIPHERTEXT_BYTES,
     AdvertiseKeys,
     ConsistencyRequest,
     ConsistencySignature,
@@ -871,20 +872,27 @@ class SecAggServer:
                     f"client {u} has {h} share holders left after share_keys, below the "
                     f"threshold t = {self.threshold}; round aborted"
                 )
-        inbox: dict[int, tuple[list[int], list[bytes]]] = {v: ([], []) for v in self.u2}
-        for u in self.u2:
-            msg = self._shares[u]
-            for i, v in enumerate(self._directory[u]):
-                box = inbox.get(v)
-                if box is not None:
-                    box[0].append(u)
-                    box[1].append(msg.ciphertext(i))
+        # Route every (sender, recipient, ciphertext) at once: ciphertext i of sender u goes
+        # to the i-th client of u's directory; each inbox lists its senders in ascending order.
+        live = np.asarray(self.u2, dtype=np.int64)
+        senders = np.concatenate([np.full(len(self._directory[u]), u, dtype=np.int64)
+                                  for u in self.u2])
+        recipients = np.concatenate([np.asarray(self._directory[u], dtype=np.int64)
+                                     for u in self.u2])
+        cts = np.frombuffer(b"".join(self._shares[u].ciphertexts for u in self.u2),
+                            dtype=np.uint8).reshape(-1, SHARE_CIPHERTEXT_BYTES)
+        keep = np.isin(recipients, live)
+        order = np.flatnonzero(keep)[np.argsort(recipients[keep], kind="stable")]
+        senders, recipients, cts = senders[order], recipients[order], cts[order]
+        lo = np.searchsorted(recipients, live, side="left")
+        hi = np.searchsorted(recipients, live, side="right")
         out = {}
-        for v, (src, cts) in inbox.items():
-            self._delivered[v] = src
-            self._partner_sets[v] = set(src)
-            out[v] = ShareDelivery(self.session, self.round_index, v, np.asarray(src, dtype=np.uint32),
-                                   b"".join(cts)).to_bytes()
+        for v, a, b in zip(self.u2, lo.tolist(), hi.tolist(), strict=True):
+            src = senders[a:b]
+            self._delivered[v] = src.tolist()
+            self._partner_sets[v] = set(self._delivered[v])
+            out[v] = ShareDelivery(self.session, self.round_index, v, src.astype(np.uint32),
+                                   cts[a:b].tobytes()).to_bytes()
         self.stage = "masked_input"
         self._pools[self.stage] = frozenset(self.u2)
         return out
