@@ -5,6 +5,7 @@
     python benchmarks/flower_deployment.py --rounds 3 --channel secagg --secagg-mode honest-but-curious
     python benchmarks/flower_deployment.py --rounds 3 --channel secagg --trace-requests   # SuperLink requests
     python benchmarks/flower_deployment.py --rounds 3 --channel secagg --idle-seconds 30  # CPU at rest too
+    python benchmarks/flower_deployment.py --rounds 4 --channel secagg --superlink-env FLWR_SUPEREXEC_TASK_POLL_INTERVAL=2
     python benchmarks/flower_deployment.py --import-time                         # import securefed
 
 Starts one local cluster exactly as a deployment runs (the consortium set-up of
@@ -167,8 +168,14 @@ def main() -> None:
                         help="first measure the cluster's CPU at rest for this long")
     parser.add_argument("--trace-requests", action="store_true",
                         help="count the SuperLink's requests from its DEBUG log (slows it down)")
+    parser.add_argument("--superlink-env", action="append", default=[], metavar="NAME=VALUE",
+                        help="an environment variable for the SuperLink alone (repeatable), e.g. "
+                             "FLWR_SUPEREXEC_TASK_POLL_INTERVAL=2 for its ServerApp executor")
     parser.add_argument("--import-time", action="store_true", help="only time import securefed")
     args = parser.parse_args()
+    bad = [item for item in args.superlink_env if "=" not in item or item.startswith("=")]
+    if bad:
+        parser.error(f"--superlink-env expects NAME=VALUE, got {bad[0]!r}")
     if args.import_time:
         import_time()
         return
@@ -183,7 +190,9 @@ def main() -> None:
                   "secagg-mode": args.secagg_mode, "allow-plain-channel": "plain" in channels}
                  for i, name in enumerate(names)]
         t0 = time.perf_counter()
-        link_env = {"FLWR_LOG_LEVEL": "DEBUG"} if args.trace_requests else None
+        link_env = dict(item.split("=", 1) for item in args.superlink_env)
+        if args.trace_requests:
+            link_env["FLWR_LOG_LEVEL"] = "DEBUG"
         with LocalCluster(work / "cluster", node_configs=nodes, consortium=consortium,
                           warm=not args.cold, superlink_env=link_env) as cluster:
             print(f"cluster of {args.nodes} SuperNodes ({'cold' if args.cold else 'warm'}) ready "

@@ -6,6 +6,8 @@ input, and prints
 
 * each client stage's mean CPU time (``time.process_time``) over the clients that are *not*
   profiled, so the profiler's own overhead is not in these figures;
+* the server's CPU time for each of its steps (receiving each stage's messages, closing each
+  stage, finishing), all clients included;
 * for a sample of the clients that stay to the end, run under ``cProfile`` (every
   ``--every``-th), the functions with
   the most own time, in milliseconds per profiled client (inflated by the profiler: read
@@ -71,23 +73,34 @@ def main(argv: list[str] | None = None) -> int:
             stage_cpu[stage].append(time.process_time() - c0)
         return out
 
+    server_cpu: dict[str, float] = defaultdict(float)
+
+    def srv(step: str, fn):  # type: ignore[no-untyped-def]
+        c0 = time.process_time()
+        out = fn()
+        server_cpu[step] += time.process_time() - c0
+        return out
+
     for c in ids:
-        server.receive(c, call(c, "advertise_keys", clients[c].advertise_keys))
-    directories = server.close_advertise_keys()
+        blob = call(c, "advertise_keys", clients[c].advertise_keys)
+        srv("receive advertise_keys", lambda c=c, b=blob: server.receive(c, b))
+    directories = srv("close_advertise_keys", server.close_advertise_keys)
     for c in ids:
-        server.receive(c, call(c, "share_keys", lambda c=c: clients[c].share_keys(directories[c])))
-    deliveries = server.close_share_keys()
+        blob = call(c, "share_keys", lambda c=c: clients[c].share_keys(directories[c]))
+        srv("receive share_keys", lambda c=c, b=blob: server.receive(c, b))
+    deliveries = srv("close_share_keys", server.close_share_keys)
     for c in ids:
-        server.receive(c, call(c, "masked_input",
-                               lambda c=c: clients[c].masked_input(deliveries[c], inputs(c))))
-    requests = server.close_masked_input()
+        blob = call(c, "masked_input", lambda c=c: clients[c].masked_input(deliveries[c], inputs(c)))
+        srv("receive masked_input", lambda c=c, b=blob: server.receive(c, b))
+    requests = srv("close_masked_input", server.close_masked_input)
     for stage in (["consistency"] if args.mode == MALICIOUS else []) + ["unmask"]:
         for c in sorted(requests):
             if c not in dropped:
-                server.receive(c, call(c, stage, lambda c=c, s=stage, r=requests[c]: getattr(clients[c], s)(r)))
+                blob = call(c, stage, lambda c=c, s=stage, r=requests[c]: getattr(clients[c], s)(r))
+                srv(f"receive {stage}", lambda c=c, b=blob: server.receive(c, b))
         if stage == "consistency":
-            requests = server.close_consistency()
-    server.finish()
+            requests = srv("close_consistency", server.close_consistency)
+    srv("finish", server.finish)
 
     print(f"n={args.n}, d={args.d}, mode={args.mode}, {len(dropped)} dropped before unmasking; "
           f"CPU seconds per client (mean over {args.n - len(profiled)} clients not profiled)")
@@ -96,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         total += float(np.mean(times))
         print(f"  {stage:>15} {np.mean(times):.4f}")
     print(f"  {'total':>15} {total:.4f}")
+    print(f"\nserver CPU seconds by step ({sum(server_cpu.values()):.3f} in all)")
+    for step, sec in server_cpu.items():
+        print(f"  {step:>22} {sec:.3f}")
     stats = pstats.Stats(prof)
     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:args.top]  # type: ignore[attr-defined]
     print(f"\nown time per profiled client ({len(profiled)} clients, under cProfile), ms:")

@@ -166,3 +166,19 @@ def test_deployment_request_trace_is_counted_per_trip() -> None:
     line = request_summary(counts, link_cpu=0.5, rounds=1)
     assert "5 requests (5 per round, 2.5 per message round trip over 2 trips)" in line
     assert "100.0 ms per request" in line and "fleet/pull-object 1.5" in line
+
+
+def test_stack_samples_counts_by_innermost_and_enclosing_function(tmp_path) -> None:
+    """benchmarks/stack_samples.py: a sample counts once per name however deep the name
+    sits, innermost only for --leaf, and unreadable (frameless) stacks only in the total."""
+    from stack_samples import count
+
+    raw = tmp_path / "stacks.raw"
+    raw.write_text("main (a.py:1);Handler.check_abort (b.py:2);do_execute (c.py:3) 5\n"
+                   "main (a.py:1);check_abort (b.py:2);check_abort (b.py:9) 2\n"
+                   "main (a.py:1);do_execute (c.py:3);wait (d.py:4) 3\n"
+                   " 4\n")
+    total, inside, leaf = count(str(raw), ["check_abort", "do_execute"], ["do_execute"])
+    assert total == 14
+    assert inside == {"check_abort": 7, "do_execute": 8}
+    assert leaf == {"do_execute": 5}

@@ -34,7 +34,10 @@ released, and a restarted authority loads it, so it still refuses a round it alr
 decrypted and still counts the refreshes already granted against ``max_training_epochs``.
 Without a record it remembers only for its own lifetime; that is enough for an authority
 whose key lives and dies with it (the simulation generates a fresh key per run), not for one
-whose key is loaded from a file and may be restarted.
+whose key is loaded from a file and may be restarted.  The adversary here is the server,
+which may ask a restarted authority again; the record sits with the key, on the authority's
+machine, and whoever can write it there is as trusted as the key itself (deleting it makes
+the authority start afresh).
 
 What it cannot check: that the server computed the agreed function (a deviating server can
 still choose which replicated values it asks to refresh; see the threat-model table in
@@ -116,11 +119,17 @@ class CKKSKeyAuthority:
         self._public = CKKSPublicContext.from_bytes(self.key_holder.public_context().to_bytes())
         self._decrypted: set[tuple[bytes, int]] = set()
         self._training: dict[str, Any] | None = None
+        self.max_training_epochs = max_training_epochs
         self._refreshes_granted = 0
         self._record = None if record is None else os.fspath(record)
         if self._record is not None and os.path.exists(self._record):
             self._load_record()
-        self.training_epochs_left = max(0, max_training_epochs - self._refreshes_granted)
+
+    @property
+    def training_epochs_left(self) -> int:
+        """Weight refreshes this authority still grants (its lifetime budget, less those
+        already granted, including before a restart when it keeps a record)."""
+        return max(0, self.max_training_epochs - self._refreshes_granted)
 
     # -------------------------------------------------------------- the record
     def _load_record(self) -> None:
@@ -210,7 +219,6 @@ class CKKSKeyAuthority:
                                    "with CKKSKeyHolder.generate(..., galois_keys=True)")
         self._save_record(self._decrypted, self._refreshes_granted + epochs)
         self._refreshes_granted += epochs
-        self.training_epochs_left -= epochs
         self._training = {"epochs": int(epochs), "n_weights": int(n_weights), "level": int(level),
                           "done": 0,
                           "party": Party(self.key_holder.context, self.parameters, secret=True),

@@ -875,8 +875,7 @@ class SecAggServer:
         # Route every (sender, recipient, ciphertext) at once: ciphertext i of sender u goes
         # to the i-th client of u's directory; each inbox lists its senders in ascending order.
         live = np.asarray(self.u2, dtype=np.int64)
-        senders = np.concatenate([np.full(len(self._directory[u]), u, dtype=np.int64)
-                                  for u in self.u2])
+        senders = np.repeat(live, [len(self._directory[u]) for u in self.u2])
         recipients = np.concatenate([np.asarray(self._directory[u], dtype=np.int64)
                                      for u in self.u2])
         cts = np.frombuffer(b"".join(self._shares[u].ciphertexts for u in self.u2),
