@@ -171,6 +171,9 @@ def main() -> None:
     parser.add_argument("--superlink-env", action="append", default=[], metavar="NAME=VALUE",
                         help="an environment variable for the SuperLink alone (repeatable), e.g. "
                              "FLWR_SUPEREXEC_TASK_POLL_INTERVAL=2 for its ServerApp executor")
+    parser.add_argument("--flower-superlink", action="store_true",
+                        help="Flower's own flower-superlink command instead of "
+                             "securefed.flower.link (for an A/B comparison)")
     parser.add_argument("--import-time", action="store_true", help="only time import securefed")
     args = parser.parse_args()
     bad = [item for item in args.superlink_env if "=" not in item or item.startswith("=")]
@@ -194,7 +197,8 @@ def main() -> None:
         if args.trace_requests:
             link_env["FLWR_LOG_LEVEL"] = "DEBUG"
         with LocalCluster(work / "cluster", node_configs=nodes, consortium=consortium,
-                          warm=not args.cold, superlink_env=link_env) as cluster:
+                          warm=not args.cold, superlink_env=link_env,
+                          gated_link=not args.flower_superlink) as cluster:
             print(f"cluster of {args.nodes} SuperNodes ({'cold' if args.cold else 'warm'}) ready "
                   f"in {time.perf_counter() - t0:.1f} s; load average {os.getloadavg()[0]:.1f}",
                   flush=True)

@@ -259,6 +259,44 @@ def test_a_rogue_app_holding_only_the_ca_certificate_is_refused(cluster, consort
     assert cluster.online_nodes() == 3
 
 
+def test_the_gated_superlink_still_authenticates_fleet_calls_and_guards_control_answers(
+        cluster, consortium) -> None:
+    """The cluster's SuperLink runs as securefed.flower.link (API-specific middleware skipped
+    for the other APIs): a Fleet call without a node signature is still refused by Flower's
+    node authentication, and a sensitive Control answer still carries Flower's no-cache
+    headers. Both asked of the SuperLink's own loopback port, behind no gateway."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from flwr.proto.fleet_pb2 import PullMessagesRequest
+    from flwr.proto.node_pb2 import Node
+
+    assert cluster.gated_link
+    link_cmdline = Path(f"/proc/{cluster.superlink.popen.pid}/cmdline").read_bytes().split(b"\0")
+    assert b"securefed.flower.link" in link_cmdline
+    ctx = ssl.create_default_context(cafile=str(consortium[0].tls_dir / "ca.pem"))
+    node_ids = [int(n["node-id"]) for n in cluster._json("supernode", "ls", "local")["nodes"]]
+
+    def post(path: str, body: bytes) -> tuple[int, dict[str, str]]:  # header names in lower case
+        req = urllib.request.Request(f"https://{cluster.control_address}{path}", data=body,
+                                     method="POST",
+                                     headers={"Content-Type": "application/protobuf"})
+        try:
+            with urllib.request.urlopen(req, context=ctx, timeout=30) as resp:
+                return resp.status, {k.lower(): v for k, v in resp.headers.items()}
+        except urllib.error.HTTPError as err:
+            return err.code, {k.lower(): v for k, v in err.headers.items()}
+
+    body = PullMessagesRequest(node=Node(node_id=node_ids[0])).SerializeToString()
+    code, _ = post("/v1/fleet/pull-messages", body)
+    assert code == 401  # a registered node's id, but no signature: node authentication refuses
+    code, headers = post("/v1/control/get-login-details", b"")
+    assert code == 200 and headers.get("cache-control") == "no-store", (code, headers)
+    assert headers.get("pragma") == "no-cache"
+    assert cluster.online_nodes() == 3
+
+
 def test_tls_mismatch_and_an_unreachable_superlink_are_named(cluster, consortium, tmp_path) -> None:
     """``securefed deploy node`` checks the connection before starting the SuperNode: one
     started --insecure against the TLS gateway, and one pointed at a port where nothing

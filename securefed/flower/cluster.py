@@ -235,6 +235,10 @@ class LocalCluster:
         Extra environment variables for the SuperLink process alone, for example
         ``{"FLWR_LOG_LEVEL": "DEBUG"}`` to have it log every HTTP request it serves
         (``benchmarks/flower_deployment.py --trace-requests``).
+    gated_link:
+        Start the SuperLink as :mod:`securefed.flower.link` (Flower's SuperLink with its
+        Control-only and Fleet-only middleware skipped for other APIs' requests); ``False``
+        starts Flower's own ``flower-superlink``.
 
     Use it as a context manager::
 
@@ -253,6 +257,7 @@ class LocalCluster:
         database: bool = True,
         pythonpath: Sequence[str] | None = None,
         superlink_env: Mapping[str, str] | None = None,
+        gated_link: bool = True,
         startup_timeout: float = 300.0,
         stop_timeout: float = 10.0,
     ) -> None:
@@ -280,6 +285,7 @@ class LocalCluster:
             pythonpath = [str(Path(__file__).resolve().parents[2])]
         self.pythonpath = list(pythonpath)
         self.superlink_env = {str(k): str(v) for k, v in (superlink_env or {}).items()}
+        self.gated_link = gated_link
         self.warm = warm
         self.database = self.workdir / "state" / "superlink.db" if database else None
         self.startup_timeout = startup_timeout
@@ -344,7 +350,11 @@ class LocalCluster:
                 "--ssl-ca-certfile", str(self.tls_dir / "ca.pem"),
             ]
         )
-        args = ["flower-superlink", *tls_link, "--host", "127.0.0.1", "--port", str(self.link_port),
+        # securefed.flower.link: Flower's SuperLink with its API-specific middleware skipped
+        # for the other APIs' requests (gated_link=False: Flower's own command, as shipped)
+        command = [sys.executable, "-m", "securefed.flower.link"] if self.gated_link \
+            else ["flower-superlink"]
+        args = [*command, *tls_link, "--host", "127.0.0.1", "--port", str(self.link_port),
                 "--disable-runtime-dependency-installation"]
         if self.database is not None:
             self.database.parent.mkdir(parents=True, exist_ok=True)
@@ -575,8 +585,8 @@ class LocalCluster:
         run_id = self.submit(app_dir, config)
         run_ids = [run_id]
         deadline = t0 + timeout
-        # Each status query is a `flwr` process (a second or more of CPU): with a done file
-        # to watch, ask rarely, only to notice a ServerApp that died before writing it.
+        # With a done file to watch, ask for the status rarely, only to notice a ServerApp
+        # that died before writing it.
         interval = 5.0 if done_file is None else 30.0
         last_status = 0.0
         link_pid = self.superlink.popen.pid if self.superlink else None
@@ -617,12 +627,13 @@ class LocalCluster:
                           run_ids=tuple(run_ids))
 
     def run_status(self, run_id: int) -> tuple[str, str]:
-        data = self._json("ls", "local", "--run-id", str(run_id))
-        runs = data.get("runs", [])
-        if not runs:
-            return "", ""
-        run = runs[0]
-        return str(run.get("status", "")), str(run.get("status-details", ""))
+        """``("finished:completed", details)`` etc., asked of the Control API from this
+        process (a ``flwr ls`` would be a Python start-up: seconds of CPU taken from the
+        cluster it is watching)."""
+        from securefed.flower.control import run_status
+
+        return run_status(self.control_address,
+                          None if self.tls_dir is None else self.tls_dir / "ca.pem", run_id)
 
     def run_log(self, run_id: int) -> str:
         try:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from securefed.errors import ConfigurationError, ProtocolAbort
+from securefed.flower.control import run_status, stop_run
 
 __all__ = ["add_deploy_commands"]
 
@@ -67,8 +68,10 @@ def _cmd_superlink(args: argparse.Namespace) -> int:
     state = Path(args.state or coord.folder / "state").absolute()
     state.mkdir(parents=True, exist_ok=True)
     internal = args.internal_port or coord.port + _INTERNAL_PORT_OFFSET
+    # Flower's SuperLink, its Control-only and Fleet-only middleware skipped for the other
+    # APIs' requests (securefed.flower.link)
     link = subprocess.Popen([  # noqa: S603
-        "flower-superlink", "--ssl-certfile", str(tls / "server.pem"),
+        sys.executable, "-m", "securefed.flower.link", "--ssl-certfile", str(tls / "server.pem"),
         "--ssl-keyfile", str(tls / "server.key"), "--ssl-ca-certfile", str(tls / "ca.pem"),
         "--host", "127.0.0.1", "--port", str(internal), "--database", str(state / "superlink.db"),
         "--enable-supernode-auth", "--disable-runtime-dependency-installation"],
@@ -217,34 +220,6 @@ def _run_config(items: list[str]) -> dict[str, Any]:
             except tomllib.TOMLDecodeError as exc:
                 raise ConfigurationError(f"run config {item!r} is not 'key = value' TOML: {exc}") from exc
     return config
-
-
-def run_status(address: str, root_certificates: str | Path, run_id: int) -> tuple[str, str]:
-    """``("finished:completed", details)`` etc. of a run, from the Control API."""
-    from flwr.proto.control_pb2 import ListRunsRequest
-    from flwr.supercore.control import ControlHttpClient
-
-    client = ControlHttpClient.from_server_address(address, False, str(root_certificates), [])
-    try:
-        runs = client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict
-    finally:
-        client.close()
-    if run_id not in runs:
-        return "", ""
-    st = runs[run_id].status
-    return (f"{st.status}:{st.sub_status}" if st.sub_status else st.status), st.details
-
-
-def stop_run(address: str, root_certificates: str | Path, run_id: int) -> None:
-    """Ask the SuperLink to stop a run (its ServerApp too), through the Control API."""
-    from flwr.proto.control_pb2 import StopRunRequest
-    from flwr.supercore.control import ControlHttpClient
-
-    client = ControlHttpClient.from_server_address(address, False, str(root_certificates), [])
-    try:
-        client.StopRun(StopRunRequest(run_id=run_id))
-    finally:
-        client.close()
 
 
 #: How long the SuperLink may stay unreachable (a restart) before a run is taken for lost.
