@@ -48,6 +48,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -174,6 +175,11 @@ def main() -> None:
     parser.add_argument("--flower-superlink", action="store_true",
                         help="Flower's own flower-superlink command instead of "
                              "securefed.flower.link (for an A/B comparison)")
+    parser.add_argument("--node-poll-interval", type=float, default=None, metavar="S",
+                        help="a warm SuperNode's poll for messages during a run (default 0.25 s)")
+    parser.add_argument("--keep-logs", metavar="DIR", default=None,
+                        help="copy the cluster's process logs (SuperLink, gateway, SuperNodes) "
+                             "to DIR before the run's folder is removed")
     parser.add_argument("--import-time", action="store_true", help="only time import securefed")
     args = parser.parse_args()
     bad = [item for item in args.superlink_env if "=" not in item or item.startswith("=")]
@@ -198,7 +204,8 @@ def main() -> None:
             link_env["FLWR_LOG_LEVEL"] = "DEBUG"
         with LocalCluster(work / "cluster", node_configs=nodes, consortium=consortium,
                           warm=not args.cold, superlink_env=link_env,
-                          gated_link=not args.flower_superlink) as cluster:
+                          gated_link=not args.flower_superlink,
+                          node_poll_interval=args.node_poll_interval) as cluster:
             print(f"cluster of {args.nodes} SuperNodes ({'cold' if args.cold else 'warm'}) ready "
                   f"in {time.perf_counter() - t0:.1f} s; load average {os.getloadavg()[0]:.1f}",
                   flush=True)
@@ -278,6 +285,9 @@ def main() -> None:
                         fh.seek(log_offset)
                         counts = count_requests(fh.read())
                     print(f"{channel:7s} {request_summary(counts, link_cpu, args.rounds)}", flush=True)
+            if args.keep_logs:
+                shutil.copytree(work / "cluster" / "logs", args.keep_logs, dirs_exist_ok=True)
+                print(f"logs copied to {args.keep_logs}", flush=True)
     if failed:
         sys.exit(1)
 

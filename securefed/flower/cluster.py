@@ -86,9 +86,10 @@ def _parent_map() -> dict[int, int]:
     return parents
 
 
-def descendants(pid: int) -> set[int]:
-    """All live descendants of ``pid`` (children, grandchildren, ...), read from ``/proc``."""
-    parents = _parent_map()
+def descendants(pid: int, parents: dict[int, int] | None = None) -> set[int]:
+    """All live descendants of ``pid`` (children, grandchildren, ...), read from ``/proc``
+    (or from ``parents``, a :func:`_parent_map` already read)."""
+    parents = _parent_map() if parents is None else parents
     children: dict[int, list[int]] = {}
     for child, parent in parents.items():
         children.setdefault(parent, []).append(child)
@@ -239,6 +240,9 @@ class LocalCluster:
         Start the SuperLink as :mod:`securefed.flower.link` (Flower's SuperLink with its
         Control-only and Fleet-only middleware skipped for other APIs' requests); ``False``
         starts Flower's own ``flower-superlink``.
+    node_poll_interval:
+        A warm SuperNode's poll for messages while a run is active (seconds; ``None``: the
+        default of :func:`securefed.flower.warm.run_node`, 0.25 s).
 
     Use it as a context manager::
 
@@ -258,6 +262,7 @@ class LocalCluster:
         pythonpath: Sequence[str] | None = None,
         superlink_env: Mapping[str, str] | None = None,
         gated_link: bool = True,
+        node_poll_interval: float | None = None,
         startup_timeout: float = 300.0,
         stop_timeout: float = 10.0,
     ) -> None:
@@ -286,6 +291,7 @@ class LocalCluster:
         self.pythonpath = list(pythonpath)
         self.superlink_env = {str(k): str(v) for k, v in (superlink_env or {}).items()}
         self.gated_link = gated_link
+        self.node_poll_interval = node_poll_interval
         self.warm = warm
         self.database = self.workdir / "state" / "superlink.db" if database else None
         self.startup_timeout = startup_timeout
@@ -450,7 +456,9 @@ class LocalCluster:
     def _spawn_node(self, index: int) -> _Proc:
         args = self._node_args(index)
         if self.warm:
-            command = [sys.executable, "-m", "securefed.flower.warm", "node", "--", *args]
+            poll = [] if self.node_poll_interval is None else [
+                "--poll-interval", str(self.node_poll_interval)]
+            command = [sys.executable, "-m", "securefed.flower.warm", "node", *poll, "--", *args]
         else:
             command = ["flower-supernode", *args]
         return self._spawn(f"supernode-{index}", command)
@@ -653,9 +661,10 @@ class LocalCluster:
     def record_children(self) -> None:
         """Remember every live descendant of the processes we started (read from /proc),
         with its start time, and forget those that have exited."""
+        parents = _parent_map()  # one pass over /proc for all of them
         for proc in self._procs():
             if proc.popen.poll() is None:
-                for pid in descendants(proc.popen.pid):
+                for pid in descendants(proc.popen.pid, parents):
                     st = _start_time(pid)
                     if st is not None:
                         proc.known.setdefault(pid, st)
