@@ -6,6 +6,7 @@
     python benchmarks/flower_deployment.py --rounds 3 --channel secagg --trace-requests   # SuperLink requests
     python benchmarks/flower_deployment.py --rounds 3 --channel secagg --idle-seconds 30  # CPU at rest too
     python benchmarks/flower_deployment.py --rounds 4 --channel secagg --superlink-env FLWR_SUPEREXEC_TASK_POLL_INTERVAL=2
+    python benchmarks/flower_deployment.py --rounds 5 --channel secagg --flower-superlink   # Flower's own SuperLink command
     python benchmarks/flower_deployment.py --import-time                         # import securefed
 
 Starts one local cluster exactly as a deployment runs (the consortium set-up of
@@ -224,17 +225,21 @@ def main() -> None:
                              "secagg-mode": args.secagg_mode}
                 result = work / f"{channel}.json"
                 checkpoint = work / f"{channel}.checkpoint.json"
-                # (checkpoint mtime, cluster CPU, machine ticks) when each round completed
-                marks: list[tuple[int, float, tuple[int, int, int]]] = []
+                # (checkpoint mtime, cluster CPU, machine ticks, SuperLink's own CPU) when each
+                # round completed
+                marks: list[tuple[int, float, tuple[int, int, int], float]] = []
 
                 def on_poll(cl: LocalCluster, _seconds: float, path: Path = checkpoint,
-                            marks: list[tuple[int, float, tuple[int, int, int]]] = marks) -> None:
+                            marks: list[tuple[int, float, tuple[int, int, int], float]] = marks,
+                            ) -> None:
                     try:
                         stamp = path.stat().st_mtime_ns
                     except FileNotFoundError:
                         return
                     if not marks or marks[-1][0] != stamp:  # a round has just been completed
-                        marks.append((stamp, cluster_cpu_seconds(cl), machine_ticks()))
+                        link_pid = cl.superlink.popen.pid if cl.superlink else 0
+                        marks.append((stamp, cluster_cpu_seconds(cl), machine_ticks(),
+                                      own_cpu_seconds(link_pid)))
 
                 link = cluster.superlink
                 assert link is not None
@@ -273,10 +278,13 @@ def main() -> None:
                 # CPU of each later round, between two checkpoints (sampled every 0.3 s)
                 later_cpu = [round(b[1] - a[1], 1) for a, b in zip(marks[:-1], marks[1:], strict=True)]
                 later_steal = [_steal_percent(a[2], b[2]) for a, b in zip(marks[:-1], marks[1:], strict=True)]
+                # the SuperLink's share of it (its own process: requests, state; not the ServerApp)
+                later_link = [round(b[3] - a[3], 1) for a, b in zip(marks[:-1], marks[1:], strict=True)]
                 print(f"{channel:7s} {out.status}: run {out.seconds:.1f} s wall; rounds {per_round} s "
                       f"(first {per_round[0]} s, later mean {np.mean(later):.1f} s); "
                       f"cluster CPU {cpu:.1f} s ({cpu / args.rounds:.1f} s per round; later rounds "
-                      f"{later_cpu} s; host steal in each {later_steal} %); "
+                      f"{later_cpu} s, of which the SuperLink {later_link} s; host steal in each "
+                      f"{later_steal} %); "
                       f"load average {load0:.1f} -> {os.getloadavg()[0]:.1f}; {usage}; "
                       f"simulated {sim_s:.2f} s; max |w_deployed - w_simulated| = {diff:.2e}",
                       flush=True)
