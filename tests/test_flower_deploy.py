@@ -297,6 +297,54 @@ def test_the_gated_superlink_still_authenticates_fleet_calls_and_guards_control_
     assert cluster.online_nodes() == 3
 
 
+def test_deploy_superlink_runs_the_gated_superlink_and_registers_the_node_keys(tmp_path) -> None:
+    """The coordinator's command, `securefed deploy superlink`, starts Flower's SuperLink as
+    securefed.flower.link (database in the bundle's state folder) and the gateway, registers
+    each hospital's node key, and stops both on SIGTERM."""
+    import signal
+
+    from securefed.flower.cluster import descendants
+
+    port, internal = free_port(), free_port()
+    env = offline_env(flwr_home=tmp_path / "home",
+                      pythonpath=[str(Path(__file__).resolve().parents[1])])
+    subprocess.run([sys.executable, "-m", "securefed", "deploy", "init", "--hospitals",  # noqa: S603
+                    "north,south", "--host", "localhost", "--port", str(port), "--out",
+                    str(tmp_path / "cons")], check=True, env=env, capture_output=True, timeout=120)
+    log = tmp_path / "coordinator.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(  # noqa: S603
+            [sys.executable, "-m", "securefed", "deploy", "superlink", "--bundle",
+             str(tmp_path / "cons" / "coordinator"), "--listen", "127.0.0.1",
+             "--internal-port", str(internal)],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: "SuperLink ready" in log.read_text(errors="replace") or proc.poll() is not None,
+                  timeout=180, what="the coordinator's SuperLink")
+        text = log.read_text(errors="replace")
+        assert "node key of north: registered" in text and "node key of south: registered" in text, text[-2000:]
+        children = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                    for pid in descendants(proc.pid) if _alive(pid)}
+        links = [pid for pid, argv in children.items() if b"securefed.flower.link" in argv]
+        assert len(links) == 1, children
+        argv = children[links[0]]
+        assert b"--enable-supernode-auth" in argv and b"--database" in argv
+        assert any(b"securefed.flower.gateway" in a for a in children.values())
+        assert (tmp_path / "cons" / "coordinator" / "state" / "superlink.db").exists()
+        snapshot = _snapshot(children)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        assert _still_alive(snapshot, timeout=10) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
 def test_tls_mismatch_and_an_unreachable_superlink_are_named(cluster, consortium, tmp_path) -> None:
     """``securefed deploy node`` checks the connection before starting the SuperNode: one
     started --insecure against the TLS gateway, and one pointed at a port where nothing
