@@ -133,7 +133,7 @@ def _fail(outcome, cluster) -> str:
 
 def test_fedprox_over_tls_equals_the_simulation(cluster, tmp_path) -> None:
     # one round here (two rounds, node state carried between them, are checked in-process)
-    config = {"strategy": "fedprox", "proximal-mu": 0.1, "num-rounds": 1, "seed": 5}
+    config = {"channel": "plain", "strategy": "fedprox", "proximal-mu": 0.1, "num-rounds": 1, "seed": 5}
     outcome, summary = run(cluster, tmp_path, config)
     assert outcome.ok, _fail(outcome, cluster)
     assert summary["status"] == "completed"
@@ -405,7 +405,7 @@ def test_a_restarted_supernode_rejoins_at_the_next_round(cluster, tmp_path) -> N
     intervals, 20 s, after which the SuperLink marks the dead session offline).  The
     SuperLink refuses the restarted node until then and its supervisor retries; round 1,
     which waits up to rejoin-wait for a sampled hospital that is offline, has it back."""
-    config = {"num-rounds": 3, "seed": 6, "straggler-timeout": 25.0, "rejoin-wait": 120.0}
+    config = {"channel": "plain", "num-rounds": 3, "seed": 6, "straggler-timeout": 25.0, "rejoin-wait": 120.0}
     on_poll, killed = _killer(cluster, {2: "0"}, restart=True)
     outcome, summary = run(cluster, tmp_path, config, on_poll=on_poll, timeout=600)
     assert killed == {2}
@@ -425,7 +425,7 @@ def test_a_killed_superlink_resumes_from_the_last_completed_round(cluster, tmp_p
     with the planned rounds, each once, and the epsilon of every round equal to an
     uninterrupted simulation's (the ledger continued; nothing was counted twice or lost)."""
     ckpt = tmp_path / "run.ckpt"
-    config = {"num-rounds": 3, "seed": 7, "dp": "central", "dp-clip-norm": 1.0,
+    config = {"channel": "plain", "num-rounds": 3, "seed": 7, "dp": "central", "dp-clip-norm": 1.0,
               "dp-noise-multiplier": 1.0, "checkpoint-path": str(ckpt)}
     restarted: list[int] = []
 

@@ -35,13 +35,13 @@ def quiet(_: str) -> None:
 
 @pytest.mark.parametrize("strategy", ["fedavg", "fedprox"])
 def test_plain_rounds_equal_the_simulation_bit_for_bit(strategy) -> None:
-    cfg = app_run_config({"strategy": strategy, "num-rounds": 2, "seed": 11, **FAST})
+    cfg = app_run_config({"channel": "plain", "strategy": strategy, "num-rounds": 2, "seed": 11, **FAST})
     summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
     np.testing.assert_array_equal(summary["final_params"], simulate(cfg).final_params)
 
 
 def test_plain_round_goes_on_without_a_silent_node() -> None:
-    cfg = app_run_config({"num-rounds": 1, **FAST})
+    cfg = app_run_config({"channel": "plain", "num-rounds": 1, **FAST})
     grid = InProcessGrid(client_app, NODES, cfg, silent=lambda i, t, f: i == 1 and t == "train")
     summary = run_server(grid, cfg, log=quiet)
     assert summary["rounds"][0]["contributors"] == [0, 2]
@@ -53,7 +53,7 @@ def test_a_node_refuses_a_replayed_round() -> None:
 
     from securefed.flower.transport import make_content
 
-    cfg = app_run_config({"num-rounds": 1, **FAST})
+    cfg = app_run_config({"channel": "plain", "num-rounds": 1, **FAST})
     grid = InProcessGrid(client_app, NODES[:1], {**cfg, "num-clients": 1})
     summary = run_server(grid, {**cfg, "num-clients": 1}, log=quiet)
     assert summary["status"] == "completed"
@@ -67,7 +67,7 @@ def test_a_node_refuses_a_replayed_round() -> None:
 
 
 def test_unknown_node_config_fails_the_run_with_the_reason() -> None:
-    cfg = app_run_config({"num-rounds": 1, **FAST})
+    cfg = app_run_config({"channel": "plain", "num-rounds": 1, **FAST})
     grid = InProcessGrid(client_app, [{"partition-id": 0}, {"partition-id": 0}, {"partition-id": 2}], cfg)
     with pytest.raises(ConfigurationError, match="two SuperNodes claim client id 0"):
         run_server(grid, cfg, log=quiet)
@@ -172,7 +172,7 @@ def test_secagg_aborts_cleanly_below_the_threshold(tmp_path, secagg) -> None:
 # ------------------------------------------------------------------ DP and compression
 @pytest.mark.parametrize("mode", ["central", "local"])
 def test_dp_runs_as_in_the_simulation(mode) -> None:
-    cfg = app_run_config({"num-rounds": 1, "seed": 1, "dp": mode, "dp-clip-norm": 1.0,
+    cfg = app_run_config({"channel": "plain", "num-rounds": 1, "seed": 1, "dp": mode, "dp-clip-norm": 1.0,
                           "dp-noise-multiplier": 0.5, "dp-reproducible-noise": True, **FAST})
     summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
     sim = simulate(cfg)
@@ -226,7 +226,7 @@ def test_distributed_dp_settings_in_a_deployment() -> None:
 
 
 def test_compressed_updates_travel_as_in_the_simulation() -> None:
-    cfg = app_run_config({"strategy": "fedmedheter", "compression": "quant8", "num-rounds": 2,
+    cfg = app_run_config({"channel": "plain", "strategy": "fedmedheter", "compression": "quant8", "num-rounds": 2,
                           "seed": 6, **FAST})
     summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
     sim = simulate(cfg)
@@ -254,7 +254,7 @@ def test_a_node_answers_one_unmask_request_per_round(secagg) -> None:
 
 
 def test_client_sampling_matches_the_engine() -> None:
-    cfg = app_run_config({"num-rounds": 3, "clients-per-round": 2, "seed": 9, **FAST})
+    cfg = app_run_config({"channel": "plain", "num-rounds": 3, "clients-per-round": 2, "seed": 9, **FAST})
     summary = run_server(InProcessGrid(client_app, NODES, cfg), cfg, log=quiet)
     sim = run_federated(pima_federation(seed=0, n_hospitals=3), strategy=build_strategy(cfg),
                         model=build_model(cfg), rounds=3, seed=9, clients_per_round=2)

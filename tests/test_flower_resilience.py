@@ -76,7 +76,7 @@ class CrashingGrid(InProcessGrid):
 def _central_dp(**extra):
     # FedMedHeter with a server optimiser (server state) under central DP (a ledger); the
     # reproducible noise mode draws the noise from the server generator, so two runs compare
-    return app_run_config({"strategy": "fedmedheter", "server-optimizer": "adam",
+    return app_run_config({"channel": "plain", "strategy": "fedmedheter", "server-optimizer": "adam",
                            "num-rounds": 4, "seed": 3, "dp": "central",
                            "dp-clip-norm": 1.0, "dp-noise-multiplier": 1.1, "dp-reproducible-noise": True,
                            **FAST, **extra})
@@ -236,7 +236,7 @@ def test_an_offline_hospital_is_left_out_and_rejoins_after_a_restart(channel, pk
 def test_a_rejoined_plain_node_matches_its_fresh_generator() -> None:
     """After a restart the node's state is gone; it starts again from its client stream and
     the round still completes with it (no straggler timeout)."""
-    cfg = app_run_config({"num-rounds": 2, "seed": 4, **FAST, "straggler-timeout": 30.0})
+    cfg = app_run_config({"channel": "plain", "num-rounds": 2, "seed": 4, **FAST, "straggler-timeout": 30.0})
     grid = FlakyGrid(client_app, NODES, cfg)
 
     def log(text: str) -> None:
@@ -484,7 +484,7 @@ def test_a_hospital_keeps_its_own_noise_floor(pki) -> None:
     # in a run: every hospital refuses to train below its floor, so the round has nobody
     nodes, secagg_keys = pki
     floored = [{**n, **floor} for n in nodes]
-    low = app_run_config({"dp": "local", "dp-clip-norm": 1.0, "dp-noise-multiplier": 0.5,
+    low = app_run_config({"channel": "plain", "dp": "local", "dp-clip-norm": 1.0, "dp-noise-multiplier": 0.5,
                           "num-rounds": 1, **FAST})
     plain_ok = [{**n, "allow-plain-channel": True} for n in floored]
     with pytest.raises(ProtocolAbort, match="below this hospital's floor 1.0"):
@@ -511,7 +511,7 @@ def test_a_hospital_with_an_identity_key_refuses_plain_rounds_unless_it_opts_in(
         check_plain_channel({**NODES[0], "allow-plain-channel": False})
     with pytest.raises(ConfigurationError, match="allow-plain-channel must be true or false, got 'yes'"):
         check_plain_channel({**NODES[0], "allow-plain-channel": "yes"})
-    plain = app_run_config({"num-rounds": 1, **FAST})
+    plain = app_run_config({"channel": "plain", "num-rounds": 1, **FAST})
     with pytest.raises(ProtocolAbort, match="answers secure-aggregation rounds only"):
         run_server(InProcessGrid(client_app, nodes, plain), plain, log=quiet)
     mixed = [nodes[0], {**nodes[1], "allow-plain-channel": True}, {**nodes[2], "allow-plain-channel": True}]
@@ -654,7 +654,7 @@ def test_local_dp_attempts_cut_short_are_charged_across_two_crashes(tmp_path) ->
     end: the ledger holds the 4 rounds and both cut-short attempts.  Local DP charges every
     round alike, so the epsilon after k rounds and j attempts is an uninterrupted run's after
     k + j rounds."""
-    cfg = app_run_config({"dp": "local", "dp-clip-norm": 1.0, "dp-noise-multiplier": 2.0,
+    cfg = app_run_config({"channel": "plain", "dp": "local", "dp-clip-norm": 1.0, "dp-noise-multiplier": 2.0,
                           "num-rounds": 6, "seed": 5, **FAST})
     ref = [r["epsilon"] for r in run_server(InProcessGrid(client_app, NODES, cfg), cfg,
                                             log=quiet)["rounds"]]

@@ -30,6 +30,7 @@ from securefed.flower.nodedata import (  # noqa: E402
 )
 from securefed.flower.settings import (  # noqa: E402
     DeploymentSettings,
+    app_run_config,
     build_model,
     build_strategy,
     client_generator,
@@ -89,6 +90,20 @@ def test_deployment_settings_validate() -> None:
         DeploymentSettings.from_run_config({"channel": "carrier-pigeon"})
     with pytest.raises(ConfigurationError, match="result-path must be an absolute path"):
         DeploymentSettings.from_run_config({"result-path": "out/run.json"})
+
+
+def test_the_default_channel_is_secure_aggregation_and_plain_is_named() -> None:
+    """A run that names no channel gets secure aggregation (against a deviating server), so
+    without the roster it stops with a reason instead of sending updates in the clear."""
+    assert app_run_config()["channel"] == "secagg"
+    with pytest.raises(ConfigurationError, match="needs secagg-roster"):
+        DeploymentSettings.from_run_config(app_run_config())
+    with pytest.raises(ConfigurationError, match="needs secagg-roster"):
+        DeploymentSettings.from_run_config({})  # a run config without the app's defaults
+    named = DeploymentSettings.from_run_config(app_run_config({"channel": "plain"}))
+    assert named.channel == "plain"
+    hbc = DeploymentSettings.from_run_config(app_run_config({"secagg-mode": "honest-but-curious"}))
+    assert (hbc.channel, hbc.secagg_mode) == ("secagg", "honest-but-curious")
 
 
 def test_message_envelope_and_client_state_round_trip() -> None:

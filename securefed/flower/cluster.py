@@ -21,9 +21,13 @@ Fleet-only gateway of :mod:`securefed.flower.gateway`; every SuperNode runs with
 ``--trusted-entities`` and its node key; runs are submitted as apps signed by the consortium
 key (:mod:`securefed.flower.apps`).  With ``warm=True`` (the default) each SuperNode is
 :func:`securefed.flower.warm.run_node`: a short message poll and a warm ClientApp executor.
+The SuperLink is started as :mod:`securefed.flower.link` (Flower's SuperLink with its
+Control-only and Fleet-only request layers skipped for the other APIs' requests), as
+``securefed deploy superlink`` starts it.
 
 This module needs the ``flwr`` executables on ``PATH`` (``pip install securefed[flower]``)
-and imports ``flwr`` only to submit signed apps.
+and imports ``flwr`` only to submit signed apps and to ask the Control API for a run's
+status.
 """
 
 from __future__ import annotations
@@ -247,7 +251,9 @@ class LocalCluster:
     Use it as a context manager::
 
         with LocalCluster(workdir, node_configs=[{"partition-id": i} for i in range(3)]) as c:
-            outcome = c.run_app(app_dir, run_config={"num-rounds": 3})
+            # no consortium, so no roster: secure aggregation in its honest-but-curious mode
+            outcome = c.run_app(app_dir, run_config={"num-rounds": 3,
+                                                     "secagg-mode": "honest-but-curious"})
     """
 
     def __init__(

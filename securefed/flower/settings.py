@@ -298,7 +298,7 @@ class DeploymentSettings:
         rejoin_wait = run_config.get("rejoin-wait", 0.0)
         if isinstance(rejoin_wait, bool) or not isinstance(rejoin_wait, (int, float)) or rejoin_wait < 0:
             raise ConfigurationError(f"rejoin-wait must be a number >= 0, got {rejoin_wait!r}")
-        channel = str(run_config.get("channel", "plain"))
+        channel = str(run_config.get("channel", "secagg"))
         if channel not in ("plain", "secagg"):
             raise ConfigurationError(f"channel must be 'plain' or 'secagg', got {channel!r}")
         if dp_mode(run_config) == "distributed" and channel != "secagg":
