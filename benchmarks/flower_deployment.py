@@ -32,7 +32,8 @@ per run:
 With ``--trace-requests`` the SuperLink alone logs at DEBUG level, which makes it log every
 HTTP request it serves, and the run's requests are counted from that log: in all, per
 message round trip (a trip begins with each Runtime API ``push-messages`` of the ServerApp),
-per endpoint, and the SuperLink's own CPU time per request.  The logging costs the SuperLink
+per endpoint, and the SuperLink's own CPU time per request; and when each step of a trip
+was served (:func:`trip_timeline`).  The logging costs the SuperLink
 CPU time of its own, so the round times of a traced run are not the untraced ones.
 
 A run that does not complete prints the ServerApp's log instead of figures.
@@ -96,6 +97,49 @@ def count_requests(log_text: str) -> Counter[str]:
     Counter({'runtime/push-object': 2})
     """
     return Counter(_REQUEST.findall(log_text))
+
+
+_STAMPED = re.compile(r'^(\d{4}-\d\d-\d\dT[\d:.]+)Z .*"POST /v1/([\w/-]+) HTTP', re.MULTILINE)
+
+
+def trip_timeline(log_text: str) -> str:
+    """When the steps of each message round trip happened, from the SuperLink's DEBUG log.
+
+    A trip runs from one Runtime ``push-messages`` of the ServerApp to the next (the last,
+    unfinished one is left out).  For each: when the ServerApp's last object push, the
+    nodes' first and last reply (Fleet ``push-messages``), the nodes' last object push and
+    the ServerApp's last object pull were served, in seconds after the trip began; printed
+    as the range over the trips.
+    """
+    import datetime
+
+    events = [(datetime.datetime.fromisoformat(stamp).timestamp(), what)
+              for stamp, what in _STAMPED.findall(log_text)]
+    starts = [i for i, (_, what) in enumerate(events) if what == "runtime/push-messages"]
+    steps: dict[str, list[float]] = {k: [] for k in ("length", "pushed", "first", "last",
+                                                     "stored", "pulled")}
+    for a, b in zip(starts[:-1], starts[1:], strict=True):
+        t0 = events[a][0]
+
+        def last(what: str, trip=events[a:b], t0=t0) -> float | None:
+            times = [t for t, w in trip if w == what]
+            return max(times) - t0 if times else None
+
+        replies = [t - t0 for t, w in events[a:b] if w == "fleet/push-messages"]
+        found = {"length": events[b][0] - t0, "pushed": last("runtime/push-object"),
+                 "first": min(replies, default=None), "last": max(replies, default=None),
+                 "stored": last("fleet/push-object"), "pulled": last("runtime/pull-object")}
+        if all(v is not None for v in found.values()):
+            for k, v in found.items():
+                steps[k].append(v)
+
+    def span(k: str) -> str:
+        return f"{min(steps[k]):.1f}-{max(steps[k]):.1f} s" if steps[k] else "n/a"
+
+    return (f"{len(steps['length'])} trips of {span('length')}; after a trip began: ServerApp "
+            f"objects pushed by {span('pushed')}, replies {span('first')} (first) to "
+            f"{span('last')} (last), reply objects stored by {span('stored')}, ServerApp pulls "
+            f"done by {span('pulled')}")
 
 
 def own_cpu_seconds(pid: int) -> float:
@@ -291,8 +335,10 @@ def main() -> None:
                 if args.trace_requests:
                     with open(link.log_path, encoding="utf-8", errors="replace") as fh:
                         fh.seek(log_offset)
-                        counts = count_requests(fh.read())
-                    print(f"{channel:7s} {request_summary(counts, link_cpu, args.rounds)}", flush=True)
+                        text = fh.read()
+                    print(f"{channel:7s} {request_summary(count_requests(text), link_cpu, args.rounds)}",
+                          flush=True)
+                    print(f"{channel:7s} {trip_timeline(text)}", flush=True)
             if args.keep_logs:
                 shutil.copytree(work / "cluster" / "logs", args.keep_logs, dirs_exist_ok=True)
                 print(f"logs copied to {args.keep_logs}", flush=True)

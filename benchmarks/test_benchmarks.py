@@ -182,3 +182,27 @@ def test_stack_samples_counts_by_innermost_and_enclosing_function(tmp_path) -> N
     assert total == 14
     assert inside == {"check_abort": 7, "do_execute": 8}
     assert leaf == {"do_execute": 5}
+
+
+def test_deployment_trip_timeline_reads_each_step_after_the_trip_began() -> None:
+    """``--trace-requests`` also prints when each step of a round trip was served: trips run
+    from one Runtime push-messages to the next (the unfinished last one left out)."""
+    from flower_deployment import trip_timeline
+
+    def line(t: str, what: str) -> str:
+        return f'2026-12-02T06:00:{t}Z DEBUG [uvicorn.access] 127.0.0.1:1 - "POST /v1/{what} HTTP/1.1" 200'
+
+    trips = [("00.0", "runtime/push-messages"), ("00.2", "runtime/push-object"),
+             ("00.3", "fleet/pull-messages"), ("00.9", "fleet/push-messages"),
+             ("01.1", "fleet/push-messages"), ("01.4", "fleet/push-object"),
+             ("01.6", "runtime/pull-object"),
+             ("02.0", "runtime/push-messages"), ("02.5", "runtime/push-object"),
+             ("03.0", "fleet/push-messages"), ("03.2", "fleet/push-object"),
+             ("03.5", "runtime/pull-object"),
+             ("04.5", "runtime/push-messages"), ("04.6", "runtime/push-object")]
+    text = "\n".join(line(t, w) for t, w in trips) + "\nINFO something else"
+    assert trip_timeline(text) == (
+        "2 trips of 2.0-2.5 s; after a trip began: ServerApp objects pushed by 0.2-0.5 s, "
+        "replies 0.9-1.0 s (first) to 1.0-1.1 s (last), reply objects stored by 1.2-1.4 s, "
+        "ServerApp pulls done by 1.5-1.6 s")
+    assert trip_timeline(line("00.0", "runtime/push-messages")).startswith("0 trips of n/a")

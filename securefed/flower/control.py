@@ -12,15 +12,21 @@ from pathlib import Path
 __all__ = ["run_status", "stop_run"]
 
 
-def run_status(address: str, root_certificates: str | Path | None, run_id: int) -> tuple[str, str]:
-    """``("finished:completed", details)`` etc. of a run, from the Control API
-    (``root_certificates=None``: a SuperLink without TLS, tests only)."""
-    from flwr.proto.control_pb2 import ListRunsRequest
+def _client(address: str, root_certificates: str | Path | None):  # type: ignore[no-untyped-def]
+    """Flower's Control API client for ``address`` (``root_certificates=None``: a SuperLink
+    without TLS, tests only)."""
     from flwr.supercore.control import ControlHttpClient
 
-    client = ControlHttpClient.from_server_address(
+    return ControlHttpClient.from_server_address(
         address, root_certificates is None,
         None if root_certificates is None else str(root_certificates), [])
+
+
+def run_status(address: str, root_certificates: str | Path | None, run_id: int) -> tuple[str, str]:
+    """``("finished:completed", details)`` etc. of a run, from the Control API."""
+    from flwr.proto.control_pb2 import ListRunsRequest
+
+    client = _client(address, root_certificates)
     try:
         runs = client.ListRuns(ListRunsRequest(run_id=run_id)).run_dict
     finally:
@@ -31,12 +37,11 @@ def run_status(address: str, root_certificates: str | Path | None, run_id: int) 
     return (f"{st.status}:{st.sub_status}" if st.sub_status else st.status), st.details
 
 
-def stop_run(address: str, root_certificates: str | Path, run_id: int) -> None:
+def stop_run(address: str, root_certificates: str | Path | None, run_id: int) -> None:
     """Ask the SuperLink to stop a run (its ServerApp too), through the Control API."""
     from flwr.proto.control_pb2 import StopRunRequest
-    from flwr.supercore.control import ControlHttpClient
 
-    client = ControlHttpClient.from_server_address(address, False, str(root_certificates), [])
+    client = _client(address, root_certificates)
     try:
         client.StopRun(StopRunRequest(run_id=run_id))
     finally:
