@@ -203,10 +203,22 @@ def test_a_rogue_app_holding_only_the_ca_certificate_is_refused(cluster, consort
     result = tmp_path / "rogue.json"
     rogue_config = f'result-path="{result}" marker-dir="{markers}"'
     from securefed.flower.bundle import write_node_key
+    from securefed.flower.control import (
+        AlreadyRegistered,
+        node_statuses,
+        register_node,
+        run_statuses,
+    )
 
     write_node_key(tmp_path / "stranger.key", tmp_path / "stranger.pub")  # never registered
-    runs_before = [r["run-id"] for r in cluster._json("ls", "local").get("runs", [])]
-    nodes_before = len(cluster._json("supernode", "ls", "local").get("nodes", []))
+    runs_before = sorted(run_statuses(cluster.control_address, cluster._ca))
+    nodes_before = node_statuses(cluster.control_address, cluster._ca)
+    assert len(nodes_before) == 3
+    # the coordinator's own registration of a key it registered already is told so
+    with pytest.raises(AlreadyRegistered):
+        register_node(cluster.control_address, cluster._ca,
+                      cluster.coordinator.node_public_keys()["north"])
+    assert node_statuses(cluster.control_address, cluster._ca).keys() == nodes_before.keys()
     # 1. through the port hospitals reach, with only the CA certificate
     home = cluster._write_cli_config(address=cluster.address, name="outsider")
     done = cluster.flwr_result("run", str(app), "outsider", "--run-config", rogue_config,
@@ -222,8 +234,8 @@ def test_a_rogue_app_holding_only_the_ca_certificate_is_refused(cluster, consort
     assert "refused POST /v1/control/start-run" in gateway_log
     assert "refused POST /v1/control/register-node" in gateway_log
     # nothing reached the SuperLink: no run was created, no key was registered
-    assert [r["run-id"] for r in cluster._json("ls", "local").get("runs", [])] == runs_before
-    assert len(cluster._json("supernode", "ls", "local").get("nodes", [])) == nodes_before
+    assert sorted(run_statuses(cluster.control_address, cluster._ca)) == runs_before
+    assert node_statuses(cluster.control_address, cluster._ca).keys() == nodes_before.keys()
     # 2. submitted on the Control API itself, without the consortium's signature
     data = cluster._json("run", str(app), "local", "--run-config", rogue_config)
     run_id = int(data["run-id"])
@@ -323,6 +335,11 @@ def test_deploy_superlink_runs_the_gated_superlink_and_registers_the_node_keys(t
                   timeout=180, what="the coordinator's SuperLink")
         text = log.read_text(errors="replace")
         assert "node key of north: registered" in text and "node key of south: registered" in text, text[-2000:]
+        assert "NOT registered" not in text, text[-2000:]
+        from securefed.flower.control import node_statuses
+
+        ca = tmp_path / "cons" / "coordinator" / "tls" / "ca.pem"
+        assert sorted(node_statuses(f"127.0.0.1:{internal}", ca).values()) == ["registered"] * 2
         children = {pid: Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
                     for pid in descendants(proc.pid) if _alive(pid)}
         links = [pid for pid, argv in children.items() if b"securefed.flower.link" in argv]

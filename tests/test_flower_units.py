@@ -329,3 +329,33 @@ def test_wake_clock_is_woken_through_the_fifo_and_drains_it(tmp_path) -> None:
             os.read(fd, 1)  # all three were consumed by one wake-up
     finally:
         os.close(fd)
+
+
+def test_node_keys_are_registered_as_flowers_command_would_and_bad_keys_are_named(tmp_path) -> None:
+    """The coordinator registers node keys through the Control API from its own process
+    (securefed.flower.control): the bytes sent are those ``flwr supernode register`` sends
+    for the same file, and a key Flower's node authentication cannot use is refused with
+    the file's name before anything is sent."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from flwr.cli.supernode.register import try_load_public_key
+
+    from securefed.flower.bundle import write_node_key
+    from securefed.flower.control import _node_key_bytes
+
+    write_node_key(tmp_path / "node.key", tmp_path / "node.pub")
+    assert _node_key_bytes(tmp_path / "node.pub") == try_load_public_key(tmp_path / "node.pub")
+    other = tmp_path / "other.pub"
+    write_node_key(tmp_path / "other.key", other)
+    assert _node_key_bytes(other) != _node_key_bytes(tmp_path / "node.pub")
+    edwards = tmp_path / "ed25519.pub"
+    edwards.write_bytes(Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH))
+    with pytest.raises(ConfigurationError, match="ed25519.pub: .*NIST curve"):
+        _node_key_bytes(edwards)
+    garbage = tmp_path / "garbage.pub"
+    garbage.write_text("not a key\n")
+    with pytest.raises(ConfigurationError, match="garbage.pub: not readable"):
+        _node_key_bytes(garbage)
+    with pytest.raises(ConfigurationError, match="missing.pub: not readable"):
+        _node_key_bytes(tmp_path / "missing.pub")

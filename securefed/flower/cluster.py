@@ -33,6 +33,7 @@ status.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import signal
@@ -49,6 +50,8 @@ from pathlib import Path
 from typing import Any
 
 from securefed.errors import ConfigurationError, SecurefedError
+
+_LOG = logging.getLogger(__name__)
 
 __all__ = [
     "ClusterError",
@@ -436,14 +439,17 @@ class LocalCluster:
                                    f"{self.startup_timeout} s\n" + self.tail(proc))
             time.sleep(0.2)
 
+    @property
+    def _ca(self) -> Path | None:
+        return None if self.tls_dir is None else self.tls_dir / "ca.pem"
+
     def register_nodes(self) -> dict[str, int]:
         """Register every hospital's node public key with the SuperLink (node ids back)."""
+        from securefed.flower.control import register_node
+
         assert self.coordinator is not None
-        ids = {}
-        for name, path in self.coordinator.node_public_keys().items():
-            data = self._json("supernode", "register", str(path), "local")
-            ids[name] = int(data["node-id"])
-        return ids
+        return {name: register_node(self.control_address, self._ca, path)
+                for name, path in self.coordinator.node_public_keys().items()}
 
     def _node_args(self, index: int) -> list[str]:
         tls = (["--insecure"] if self.tls_dir is None
@@ -526,9 +532,10 @@ class LocalCluster:
 
     def online_nodes(self) -> int:
         """How many SuperNodes the SuperLink lists as online."""
-        data = self._json("supernode", "ls", "local")
-        nodes = data.get("nodes", [])
-        return sum(1 for n in nodes if str(n.get("status", "")).lower() == "online")
+        from securefed.flower.control import node_statuses
+
+        return sum(1 for status in node_statuses(self.control_address, self._ca).values()
+                   if status == "online")
 
     def wait_nodes_online(self, count: int, *, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -586,8 +593,7 @@ class LocalCluster:
         """Submit the Flower app in ``app_dir`` and wait until the run has finished.
 
         ``done_file``, when given, is a path the ServerApp writes at its end: the wait checks
-        for it often and asks the SuperLink for the run status less often (each ``flwr``
-        call is a Python start-up).  ``on_poll(cluster, seconds)`` is called on every poll;
+        for it often and asks the SuperLink for the run status less often.  ``on_poll(cluster, seconds)`` is called on every poll;
         tests use it to kill a process mid-run.
 
         ``resume_attempts``: when the run fails or its ServerApp is lost (the SuperLink was
@@ -623,7 +629,7 @@ class LocalCluster:
                         break
                     resume_attempts -= 1
                     if lost:  # its ServerApp died with the old SuperLink; stop the orphan
-                        self.flwr_result("stop", str(run_id), "local")
+                        self._stop_run(run_id)
                     link_pid = self.superlink.popen.pid if self.superlink else None
                     run_id = self.submit(app_dir, {**config, "resume": True})
                     run_ids.append(run_id)
@@ -631,7 +637,7 @@ class LocalCluster:
                 if status.startswith("finished"):
                     break
             if now > deadline:
-                self.flwr_result("stop", str(run_id), "local")
+                self._stop_run(run_id)
                 raise ClusterError(f"run {run_id} did not finish within {timeout} s "
                                    f"(last status {status!r})\n" + self.run_log(run_id))
             time.sleep(0.3)
@@ -646,8 +652,17 @@ class LocalCluster:
         cluster it is watching)."""
         from securefed.flower.control import run_status
 
-        return run_status(self.control_address,
-                          None if self.tls_dir is None else self.tls_dir / "ca.pem", run_id)
+        return run_status(self.control_address, self._ca, run_id)
+
+    def _stop_run(self, run_id: int) -> None:
+        """Ask the SuperLink to stop a run; a failure to do so is logged, not raised (the run
+        may have ended meanwhile, and the caller goes on either way)."""
+        from securefed.flower.control import stop_run
+
+        try:
+            stop_run(self.control_address, self._ca, run_id)
+        except Exception as exc:  # noqa: BLE001 - best effort, reported
+            _LOG.warning("could not stop run %s: %s", run_id, exc)
 
     def run_log(self, run_id: int) -> str:
         try:

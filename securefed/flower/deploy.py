@@ -80,7 +80,7 @@ def _cmd_superlink(args: argparse.Namespace) -> int:
         sys.executable, "-m", "securefed.flower.gateway", "--listen", f"{args.listen}:{coord.port}",
         "--upstream", f"127.0.0.1:{internal}", "--certfile", str(tls / "server.pem"),
         "--keyfile", str(tls / "server.key"), "--ca", str(tls / "ca.pem")])
-    cli_home = _write_cli_config(coord, internal)
+    _write_cli_config(coord, internal)  # for `flwr ls` etc. on this machine (docs)
     stopping = False
 
     def stop(*_: Any) -> None:
@@ -101,13 +101,17 @@ def _cmd_superlink(args: argparse.Namespace) -> int:
                 if time.monotonic() > deadline or link.poll() is not None:
                     raise
                 time.sleep(0.5)
+        from securefed.flower.control import AlreadyRegistered, register_node
+
         for name, path in coord.node_public_keys().items():
-            done = subprocess.run(["flwr", "supernode", "register", str(path), "coordinator",  # noqa: S603
-                                   "--format", "json"], env=_env(cli_home), capture_output=True,
-                                  text=True)
-            ok = done.returncode == 0 or "already" in (done.stdout + done.stderr).lower()
-            print(f"securefed: node key of {name}: {'registered' if ok else 'NOT registered'}"
-                  + ("" if ok else f" ({done.stderr.strip()[-300:]})"), flush=True)
+            try:
+                register_node(f"127.0.0.1:{internal}", tls / "ca.pem", path)
+                said = "registered"
+            except AlreadyRegistered:  # a restart on the same database
+                said = "registered (already)"
+            except Exception as exc:  # noqa: BLE001 - named, and the others still registered
+                said = f"NOT registered ({type(exc).__name__}: {str(exc)[-300:]})"
+            print(f"securefed: node key of {name}: {said}", flush=True)
         print(f"securefed: SuperLink ready; hospitals dial {coord.host}:{coord.port}; the Control "
               f"API is at 127.0.0.1:{internal} on this machine only", flush=True)
         while not stopping and link.poll() is None and gateway.poll() is None:
