@@ -26,8 +26,8 @@ Control-only and Fleet-only request layers skipped for the other APIs' requests)
 ``securefed deploy superlink`` starts it.
 
 This module needs the ``flwr`` executables on ``PATH`` (``pip install securefed[flower]``)
-and imports ``flwr`` only to submit signed apps and to ask the Control API for a run's
-status.
+and imports ``flwr`` only to submit signed apps and to ask the Control API (register node
+keys, list nodes, follow and stop runs; :mod:`securefed.flower.control`).
 """
 
 from __future__ import annotations
@@ -593,8 +593,9 @@ class LocalCluster:
         """Submit the Flower app in ``app_dir`` and wait until the run has finished.
 
         ``done_file``, when given, is a path the ServerApp writes at its end: the wait checks
-        for it often and asks the SuperLink for the run status less often.  ``on_poll(cluster, seconds)`` is called on every poll;
-        tests use it to kill a process mid-run.
+        for it often and asks the SuperLink for the run status less often.
+        ``on_poll(cluster, seconds)`` is called on every poll; tests use it to kill a process
+        mid-run.
 
         ``resume_attempts``: when the run fails or its ServerApp is lost (the SuperLink was
         restarted under it), submit it again with ``resume = true`` up to this many times;

@@ -26,6 +26,11 @@ def _client(address: str, root_certificates: str | Path | None):  # type: ignore
         None if root_certificates is None else str(root_certificates), [])
 
 
+def _status_text(status) -> str:  # type: ignore[no-untyped-def]
+    """A run's status as ``flwr ls`` shows it: ``"running"``, ``"finished:completed"`` etc."""
+    return f"{status.status}:{status.sub_status}" if status.sub_status else status.status
+
+
 def run_status(address: str, root_certificates: str | Path | None, run_id: int) -> tuple[str, str]:
     """``("finished:completed", details)`` etc. of a run, from the Control API."""
     from flwr.proto.control_pb2 import ListRunsRequest
@@ -37,8 +42,7 @@ def run_status(address: str, root_certificates: str | Path | None, run_id: int) 
         client.close()
     if run_id not in runs:
         return "", ""
-    st = runs[run_id].status
-    return (f"{st.status}:{st.sub_status}" if st.sub_status else st.status), st.details
+    return _status_text(runs[run_id].status), runs[run_id].status.details
 
 
 def run_statuses(address: str, root_certificates: str | Path | None) -> dict[int, str]:
@@ -50,8 +54,7 @@ def run_statuses(address: str, root_certificates: str | Path | None) -> dict[int
         runs = client.ListRuns(ListRunsRequest()).run_dict
     finally:
         client.close()
-    return {int(run_id): (f"{r.status.status}:{r.status.sub_status}" if r.status.sub_status
-                          else r.status.status) for run_id, r in runs.items()}
+    return {int(run_id): _status_text(r.status) for run_id, r in runs.items()}
 
 
 def stop_run(address: str, root_certificates: str | Path | None, run_id: int) -> None:

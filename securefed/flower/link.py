@@ -95,10 +95,13 @@ class UnaryDispatch:
                  routes: frozenset[tuple[str, str]] | None = None, **kwargs: Any) -> None:
         from starlette.datastructures import URL
         from starlette.middleware.base import BaseHTTPMiddleware
+        from starlette.requests import Request
+        from starlette.responses import Response
 
         from securefed.errors import ConfigurationError
 
-        self._url = URL
+        # looked up once here, not on every request
+        self._url, self._request, self._response = URL, Request, Response
         self.app = app
         self.layer = inner(app, *args, **kwargs)
         if not isinstance(self.layer, BaseHTTPMiddleware):
@@ -111,14 +114,10 @@ class UnaryDispatch:
                 or (scope["method"], self._url(scope=scope).path) not in self.routes):
             await self.layer(scope, receive, send)
             return
-        from starlette.requests import Request
-
-        response = await self.dispatch(Request(scope, receive), self._call_next(receive))
+        response = await self.dispatch(self._request(scope, receive), self._call_next(receive))
         await response(scope, receive, send)
 
     def _call_next(self, receive: Any) -> Any:
-        from starlette.responses import Response
-
         async def call_next(request: Any) -> Any:
             body: bytes | None = getattr(request, "_body", None)  # what request.body() read
             if body is None and getattr(request, "_stream_consumed", False):
@@ -149,7 +148,7 @@ class UnaryDispatch:
             await self.app(request.scope, next_receive, collect)
             if start is None:
                 raise RuntimeError("No response returned.")
-            response = Response(b"".join(chunks), status_code=start["status"])
+            response = self._response(b"".join(chunks), status_code=start["status"])
             response.raw_headers = list(start.get("headers", []))
             return response
 
