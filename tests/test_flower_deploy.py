@@ -390,11 +390,16 @@ def test_tls_mismatch_and_an_unreachable_superlink_are_named(cluster, consortium
 
 
 # ------------------------------------------------------------------ faults
+KILL_POLL = 0.05  # seconds between looks at the SuperNode logs while a kill is planned
+
+
 def _killer(cluster: LocalCluster, plan: dict[int, str], *, restart: bool = False):
     """Kill SuperNode i (SIGKILL, with its children) once its log shows it received the
     message of group ``plan[i]`` (e.g. ``"0.masked_input"``) in the coming run: a crash in
     mid-round; with ``restart``, start it again at once.  Only log lines written after this
-    call count (earlier runs logged the same groups)."""
+    call count (earlier runs logged the same groups).  Pass ``poll_interval=KILL_POLL`` to the
+    run: a SuperNode sends its reply within about half a second of the message, and the kill
+    should land before that."""
     done: set[int] = set()
     start = {i: cluster.supernodes[i].log_path.stat().st_size for i in plan}
 
@@ -424,7 +429,8 @@ def test_a_restarted_supernode_rejoins_at_the_next_round(cluster, tmp_path) -> N
     which waits up to rejoin-wait for a sampled hospital that is offline, has it back."""
     config = {"channel": "plain", "num-rounds": 3, "seed": 6, "straggler-timeout": 25.0, "rejoin-wait": 120.0}
     on_poll, killed = _killer(cluster, {2: "0"}, restart=True)
-    outcome, summary = run(cluster, tmp_path, config, on_poll=on_poll, timeout=600)
+    outcome, summary = run(cluster, tmp_path, config, on_poll=on_poll, timeout=600,
+                           poll_interval=KILL_POLL)
     assert killed == {2}
     assert outcome.ok, _fail(outcome, cluster)
     assert [r["contributors"] for r in summary["rounds"]] == [[0, 1], [0, 1, 2], [0, 1, 2]]
@@ -499,7 +505,8 @@ def test_killed_supernodes_survivors_then_abort(cluster, tmp_path) -> None:
     config = {"channel": "secagg", "num-rounds": 2, "seed": 2, "secagg-threshold": 2,
               "secagg-min-clients": 2, "straggler-timeout": 20.0}
     on_poll, killed = _killer(cluster, {2: "0.masked_input", 1: "1.masked_input"})
-    outcome, summary = run(cluster, tmp_path, config, on_poll=on_poll, timeout=900)
+    outcome, summary = run(cluster, tmp_path, config, on_poll=on_poll, timeout=900,
+                           poll_interval=KILL_POLL)
     assert killed == {1, 2}
     assert outcome.status == "finished:failed", outcome.status
     assert summary["status"] == "aborted", summary
@@ -540,3 +547,10 @@ def test_missing_tls_file_is_refused(tmp_path) -> None:
     with pytest.raises(ConfigurationError, match="TLS file .* is missing"):
         LocalCluster(tmp_path, node_configs=[{}], tls_dir=tmp_path)
     assert issubclass(ClusterError, RuntimeError)
+
+
+@pytest.mark.parametrize("interval", [0, -1.0, float("nan")])
+def test_a_poll_interval_that_is_not_positive_is_refused_before_submitting(tmp_path, interval) -> None:
+    idle = LocalCluster(tmp_path, node_configs=[{}])  # never started: nothing may be submitted
+    with pytest.raises(ValueError, match="poll_interval must be > 0"):
+        idle.run_app(APP_DIR, poll_interval=interval)

@@ -588,19 +588,23 @@ class LocalCluster:
         timeout: float = 300.0,
         done_file: str | Path | None = None,
         on_poll: Any = None,
+        poll_interval: float = 0.3,
         resume_attempts: int = 0,
     ) -> RunOutcome:
         """Submit the Flower app in ``app_dir`` and wait until the run has finished.
 
         ``done_file``, when given, is a path the ServerApp writes at its end: the wait checks
         for it often and asks the SuperLink for the run status less often.
-        ``on_poll(cluster, seconds)`` is called on every poll; tests use it to kill a process
-        mid-run.
+        ``on_poll(cluster, seconds)`` is called on every poll, every ``poll_interval`` seconds;
+        tests use it to kill a process mid-run (a shorter interval lands the kill closer to the
+        moment it watches for).
 
         ``resume_attempts``: when the run fails or its ServerApp is lost (the SuperLink was
         restarted under it), submit it again with ``resume = true`` up to this many times;
         the ServerApp then continues from the run's checkpoint (``checkpoint-path``).
         """
+        if not poll_interval > 0:
+            raise ValueError(f"poll_interval must be > 0 seconds, got {poll_interval!r}")
         t0 = time.monotonic()
         config = dict(run_config or {})
         run_id = self.submit(app_dir, config)
@@ -641,7 +645,7 @@ class LocalCluster:
                 self._stop_run(run_id)
                 raise ClusterError(f"run {run_id} did not finish within {timeout} s "
                                    f"(last status {status!r})\n" + self.run_log(run_id))
-            time.sleep(0.3)
+            time.sleep(poll_interval)
         seconds = time.monotonic() - t0
         log = "" if status == "finished:completed" else self.run_log(run_id)
         return RunOutcome(run_id=run_id, status=status, details=details, seconds=seconds, log=log,
