@@ -313,6 +313,63 @@ def test_poll_clock_is_fast_only_while_a_run_is_active() -> None:
     assert clock.monotonic is time.monotonic  # everything else is the time module
 
 
+def test_a_reply_whose_push_stage_a_stray_reply_took_is_still_pushed() -> None:
+    """Flower's SuperNode loop pushes replies only in the stage after a pulled message, and
+    that stage takes the first reply it finds.  A stopped run's stray reply (its message was
+    dropped in mid-pull when the SuperLink was killed, but its ClientApp still ran) takes the
+    push stage of the resubmitted run's hello; the hello's own reply must still be pushed,
+    at the next pass of the loop.  Driven through Flower's own node state and push stage."""
+    from flwr.app import ConfigRecord, Message, RecordDict
+    from flwr.app.message.message import make_message
+    from flwr.app.metadata import Metadata
+    from flwr.supercore.object_store import ObjectStoreFactory
+    from flwr.supercore.run import RunNotRunningException
+    from flwr.supernode import start_client_internal as node_loop
+    from flwr.supernode.nodestate import NodeStateFactory
+
+    from securefed.flower import warm
+
+    objects = ObjectStoreFactory()
+    state, store = NodeStateFactory(objects).state(), objects.store()
+
+    def arrives(run_id: int, group: str) -> Message:
+        metadata = Metadata(run_id=run_id, message_id="", src_node_id=1, dst_node_id=5,
+                            reply_to_message_id="", group_id=group, created_at=time.time(),
+                            ttl=600.0, message_type="train")
+        message = make_message(metadata, RecordDict({"c": ConfigRecord({"group": group})}))
+        node_loop._insert_message(message, state, store)
+        return message
+
+    def answer(message: Message) -> None:  # what a ClientApp stores through the Runtime API
+        reply = Message(RecordDict({"c": ConfigRecord({"ok": 1})}), reply_to=message)
+        node_loop._insert_message(reply, state, store)
+
+    stopped_run, pushed, refused = 11, [], []
+
+    def send(message, _tree, _runtime):
+        if message.metadata.run_id == stopped_run:
+            refused.append(message.metadata.reply_to_message_id)
+            raise RunNotRunningException()
+        pushed.append(message.metadata.reply_to_message_id)
+        return set(), "session"
+
+    stray, hello = arrives(stopped_run, "1"), arrives(22, "hello")
+    assert warm._pending_reply_run(state) is None  # messages, no reply yet
+    handed_out = iter([hello.metadata.run_id])  # the SuperLink hands out the hello only
+    pull = warm._pull_and_wake(lambda **_kw: next(handed_out, None))
+    answer(stray)  # the stray ClientApp answers first ...
+    then = [lambda: answer(hello)]  # ... the hello's ClientApp during the push stage
+    for _ in range(4):  # Flower's loop: the pull stage, then after a message the push stage
+        if pull(state=state) is not None:
+            node_loop._push_messages(state=state, object_store=store, send=send,
+                                     push_object=lambda *_a: None)
+        if then:
+            then.pop()()
+    assert refused == [stray.metadata.message_id]  # refused by the SuperLink, dropped
+    assert pushed == [hello.metadata.message_id]  # once, though its stage was taken
+    assert warm._pending_reply_run(state) is None
+
+
 def test_wake_clock_is_woken_through_the_fifo_and_drains_it(tmp_path) -> None:
     from securefed.flower import warm
 

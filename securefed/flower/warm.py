@@ -33,8 +33,11 @@ What this module does instead, with Flower's own pieces:
   (30 s in Flower, so a crashed node looked online for up to a minute and its restart was
   refused until then); its waits for the ClientApp's reply end when the reply is stored
   (Flower: 0.5 s polls); it wakes the executor once a message's objects are in; and it
-  asks the SuperLink again for an object not there yet after 50 ms.  None of these
-  changes what is sent, checked or stored.
+  asks the SuperLink again for an object not there yet after 50 ms.  A ClientApp's reply
+  that Flower's loop left in the node's state is pushed at its next pass
+  (:func:`_pull_and_wake`: after a SuperLink restart, a stopped run's stray reply could
+  take the push stage of the next run's message).  None of these changes what is sent,
+  checked or stored.
 * :func:`run_node` supervises the two: it starts the SuperNode with ``--isolation process``
   and the warm executor beside it, restarts the SuperNode while the SuperLink still holds a
   previous session of the same node key (Flower's exit code 305 after a crash), and stops
@@ -404,6 +407,54 @@ def _notify_on_store(event: Any) -> None:
     InMemoryObjectStore.put = notifying(InMemoryObjectStore.put)  # type: ignore[method-assign]
 
 
+def _pending_reply_run(state: Any) -> int | None:
+    """The run of a reply that a ClientApp has stored in the SuperNode's ``state`` and that no
+    push stage has taken yet (``None``: there is none).  Looks only: the reply stays where
+    it is for Flower's push stage to take."""
+    with state.lock_msg_store:
+        for entry in state.msg_store.values():
+            metadata = entry.message.metadata
+            if not entry.is_retrieved and metadata.reply_to_message_id:
+                return int(metadata.run_id)
+    return None
+
+
+def _pull_and_wake(pull_and_store: Any, clock: _PollClock | None = None,
+                   wake_fifo: str | None = None) -> Any:
+    """Flower's ``_pull_and_store_message`` for the SuperNode loop, with two changes.
+
+    * When a message (and all its objects) is in, the poll clock is told (fast polls while a
+      run is active) and the warm executor is woken to start its task at once.
+    * When no new message came but a ClientApp's reply is waiting in the node's state, the
+      reply's run is returned as if a message had come, so Flower's loop pushes it now.
+
+    Why the second: Flower's loop pushes replies only in the stage that follows a pulled
+    message, and that stage sends the first reply it finds, whichever message it answers.
+    A message of a run that stopped while it was being received (its SuperLink killed in
+    mid-pull; the run is then stopped and resubmitted) is dropped by that loop, but its task
+    was already created, so its ClientApp still runs and replies.  That stray reply then
+    takes the push stage of the next message pulled, for instance the resubmitted run's
+    first message, whose own reply was left in the state unsent: the ServerApp waited its
+    full timeout for that node and went on without it (seen as "no SuperNode answered for
+    client ids [0]" at the resubmitted run's hello).  Nothing else changes: each reply is
+    still pushed once, by Flower's own push stage, and a reply of a stopped run is still
+    refused by the SuperLink and dropped.
+    """
+
+    def pull_and_wake(*args: Any, **kwargs: Any) -> Any:
+        run_id = pull_and_store(*args, **kwargs)
+        if run_id is not None:  # a message (and all its objects) is in: start its task now
+            if clock is not None:
+                clock.message_arrived()
+            if wake_fifo:
+                _wake(wake_fifo)
+            return run_id
+        return _pending_reply_run(kwargs["state"])
+
+    pull_and_wake.__wrapped__ = pull_and_store  # type: ignore[attr-defined]
+    return pull_and_wake
+
+
 def run_supernode(argv: Sequence[str], *, poll_interval: float = 0.25,
                   idle_poll_interval: float = 1.0, heartbeat_interval: int = 10,
                   wake_fifo: str | None = None) -> None:
@@ -440,17 +491,8 @@ def run_supernode(argv: Sequence[str], *, poll_interval: float = 0.25,
     from securefed.flower.transport import fast_object_pulls
 
     fast_object_pulls(node_loop)
-    pull_and_store = node_loop._pull_and_store_message
-
-    def pull_and_wake(*args: Any, **kwargs: Any) -> Any:
-        run_id = pull_and_store(*args, **kwargs)
-        if run_id is not None:  # a message (and all its objects) is in: start its task now
-            clock.message_arrived()
-            if wake_fifo:
-                _wake(wake_fifo)
-        return run_id
-
-    node_loop._pull_and_store_message = pull_and_wake
+    node_loop._pull_and_store_message = _pull_and_wake(node_loop._pull_and_store_message, clock,
+                                                       wake_fifo)
     # The interval the node announces (fleet) and the one its sender keeps (heartbeat)
     # must agree, or the SuperLink marks the node offline between two heartbeats.
     interval = max(int(heartbeat_interval), HEARTBEAT_MIN_INTERVAL)
