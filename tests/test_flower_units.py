@@ -356,7 +356,8 @@ def test_a_reply_whose_push_stage_a_stray_reply_took_is_still_pushed() -> None:
     stray, hello = arrives(stopped_run, "1"), arrives(22, "hello")
     assert warm._pending_reply_run(state) is None  # messages, no reply yet
     handed_out = iter([hello.metadata.run_id])  # the SuperLink hands out the hello only
-    pull = warm._pull_and_wake(lambda **_kw: next(handed_out, None))
+    clock = warm._PollClock(0.25, idle_interval=1.0)
+    pull = warm._pull_and_wake(lambda **_kw: next(handed_out, None), clock)
     answer(stray)  # the stray ClientApp answers first ...
     then = [lambda: answer(hello)]  # ... the hello's ClientApp during the push stage
     for _ in range(4):  # Flower's loop: the pull stage, then after a message the push stage
@@ -368,6 +369,7 @@ def test_a_reply_whose_push_stage_a_stray_reply_took_is_still_pushed() -> None:
     assert refused == [stray.metadata.message_id]  # refused by the SuperLink, dropped
     assert pushed == [hello.metadata.message_id]  # once, though its stage was taken
     assert warm._pending_reply_run(state) is None
+    assert clock.poll_interval() == 0.25  # the pulled hello was noted: fast polls, run active
 
 
 def test_wake_clock_is_woken_through_the_fifo_and_drains_it(tmp_path) -> None:

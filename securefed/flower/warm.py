@@ -419,8 +419,7 @@ def _pending_reply_run(state: Any) -> int | None:
     return None
 
 
-def _pull_and_wake(pull_and_store: Any, clock: _PollClock | None = None,
-                   wake_fifo: str | None = None) -> Any:
+def _pull_and_wake(pull_and_store: Any, clock: _PollClock, wake_fifo: str | None = None) -> Any:
     """Flower's ``_pull_and_store_message`` for the SuperNode loop, with two changes.
 
     * When a message (and all its objects) is in, the poll clock is told (fast polls while a
@@ -434,9 +433,9 @@ def _pull_and_wake(pull_and_store: Any, clock: _PollClock | None = None,
     mid-pull; the run is then stopped and resubmitted) is dropped by that loop, but its task
     was already created, so its ClientApp still runs and replies.  That stray reply then
     takes the push stage of the next message pulled, for instance the resubmitted run's
-    first message, whose own reply was left in the state unsent: the ServerApp waited its
-    full timeout for that node and went on without it (seen as "no SuperNode answered for
-    client ids [0]" at the resubmitted run's hello).  Nothing else changes: each reply is
+    first message, whose own reply was left in the state unsent: the resubmitted run waited
+    out its round timeout for that node's hello and failed ("no SuperNode answered for
+    client ids [0]").  Nothing else changes: each reply is
     still pushed once, by Flower's own push stage, and a reply of a stopped run is still
     refused by the SuperLink and dropped.
     """
@@ -444,14 +443,12 @@ def _pull_and_wake(pull_and_store: Any, clock: _PollClock | None = None,
     def pull_and_wake(*args: Any, **kwargs: Any) -> Any:
         run_id = pull_and_store(*args, **kwargs)
         if run_id is not None:  # a message (and all its objects) is in: start its task now
-            if clock is not None:
-                clock.message_arrived()
+            clock.message_arrived()
             if wake_fifo:
                 _wake(wake_fifo)
             return run_id
         return _pending_reply_run(kwargs["state"])
 
-    pull_and_wake.__wrapped__ = pull_and_store  # type: ignore[attr-defined]
     return pull_and_wake
 
 
@@ -491,8 +488,8 @@ def run_supernode(argv: Sequence[str], *, poll_interval: float = 0.25,
     from securefed.flower.transport import fast_object_pulls
 
     fast_object_pulls(node_loop)
-    node_loop._pull_and_store_message = _pull_and_wake(node_loop._pull_and_store_message, clock,
-                                                       wake_fifo)
+    node_loop._pull_and_store_message = _pull_and_wake(node_loop._pull_and_store_message,
+                                                       clock, wake_fifo)
     # The interval the node announces (fleet) and the one its sender keeps (heartbeat)
     # must agree, or the SuperLink marks the node offline between two heartbeats.
     interval = max(int(heartbeat_interval), HEARTBEAT_MIN_INTERVAL)
